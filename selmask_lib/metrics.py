@@ -1,0 +1,287 @@
+"""Segmentation evaluation: confusion matrix, per-class IoU, mIoU, pixel accuracy.
+
+The confusion matrix is accumulated with
+:class:`torchmetrics.classification.MulticlassConfusionMatrix` (rows = ground
+truth, columns = prediction; pixels whose ground truth is ``ignore_index``,
+255 by default, are dropped before counting). Every score is then derived from
+that one matrix by :func:`iou_from_confusion`, so the IoU rule lives in one
+place.
+
+IoU of class ``c`` over the whole evaluated split::
+
+    IoU_c = TP_c / (TP_c + FP_c + FN_c)
+          = C[c, c] / (row_sum_c + col_sum_c - C[c, c])
+
+The absent-class rule
+---------------------
+* A class that appears in **neither** the ground truth **nor** the prediction
+  anywhere in the evaluated split has ``TP + FP + FN = 0``: its IoU is
+  undefined. It is NaN in :func:`iou_from_confusion`, it is left **out** of
+  the mean (mIoU is the mean over the classes with a defined IoU), it is
+  ``None`` in :attr:`SegmentationScores.per_class_iou` (``null`` in
+  ``results.json``) and is shown as ``n/a`` in tables.
+* A class that is **predicted but absent from the ground truth** has
+  ``TP = 0, FP > 0``: its IoU is 0 and it counts in the mean (a false alarm is
+  a mistake).
+* A class present in the ground truth but never predicted has IoU 0 as usual.
+
+The rule is applied to the counts of the whole split, never per image or per
+batch: "absent" means absent from every evaluated pixel.
+
+What torchmetrics 1.9 does (checked in this venv, pinned by a test):
+``MulticlassJaccardIndex(average="none")`` returns ``zero_division`` (default
+0) for a class absent from both prediction and target, so per-class IoU
+there would report a spurious 0; ``average="macro"`` gives such classes zero
+weight, i.e. excludes them from the mean as we do (``zero_division=nan``
+would instead make the macro mean NaN). We therefore take only the confusion
+matrix from torchmetrics and compute IoU ourselves.
+
+The evaluator is device-agnostic: its state lives on the device of the
+tensors passed to :meth:`SegmentationEvaluator.update` (it follows them if
+they move), and IoU is computed on the CPU in float64 from the integer counts
+(float64 is unavailable on MPS; the matrix is tiny).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from .errors import SelmaskError
+
+__all__ = [
+    "SegmentationEvaluator",
+    "SegmentationScores",
+    "iou_from_confusion",
+    "mean_iou",
+    "format_iou",
+]
+
+NA = "n/a"
+
+
+def iou_from_confusion(confusion) -> torch.Tensor:
+    """Per-class IoU from a ``[C, C]`` confusion matrix (rows = truth, cols = prediction).
+
+    Returns a float64 CPU tensor of length C. A class with
+    ``TP + FP + FN == 0`` (in neither truth nor prediction) gets NaN; a class
+    that is only predicted gets 0. See the module docstring.
+    """
+    cm = torch.as_tensor(confusion).detach().to("cpu", torch.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise SelmaskError(f"confusion matrix must be square [C, C], got shape {tuple(cm.shape)}")
+    if bool((cm < 0).any()):
+        raise SelmaskError("confusion matrix has negative counts")
+    tp = torch.diagonal(cm)
+    denom = cm.sum(dim=0) + cm.sum(dim=1) - tp  # TP + FP + FN
+    nan = torch.full_like(tp, float("nan"))
+    return torch.where(denom > 0, tp / denom.clamp_min(1), nan)
+
+
+def mean_iou(per_class_iou) -> float:
+    """Mean over the classes with a defined (non-NaN) IoU; NaN if there are none."""
+    iou = torch.as_tensor(per_class_iou, dtype=torch.float64)
+    defined = iou[~torch.isnan(iou)]
+    return float(defined.mean()) if defined.numel() else float("nan")
+
+
+def format_iou(value, decimals: int = 1, percent: bool = True) -> str:
+    """Table cell for an IoU: ``'n/a'`` for None/NaN, else e.g. ``'72.3'`` (percent)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NA
+    v = float(value) * (100.0 if percent else 1.0)
+    return f"{v:.{decimals}f}"
+
+
+@dataclass
+class SegmentationScores:
+    """Scores of one evaluated split. IoUs and accuracy are fractions in [0, 1].
+
+    ``per_class_iou`` maps class name -> IoU, ``None`` when the class is absent
+    from both truth and prediction (excluded from ``miou``).
+    ``confusion_matrix[t][p]`` counts pixels of true class t predicted as p.
+    """
+
+    miou: float
+    per_class_iou: dict[str, float | None]
+    confusion_matrix: list[list[int]]
+    pixel_accuracy: float
+    num_pixels: int = 0
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def absent_classes(self) -> list[str]:
+        """Classes with undefined IoU (absent from truth and prediction)."""
+        return [name for name, v in self.per_class_iou.items() if v is None]
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (None for undefined IoUs)."""
+        return asdict(self)
+
+    def format_table(self, decimals: int = 1, percent: bool = True) -> str:
+        """Plain-text per-class table; undefined IoUs print as ``n/a``."""
+        unit = " (%)" if percent else ""
+        width = max([len("pixel acc")] + [len(n) for n in self.per_class_iou])
+        lines = [f"{'class':<{width}}  IoU{unit}"]
+        for name, v in self.per_class_iou.items():
+            lines.append(f"{name:<{width}}  {format_iou(v, decimals, percent)}")
+        lines.append(f"{'mIoU':<{width}}  {format_iou(self.miou, decimals, percent)}")
+        lines.append(f"{'pixel acc':<{width}}  {format_iou(self.pixel_accuracy, decimals, percent)}")
+        return "\n".join(lines)
+
+
+class SegmentationEvaluator:
+    """Accumulate a confusion matrix over batches; compute mIoU and per-class IoU.
+
+    ``update(preds, target)`` takes either logits/probabilities ``[B, C, H, W]``
+    (float; argmax over C) or predicted class ids ``[B, H, W]`` (integer), and
+    target class ids ``[B, H, W]`` where ``ignore_index`` marks unlabelled
+    pixels. Unbatched ``[C, H, W]`` / ``[H, W]`` inputs are accepted too.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        ignore_index: int | None = 255,
+        validate: bool = True,
+        device: torch.device | str | None = None,
+    ):
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise SelmaskError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if class_names is None:
+            class_names = [str(i) for i in range(num_classes)]
+        class_names = [str(n) for n in class_names]
+        if len(class_names) != num_classes:
+            raise SelmaskError(
+                f"class_names has {len(class_names)} names but num_classes is {num_classes}"
+            )
+        if len(set(class_names)) != len(class_names):
+            raise SelmaskError(f"class_names must be unique, got {class_names}")
+        if ignore_index is not None and 0 <= ignore_index < num_classes:
+            raise SelmaskError(
+                f"ignore_index={ignore_index} is a valid class id (num_classes={num_classes}); "
+                "the ignore label must lie outside 0..num_classes-1"
+            )
+        self.num_classes = num_classes
+        self.class_names = class_names
+        self.ignore_index = ignore_index
+        self.validate = validate
+        # validate_args=False: torchmetrics only counts unique values, which misses
+        # out-of-range ids; we do our own check below with a clear message.
+        self._confmat = MulticlassConfusionMatrix(
+            num_classes, ignore_index=ignore_index, normalize=None, validate_args=False
+        )
+        if device is not None:
+            self.to(device)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def device(self) -> torch.device:
+        return self._confmat.device
+
+    def to(self, device) -> "SegmentationEvaluator":
+        """Move the accumulated state (kept) to ``device``."""
+        self._confmat = self._confmat.to(torch.device(device))
+        return self
+
+    def reset(self) -> None:
+        """Forget everything accumulated so far."""
+        self._confmat.reset()
+
+    @property
+    def confusion_matrix(self) -> torch.Tensor:
+        """The current ``[C, C]`` int64 counts (rows = truth, cols = prediction)."""
+        return self._confmat.confmat.detach().clone()
+
+    # ----------------------------------------------------------------- update
+    def _labels(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if preds.is_floating_point():
+            if preds.ndim != target.ndim + 1:
+                raise SelmaskError(
+                    f"float predictions must be logits [B, C, H, W] with target [B, H, W]; "
+                    f"got predictions {tuple(preds.shape)} and target {tuple(target.shape)}"
+                )
+            cdim = 1 if target.ndim == 3 else 0
+            if preds.shape[cdim] != self.num_classes:
+                raise SelmaskError(
+                    f"logits have {preds.shape[cdim]} channels but the evaluator has "
+                    f"num_classes={self.num_classes} (shape {tuple(preds.shape)})"
+                )
+            preds = preds.argmax(dim=cdim)
+        elif preds.dtype == torch.bool:
+            raise SelmaskError("predictions must be class ids or logits, not a bool tensor")
+        if preds.shape != target.shape:
+            raise SelmaskError(
+                f"prediction shape {tuple(preds.shape)} does not match target shape "
+                f"{tuple(target.shape)} (resize logits to the label size before evaluating)"
+            )
+        return preds.long()
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """Add one batch. ``preds``: logits ``[B, C, H, W]`` or ids ``[B, H, W]``."""
+        preds = torch.as_tensor(preds)
+        target = torch.as_tensor(target)
+        if target.is_floating_point() or target.dtype == torch.bool:
+            raise SelmaskError(f"target must hold integer class ids, got dtype {target.dtype}")
+        if target.ndim not in (2, 3):
+            raise SelmaskError(f"target must be [B, H, W] or [H, W], got shape {tuple(target.shape)}")
+        preds = self._labels(preds.detach(), target)
+        target = target.detach().to(preds.device).long()
+        if self.validate:
+            self._check_ids(preds, target)
+        if self._confmat.device != preds.device:
+            self._confmat = self._confmat.to(preds.device)
+        self._confmat.update(preds.reshape(-1), target.reshape(-1))
+
+    def _check_ids(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        c = self.num_classes
+        bad_t = (target < 0) | (target >= c)
+        if self.ignore_index is not None:
+            bad_t &= target != self.ignore_index
+        bad_p = (preds < 0) | (preds >= c)
+        # one host sync for both checks
+        flags = torch.stack([bad_t.any(), bad_p.any()]).tolist()
+        if flags[0]:
+            vals = sorted(torch.unique(target[bad_t]).tolist())[:10]
+            raise SelmaskError(
+                f"target contains class ids {vals} outside 0..{c - 1} "
+                f"(ignore_index={self.ignore_index})"
+            )
+        if flags[1]:
+            vals = sorted(torch.unique(preds[bad_p]).tolist())[:10]
+            raise SelmaskError(f"predictions contain class ids {vals} outside 0..{c - 1}")
+
+    # ---------------------------------------------------------------- compute
+    def compute(self) -> SegmentationScores:
+        """Scores over everything passed to :meth:`update` since the last reset."""
+        cm = self._confmat.confmat.detach().to("cpu", torch.int64)
+        total = int(cm.sum())
+        if total == 0:
+            raise SelmaskError(
+                "no labelled pixels were evaluated (update() never called, or every "
+                f"target pixel equals ignore_index={self.ignore_index})"
+            )
+        iou = iou_from_confusion(cm)
+        per_class = {
+            name: (None if math.isnan(v) else float(v))
+            for name, v in zip(self.class_names, iou.tolist())
+        }
+        return SegmentationScores(
+            miou=mean_iou(iou),
+            per_class_iou=per_class,
+            confusion_matrix=cm.tolist(),
+            pixel_accuracy=float(torch.diagonal(cm).sum()) / total,
+            num_pixels=total,
+            class_names=list(self.class_names),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"SegmentationEvaluator(num_classes={self.num_classes}, "
+            f"ignore_index={self.ignore_index}, device={self.device})"
+        )
