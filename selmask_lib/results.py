@@ -1,0 +1,500 @@
+"""One ``results.json`` per downstream run, and the tables built from many of them.
+
+File format (JSON object, written atomically: temp file + ``os.replace``)::
+
+    format            "selmask-results"          (added by write_results)
+    format_version    1
+    dataset           downstream dataset name, e.g. "voc"
+    init              "none" | "imagenet" | "random_ir" | "selective_ir"
+    pretrain_run      path/id of the pretraining run, or null
+    pretrain_dataset  dataset the IR weights were pretrained on, or null
+                      (required, non-null, for random_ir / selective_ir)
+    seed              int
+    miou              test mIoU, a fraction in [0, 1]
+    per_class_iou     {class name: IoU fraction or null}; null = class absent
+                      from ground truth and prediction (see selmask_lib.metrics)
+    confusion_matrix  [C][C] ints, rows = ground truth, cols = prediction
+    class_names       [C] names, same order as the matrix
+    config            dict (the run's configuration)
+    timings           {name: seconds}
+    library_version   selmask_lib.__version__      (added by write_results)
+    created           ISO-8601 UTC timestamp        (added unless given)
+    val_miou, best_epoch, pixel_accuracy, ...       optional; extra keys are kept
+
+NaN anywhere becomes ``null`` (strict JSON). IoUs are stored as fractions;
+the tables default to percent (the paper's "points").
+
+Table columns (the paper's comparison, per downstream dataset) are keyed by a
+*variant* derived from ``init`` and whether the pretraining dataset equals the
+downstream dataset:
+
+    none, imagenet, random_ir_self, selective_ir_self, selective_ir_cross
+
+(``random_ir_cross`` exists as a variant but is not a paper column.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import SelmaskError
+
+__all__ = [
+    "RESULTS_FILENAME",
+    "INITS",
+    "PAPER_COLUMNS",
+    "REQUIRED_FIELDS",
+    "write_results",
+    "read_results",
+    "load_results",
+    "results_table",
+    "format_table",
+    "per_class_gain",
+    "variant_of",
+]
+
+RESULTS_FILENAME = "results.json"
+FORMAT = "selmask-results"
+FORMAT_VERSION = 1
+
+INITS = ("none", "imagenet", "random_ir", "selective_ir")
+IR_INITS = ("random_ir", "selective_ir")
+
+#: Paper table columns, in order: variant key -> human label.
+PAPER_COLUMNS: dict[str, str] = {
+    "none": "No pretraining",
+    "imagenet": "ImageNet",
+    "random_ir_self": "Random IR (self)",
+    "selective_ir_self": "Selective IR (self)",
+    "selective_ir_cross": "Selective IR (cross)",
+}
+_VARIANT_ALIASES = {
+    "random_ir": "random_ir_self",
+    "selective_ir": "selective_ir_self",
+    "scratch": "none",
+}
+#: Preferred row order; other datasets follow alphabetically.
+_DATASET_ORDER = (
+    "voc", "pascal_voc", "cityscapes", "nassar", "nassar2020", "sugarbeets", "sugarbeets2016",
+)
+
+REQUIRED_FIELDS = (
+    "dataset", "init", "pretrain_run", "pretrain_dataset", "seed", "miou",
+    "per_class_iou", "confusion_matrix", "class_names", "config", "timings",
+    "library_version", "created",
+)
+_KEY_ORDER = ("format", "format_version") + REQUIRED_FIELDS + (
+    "val_miou", "best_epoch", "pixel_accuracy",
+)
+_BASE_COLUMNS = [
+    "dataset", "init", "pretrain_dataset", "pretrain_run", "variant", "seed", "miou",
+    "val_miou", "best_epoch", "pixel_accuracy", "created", "library_version",
+    "class_names", "run_dir", "path",
+]
+
+
+# --------------------------------------------------------------------- helpers
+def _jsonable(value: Any, where: str) -> Any:
+    """Plain JSON types; NaN/inf -> None; tensors/arrays/paths/dataclasses converted."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value), where)
+    if hasattr(value, "tolist") and callable(value.tolist):  # torch / numpy
+        return _jsonable(value.tolist(), where)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hasattr(value, "to_dict") and callable(value.to_dict):
+        return _jsonable(value.to_dict(), where)
+    raise SelmaskError(f"results field '{where}' has a value of type {type(value).__name__} "
+                       "that cannot be written to JSON")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_fraction(v, where: str, allow_none: bool) -> None:
+    if v is None and allow_none:
+        return
+    if not _is_number(v) or not (0.0 <= float(v) <= 1.0):
+        raise SelmaskError(f"results field '{where}' must be a fraction in [0, 1], got {v!r}")
+
+
+def variant_of(init: str, dataset: str | None, pretrain_dataset: str | None) -> str:
+    """Table column key of a run: ``none``, ``imagenet``, ``<ir init>_self`` / ``_cross``."""
+    if init not in IR_INITS:
+        return init
+    if pretrain_dataset is None or (isinstance(pretrain_dataset, float) and math.isnan(pretrain_dataset)):
+        return f"{init}_unknown"
+    return f"{init}_self" if str(pretrain_dataset) == str(dataset) else f"{init}_cross"
+
+
+def _validate(data: dict, source: str) -> None:
+    """Check required fields and their types; ``source`` names the file or call."""
+    for key in REQUIRED_FIELDS:
+        if key not in data:
+            raise SelmaskError(f"{source}: missing required results field '{key}'")
+    if not isinstance(data["dataset"], str) or not data["dataset"]:
+        raise SelmaskError(f"{source}: results field 'dataset' must be a non-empty string")
+    if data["init"] not in INITS:
+        raise SelmaskError(
+            f"{source}: results field 'init' must be one of {list(INITS)}, got {data['init']!r}"
+        )
+    if data["init"] in IR_INITS and not data["pretrain_dataset"]:
+        raise SelmaskError(
+            f"{source}: results field 'pretrain_dataset' is required for init={data['init']!r}"
+        )
+    for key in ("pretrain_dataset", "pretrain_run"):
+        if data[key] is not None and not isinstance(data[key], str):
+            raise SelmaskError(f"{source}: results field '{key}' must be a string or null")
+    if not isinstance(data["seed"], int) or isinstance(data["seed"], bool):
+        raise SelmaskError(f"{source}: results field 'seed' must be an integer, got {data['seed']!r}")
+    _check_fraction(data["miou"], "miou", allow_none=True)
+    names = data["class_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names:
+        raise SelmaskError(f"{source}: results field 'class_names' must be a non-empty list of strings")
+    if len(set(names)) != len(names):
+        raise SelmaskError(f"{source}: results field 'class_names' has duplicate names: {names}")
+    pci = data["per_class_iou"]
+    if not isinstance(pci, dict) or set(pci) != set(names):
+        raise SelmaskError(
+            f"{source}: results field 'per_class_iou' must map exactly the class_names "
+            f"{names} to IoU values"
+        )
+    for name, v in pci.items():
+        _check_fraction(v, f"per_class_iou.{name}", allow_none=True)
+    cm = data["confusion_matrix"]
+    n = len(names)
+    if (not isinstance(cm, list) or len(cm) != n
+            or any(not isinstance(r, list) or len(r) != n for r in cm)
+            or any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for r in cm for x in r)):
+        raise SelmaskError(
+            f"{source}: results field 'confusion_matrix' must be a {n}x{n} list of "
+            "non-negative integers (rows = ground truth, cols = prediction)"
+        )
+    for key in ("config", "timings"):
+        if not isinstance(data[key], dict):
+            raise SelmaskError(f"{source}: results field '{key}' must be a dict")
+    for k, v in data["timings"].items():
+        if v is not None and not _is_number(v):
+            raise SelmaskError(f"{source}: results field 'timings.{k}' must be seconds (a number)")
+    for key in ("val_miou", "pixel_accuracy"):
+        if key in data:
+            _check_fraction(data[key], key, allow_none=True)
+    if data.get("best_epoch") is not None and (
+            not isinstance(data["best_epoch"], int) or isinstance(data["best_epoch"], bool)):
+        raise SelmaskError(f"{source}: results field 'best_epoch' must be an integer or null")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# ------------------------------------------------------------------ write/read
+def write_results(run_dir, **fields) -> Path:
+    """Validate ``fields`` and write ``<run_dir>/results.json`` atomically; return its path.
+
+    Required: dataset, init, seed, miou, per_class_iou, confusion_matrix,
+    class_names, config, timings; pretrain_run and pretrain_dataset default to
+    None (pretrain_dataset is required for the IR inits). ``library_version``
+    and ``created`` are filled in. ``scores=SegmentationScores`` may be passed
+    instead of miou/per_class_iou/confusion_matrix/class_names/pixel_accuracy.
+    Tensors, numpy values, dataclasses and paths are converted; NaN -> null.
+    Raises :class:`SelmaskError` naming the offending field.
+    """
+    from . import __version__
+
+    fields = dict(fields)
+    scores = fields.pop("scores", None)
+    if scores is not None:
+        sd = scores.to_dict() if hasattr(scores, "to_dict") else dict(scores)
+        for key in ("miou", "per_class_iou", "confusion_matrix", "class_names", "pixel_accuracy"):
+            if key in sd and key not in fields:
+                fields[key] = sd[key]
+        if "class_names" not in fields or not fields["class_names"]:
+            fields["class_names"] = list(sd.get("per_class_iou", {}))
+    fields.setdefault("pretrain_run", None)
+    fields.setdefault("pretrain_dataset", None)
+    fields.setdefault("library_version", __version__)
+    fields.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    fields["format"] = FORMAT
+    fields["format_version"] = FORMAT_VERSION
+
+    data = {str(k): _jsonable(v, str(k)) for k, v in fields.items()}
+    _validate(data, "write_results")
+    ordered = {k: data[k] for k in _KEY_ORDER if k in data}
+    ordered.update({k: v for k, v in data.items() if k not in ordered})
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / RESULTS_FILENAME
+    # one line per confusion-matrix row, not one line per count
+    sentinel = "__selmask_confusion_matrix__"
+    rows = ",\n".join("    " + json.dumps(r) for r in ordered["confusion_matrix"])
+    text = json.dumps({**ordered, "confusion_matrix": sentinel}, indent=2, allow_nan=False)
+    text = text.replace(json.dumps(sentinel), "[\n" + rows + "\n  ]", 1)
+    _atomic_write_text(path, text + "\n")
+    return path
+
+
+def read_results(path) -> dict:
+    """Read and validate one results file (or a run directory holding ``results.json``).
+
+    Undefined IoUs come back as ``None``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILENAME
+    if not path.is_file():
+        raise SelmaskError(f"results file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SelmaskError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise SelmaskError(f"{path}: a results file must hold a JSON object")
+    _validate(data, str(path))
+    return data
+
+
+# ------------------------------------------------------------------ DataFrame
+def _find_files(paths_or_root) -> list[Path]:
+    if isinstance(paths_or_root, (str, os.PathLike)):
+        items = [paths_or_root]
+    else:
+        items = list(paths_or_root)
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            cands = sorted(p.rglob(RESULTS_FILENAME))
+        elif p.is_file():
+            cands = [p]
+        else:
+            raise SelmaskError(f"results path does not exist: {p}")
+        for c in cands:
+            key = c.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(c)
+    return found
+
+
+def load_results(paths_or_root, on_error: str = "raise") -> pd.DataFrame:
+    """One row per run from results files.
+
+    ``paths_or_root``: a directory (searched recursively for ``results.json``),
+    a file, or a list of files/directories. Columns: dataset, init,
+    pretrain_dataset, pretrain_run, variant, seed, miou, val_miou, best_epoch,
+    pixel_accuracy, created, library_version, class_names (tuple), run_dir,
+    path, ``iou/<class>`` per class (union over runs) and ``time/<name>`` per
+    timing. Null values are NaN. ``on_error='skip'`` warns about and skips
+    unreadable files instead of raising.
+    """
+    if on_error not in ("raise", "skip"):
+        raise SelmaskError(f"load_results: on_error must be 'raise' or 'skip', got {on_error!r}")
+    rows: list[dict] = []
+    iou_cols: list[str] = []
+    time_cols: list[str] = []
+    for path in _find_files(paths_or_root):
+        try:
+            data = read_results(path)
+        except SelmaskError as exc:
+            if on_error == "raise":
+                raise
+            warnings.warn(f"skipping {path}: {exc}", stacklevel=2)
+            continue
+        row = {
+            "dataset": data["dataset"],
+            "init": data["init"],
+            "pretrain_dataset": data["pretrain_dataset"],
+            "pretrain_run": data["pretrain_run"],
+            "variant": variant_of(data["init"], data["dataset"], data["pretrain_dataset"]),
+            "seed": data["seed"],
+            "miou": data["miou"],
+            "val_miou": data.get("val_miou"),
+            "best_epoch": data.get("best_epoch"),
+            "pixel_accuracy": data.get("pixel_accuracy"),
+            "created": data["created"],
+            "library_version": data["library_version"],
+            "class_names": tuple(data["class_names"]),
+            "run_dir": str(path.parent),
+            "path": str(path),
+        }
+        for name in data["class_names"]:
+            col = f"iou/{name}"
+            if col not in iou_cols:
+                iou_cols.append(col)
+            row[col] = data["per_class_iou"][name]
+        for name, v in data["timings"].items():
+            col = f"time/{name}"
+            if col not in time_cols:
+                time_cols.append(col)
+            row[col] = v
+        rows.append(row)
+    columns = _BASE_COLUMNS + iou_cols + time_cols
+    df = pd.DataFrame(rows, columns=columns)
+    for col in ["miou", "val_miou", "pixel_accuracy"] + iou_cols + time_cols:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)  # None -> NaN
+    df["best_epoch"] = pd.to_numeric(df["best_epoch"], errors="coerce").astype("Int64")
+    df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
+    dup = df.duplicated(["dataset", "variant", "pretrain_dataset", "seed"], keep=False)
+    if bool(dup.any()):
+        warnings.warn(
+            "several runs share dataset/variant/pretrain_dataset/seed; all of them are "
+            "counted in the tables:\n  " + "\n  ".join(df.loc[dup, "path"]),
+            stacklevel=2,
+        )
+    return df
+
+
+# ----------------------------------------------------------------------- tables
+def _resolve_variant(name: str) -> str:
+    return _VARIANT_ALIASES.get(name, name)
+
+
+def _dataset_order(datasets: Iterable[str]) -> list[str]:
+    uniq = list(dict.fromkeys(datasets))
+    pref = [d for d in _DATASET_ORDER if d in uniq]
+    return pref + sorted(d for d in uniq if d not in pref)
+
+
+def _require_columns(df: pd.DataFrame, cols: Sequence[str], fn: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise SelmaskError(f"{fn}: DataFrame lacks column(s) {missing}; use load_results()")
+
+
+def results_table(
+    df: pd.DataFrame,
+    metric: str = "miou",
+    columns: Sequence[str] = tuple(PAPER_COLUMNS),
+    datasets: Sequence[str] | None = None,
+    percent: bool = True,
+) -> pd.DataFrame:
+    """The paper's layout: rows = downstream dataset, columns = initialisation.
+
+    Returns a numeric DataFrame indexed by dataset with MultiIndex columns
+    ``(variant, stat)``, stat in ``mean``, ``std`` (over seeds; NaN with one
+    seed) and ``n`` (number of runs). Variants default to the five paper
+    columns (``none, imagenet, random_ir_self, selective_ir_self,
+    selective_ir_cross``); ``metric`` may be any numeric column, e.g.
+    ``val_miou`` or ``iou/weed``. Missing combinations are NaN (n = 0).
+    Use :func:`format_table` for "mean ± std" strings.
+    """
+    _require_columns(df, ["dataset", "variant", metric], "results_table")
+    columns = [_resolve_variant(c) for c in columns]
+    if datasets is None:
+        datasets = _dataset_order(df["dataset"])
+    scale = 100.0 if percent else 1.0
+    values = pd.to_numeric(df[metric], errors="coerce").astype(float) * scale
+    grouped = (
+        pd.DataFrame({"dataset": df["dataset"], "variant": df["variant"], "v": values})
+        .groupby(["dataset", "variant"])["v"]
+        .agg(mean="mean", std="std", n="count")
+    )
+    index = pd.Index(list(datasets), name="dataset")
+    mi = pd.MultiIndex.from_product([columns, ["mean", "std", "n"]], names=["variant", "stat"])
+    out = pd.DataFrame(np.nan, index=index, columns=mi)
+    for (ds, var), stats in grouped.iterrows():
+        if ds in index and var in columns:
+            for stat in ("mean", "std", "n"):
+                out.loc[ds, (var, stat)] = stats[stat]
+    for var in columns:
+        out[(var, "n")] = out[(var, "n")].fillna(0).astype(int)
+    return out
+
+
+def format_table(table: pd.DataFrame, decimals: int = 1, labels: bool = True) -> pd.DataFrame:
+    """Strings from :func:`results_table`: ``"72.3 ± 0.4"`` (n > 1), ``"72.3"`` (n = 1), ``"n/a"``."""
+    variants = list(dict.fromkeys(table.columns.get_level_values(0)))
+    out = pd.DataFrame(index=table.index)
+    for var in variants:
+        cells = []
+        for ds in table.index:
+            mean, std, n = (table.loc[ds, (var, s)] for s in ("mean", "std", "n"))
+            if pd.isna(mean):
+                cells.append("n/a")
+            elif n > 1 and not pd.isna(std):
+                cells.append(f"{mean:.{decimals}f} ± {std:.{decimals}f}")
+            else:
+                cells.append(f"{mean:.{decimals}f}")
+        out[PAPER_COLUMNS.get(var, var) if labels else var] = cells
+    return out
+
+
+def per_class_gain(
+    df: pd.DataFrame,
+    dataset: str,
+    baseline: str = "random_ir",
+    method: str = "selective_ir_self",
+    percent: bool = True,
+) -> pd.DataFrame:
+    """Per-class IoU of ``method`` minus ``baseline`` on one downstream dataset.
+
+    ``baseline`` / ``method`` are variant keys (``random_ir`` means
+    ``random_ir_self``, ``selective_ir`` means ``selective_ir_self``). IoUs are
+    averaged over seeds (undefined IoUs skipped). Returns a DataFrame indexed
+    by class with columns ``baseline``, ``method``, ``gain`` sorted by baseline
+    IoU ascending (lowest-performing classes first; NaN last), to check the
+    paper's claim that the largest gains are on the weakest classes. Missing
+    runs give NaN, never an error.
+    """
+    _require_columns(df, ["dataset", "variant"], "per_class_gain")
+    baseline, method = _resolve_variant(baseline), _resolve_variant(method)
+    sub = df[df["dataset"] == dataset]
+    if "class_names" in sub.columns and len(sub):
+        names = list(dict.fromkeys(n for names in sub["class_names"] for n in names))
+    else:
+        names = [c[4:] for c in sub.columns if c.startswith("iou/") and sub[c].notna().any()]
+    scale = 100.0 if percent else 1.0
+
+    def mean_iou_of(variant: str) -> pd.Series:
+        rows = sub[sub["variant"] == variant]
+        vals = {}
+        for name in names:
+            col = f"iou/{name}"
+            vals[name] = (pd.to_numeric(rows[col], errors="coerce").mean() * scale
+                          if col in rows.columns and len(rows) else np.nan)
+        return pd.Series(vals, index=names, dtype=float)
+
+    out = pd.DataFrame({"baseline": mean_iou_of(baseline), "method": mean_iou_of(method)},
+                       index=pd.Index(names, name="class"))
+    out["gain"] = out["method"] - out["baseline"]
+    out = out.sort_values("baseline", ascending=True, na_position="last", kind="stable")
+    out.attrs.update(dataset=dataset, baseline=baseline, method=method)
+    return out
