@@ -1,0 +1,519 @@
+"""Run configuration: two typed dataclasses, YAML files and named presets.
+
+A pretraining run is described by a :class:`PretrainConfig`, a downstream
+segmentation run by a :class:`FinetuneConfig`. Both are frozen dataclasses
+that check every value when built, so a typo or a wrong type fails at once,
+with the key named, instead of hours into a run::
+
+    cfg = pretrain_preset("demo", "synthetic")
+    cfg = cfg.updated(epochs=3)                      # checked like the rest
+    save_config(cfg, "runs/demo/config.yaml")
+    cfg = load_config("runs/demo/config.yaml")
+    run_id = config_hash(cfg)                        # same fields -> same id
+
+Presets (``smoke``, ``demo``, ``paper``) are documented in
+:func:`pretrain_preset` and :func:`finetune_preset`; ``paper`` is the recipe
+of METHOD.md exactly, the other two shrink it to run on a CPU.
+
+A YAML file holds the fields of one config plus a ``kind`` line
+(``pretrain`` or ``finetune``). It may instead name a preset and override a
+few of its fields::
+
+    kind: finetune
+    preset: demo
+    dataset: synthetic
+    init: selective_ir
+    pretrained: runs/pretrain-selective-synthetic
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, Optional, Union
+
+import yaml
+
+from .errors import SelmaskError
+
+DATASET_NAMES = ("voc", "cityscapes", "nassar", "sugarbeets", "folder", "synthetic")
+PRESET_NAMES = ("smoke", "demo", "paper")
+STRATEGIES = ("random", "selective")
+INITS = ("none", "imagenet", "random_ir", "selective_ir")
+
+# METHOD.md: one normalisation for every dataset.
+DEFAULT_MEAN = (0.4529, 0.4317, 0.3999)
+DEFAULT_STD = (0.4443, 0.4665, 0.4887)
+PAPER_SEED = 3741
+
+# Fields that change how fast or where a run goes, never what it computes.
+# They are left out of config_hash so that, e.g., more data-loader workers
+# do not invalidate a finished run.
+NON_RESULT_FIELDS = frozenset({"data_root", "num_workers", "device", "checkpoint_every"})
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class _ConfigBase:
+    """Validation, dict conversion and overrides shared by both configs."""
+
+    KIND: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            value = _coerce(field.name, getattr(self, field.name), hints[field.name])
+            object.__setattr__(self, field.name, value)
+        self._check_values()
+
+    def _check_values(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _result_fields(self) -> dict[str, Any]:
+        """The fields that can change the run's outcome (hashed by config_hash)."""
+        return {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_FIELDS}
+
+    # -- conversion -------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (tuples become lists) in field order; YAML/JSON safe."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """Build a config from plain data, rejecting unknown and missing keys."""
+        if not isinstance(data, dict):
+            raise SelmaskError(
+                f"{cls.KIND} config must be a mapping of keys to values, got {type(data).__name__}"
+            )
+        names = [f.name for f in dataclasses.fields(cls)]
+        _reject_unknown_keys(data, names, cls.KIND)
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise SelmaskError(f"missing config key '{missing[0]}' in {cls.KIND} config")
+        return cls(**data)
+
+    def updated(self, **overrides: Any):
+        """A copy with ``overrides`` applied; keys and values are checked."""
+        _reject_unknown_keys(overrides, [f.name for f in dataclasses.fields(self)], self.KIND)
+        return dataclasses.replace(self, **overrides)
+
+    # -- shared range checks ---------------------------------------------
+    def _check_common(self) -> None:
+        _check_choice("dataset", self.dataset, DATASET_NAMES)
+        if self.image_size < 32 or self.image_size % 32:
+            raise SelmaskError(
+                f"config key 'image_size' must be a positive multiple of 32 "
+                f"(the encoder's total stride), got {self.image_size}"
+            )
+        _check_at_least("epochs", self.epochs, 1)
+        _check_at_least("batch_size", self.batch_size, 1)
+        if not self.lr > 0:
+            raise SelmaskError(f"config key 'lr' must be > 0, got {self.lr}")
+        _check_at_least("warmup_epochs", self.warmup_epochs, 0)
+        if not 0 < self.min_lr_ratio <= 1:
+            raise SelmaskError(
+                f"config key 'min_lr_ratio' must be in (0, 1], got {self.min_lr_ratio}"
+            )
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise SelmaskError(
+                f"config key 'crop_scale' must be (low, high) with 0 < low <= high <= 1, "
+                f"got {list(self.crop_scale)}"
+            )
+        if any(not s > 0 for s in self.std):
+            raise SelmaskError(f"config key 'std' must be positive, got {list(self.std)}")
+        if not 0 <= self.dropout < 1:
+            raise SelmaskError(f"config key 'dropout' must be in [0, 1), got {self.dropout}")
+        _check_at_least("seed", self.seed, 0)
+        _check_at_least("num_workers", self.num_workers, 0)
+        _check_at_least("checkpoint_every", self.checkpoint_every, 1)
+        if not _DEVICE_PATTERN.match(self.device):
+            raise SelmaskError(
+                f"config key 'device' must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N', "
+                f"got {self.device!r}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig(_ConfigBase):
+    """Masked image reconstruction pretraining (random or selective masking).
+
+    ``epochs`` is E of METHOD.md: selective masking trains E epochs on each of
+    its K partitions (K x E epochs on 1/K of the data), random masking trains
+    E epochs on the whole set, so both do the same amount of work.
+    """
+
+    KIND: ClassVar[str] = "pretrain"
+
+    dataset: str                       # one of DATASET_NAMES
+    data_root: Optional[str] = None    # None: the dataset module's default location
+    strategy: str = "selective"        # 'random' | 'selective'
+    image_size: int = 256              # train crop side (RandomResizedCrop)
+    n_patches: int = 512               # nominal patch count of the grid (21x21 at 256 px)
+    mask_ratio: float = 0.5            # fraction of patches masked, both strategies
+    epochs: int = 1000                 # E: per selective step / on the whole set for random
+    batch_size: int = 128
+    lr: float = 3e-3                   # Adam
+    warmup_epochs: int = 10            # linear warm-up from min_lr_ratio * lr
+    min_lr_ratio: float = 0.01         # start of warm-up and end of cosine decay
+    n_partitions: int = 10             # K: selective steps
+    n_scoring_draws: int = 5           # S: random masks averaged when scoring an image
+    val_fraction: float = 0.1          # per-partition (selective) / whole-set (random) val split
+    score_size: int = 256              # shorter side of an image when it is scored
+    crop_scale: tuple[float, float] = (0.25, 1.0)
+    mean: tuple[float, float, float] = DEFAULT_MEAN
+    std: tuple[float, float, float] = DEFAULT_STD
+    dropout: float = 0.2               # Dropout2d before the 1x1 head
+    seed: int = PAPER_SEED
+    max_images: Optional[int] = None   # cap on pretraining images (first N in list order)
+    num_workers: int = 0               # DataLoader workers (not hashed)
+    device: str = "auto"               # 'auto' | 'cpu' | 'mps' | 'cuda[:N]' (not hashed)
+    amp: bool = True                   # mixed precision; only ever used on CUDA
+    checkpoint_every: int = 1          # epochs between checkpoints (not hashed)
+
+    def _check_values(self) -> None:
+        self._check_common()
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_at_least("n_patches", self.n_patches, 4)
+        if not 0 < self.mask_ratio < 1:
+            raise SelmaskError(f"config key 'mask_ratio' must be in (0, 1), got {self.mask_ratio}")
+        _check_at_least("n_partitions", self.n_partitions, 2 if self.strategy == "selective" else 1)
+        _check_at_least("n_scoring_draws", self.n_scoring_draws, 1)
+        if not 0 <= self.val_fraction < 1:
+            raise SelmaskError(
+                f"config key 'val_fraction' must be in [0, 1), got {self.val_fraction}"
+            )
+        _check_at_least("score_size", self.score_size, 32)
+        if self.max_images is not None:
+            _check_at_least("max_images", self.max_images, 1)
+
+    def _result_fields(self) -> dict[str, Any]:
+        fields = super()._result_fields()
+        if self.dataset == "folder":  # the path is the only identity a folder dataset has
+            fields["data_root"] = self.data_root
+        if self.strategy == "random":  # scoring settings play no part in random masking
+            for name in ("n_partitions", "n_scoring_draws", "score_size"):
+                fields.pop(name)
+        return fields
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig(_ConfigBase):
+    """Downstream semantic segmentation from one of four initialisations.
+
+    ``init``: ``none`` (random weights), ``imagenet`` (supervised ResNet-34
+    encoder only; ``imagenet_weights`` is a local file, or None for the model
+    library's own download), ``random_ir`` / ``selective_ir`` (the whole
+    U-Net but the head from the pretraining run directory ``pretrained``).
+    """
+
+    KIND: ClassVar[str] = "finetune"
+
+    dataset: str
+    data_root: Optional[str] = None
+    init: str = "none"                 # 'none' | 'imagenet' | 'random_ir' | 'selective_ir'
+    pretrained: Optional[str] = None   # pretraining run dir (random_ir / selective_ir)
+    imagenet_weights: Optional[str] = None  # encoder weights file (imagenet); None: library default
+    image_size: int = 256
+    epochs: int = 500
+    batch_size: int = 8
+    lr: float = 3e-3
+    warmup_epochs: int = 10
+    min_lr_ratio: float = 0.01
+    crop_scale: tuple[float, float] = (0.25, 1.0)
+    mean: tuple[float, float, float] = DEFAULT_MEAN
+    std: tuple[float, float, float] = DEFAULT_STD
+    dropout: float = 0.2
+    seed: int = PAPER_SEED
+    max_train_images: Optional[int] = None  # cap on downstream train images (first N)
+    num_workers: int = 0
+    device: str = "auto"
+    amp: bool = True
+    checkpoint_every: int = 1
+
+    def _check_values(self) -> None:
+        self._check_common()
+        _check_choice("init", self.init, INITS)
+        if self.init in ("random_ir", "selective_ir") and self.pretrained is None:
+            raise SelmaskError(
+                f"config key 'pretrained' must name a pretraining run directory "
+                f"when init is '{self.init}'"
+            )
+        if self.max_train_images is not None:
+            _check_at_least("max_train_images", self.max_train_images, 1)
+
+    def _result_fields(self) -> dict[str, Any]:
+        fields = super()._result_fields()
+        if self.dataset == "folder":
+            fields["data_root"] = self.data_root
+        if self.init not in ("random_ir", "selective_ir"):
+            fields.pop("pretrained")
+        if self.init != "imagenet":
+            fields.pop("imagenet_weights")
+        return fields
+
+
+Config = Union[PretrainConfig, FinetuneConfig]
+_CLASSES = {cls.KIND: cls for cls in (PretrainConfig, FinetuneConfig)}
+
+
+# ---------------------------------------------------------------------------
+# Presets
+# ---------------------------------------------------------------------------
+
+# METHOD.md: pretraining batch per dataset. 'folder' and 'synthetic' are not
+# in the paper; they get the general-dataset value (VOC, Cityscapes).
+PAPER_PRETRAIN_BATCH = {"voc": 128, "cityscapes": 128, "nassar": 256, "sugarbeets": 64,
+                        "folder": 128, "synthetic": 128}
+
+
+def pretrain_preset(name: str, dataset: str, **overrides: Any) -> PretrainConfig:
+    """A named pretraining config for ``dataset``, with ``overrides`` applied.
+
+    ``paper`` -- METHOD.md exactly: 256 px crops, 512 nominal patches (21x21
+    grid of 12 px), mask ratio 0.5, E = 1000 epochs per selective step, batch
+    128 (voc, cityscapes), 256 (nassar), 64 (sugarbeets), Adam lr 3e-3, 10
+    warm-up epochs then cosine to 0.01x, K = 10, S = 5, 90/10 train/val,
+    scored at shorter side 256, seed 3741, all images. Only departure:
+    ``folder`` and ``synthetic`` (not in the paper) use batch 128.
+    ``num_workers`` is 4 (speed only, not hashed).
+
+    ``demo`` -- minutes on a laptop CPU (meant for ``synthetic``). Departures:
+    96 px crops and score size 96 (CPU time grows with pixels); 64 nominal
+    patches, so the grid is 8x8 patches of 12 px, the paper's patch size
+    (512 patches at 96 px would be 3 px, leaving one 3x3 SSIM window per
+    patch); E = 5 epochs (K x E = 20 short steps); batch 16; 1 warm-up epoch
+    (10 would be the whole run); K = 4 so each step still sees a useful
+    share of a small set; S = 3 draws; at most 256 images.
+
+    ``smoke`` -- seconds, for CI. Departures: 64 px crops and score size 64;
+    64 nominal patches (8x8 grid of 8 px); E = 1 epoch; batch 4; no warm-up
+    (one epoch at full lr); K = 2, S = 2; at most 24 images.
+    """
+    _check_choice("dataset", dataset, DATASET_NAMES)
+    values: dict[str, Any] = dict(dataset=dataset)
+    if name == "paper":
+        values.update(batch_size=PAPER_PRETRAIN_BATCH[dataset], num_workers=4)
+    elif name == "demo":
+        values.update(image_size=96, score_size=96, n_patches=64, epochs=5, batch_size=16,
+                      warmup_epochs=1, n_partitions=4, n_scoring_draws=3, max_images=256)
+    elif name == "smoke":
+        values.update(image_size=64, score_size=64, n_patches=64, epochs=1, batch_size=4,
+                      warmup_epochs=0, n_partitions=2, n_scoring_draws=2, max_images=24)
+    else:
+        _check_choice("preset", name, PRESET_NAMES)
+    return PretrainConfig(**values).updated(**overrides)
+
+
+def finetune_preset(name: str, dataset: str, **overrides: Any) -> FinetuneConfig:
+    """A named fine-tuning config for ``dataset``, with ``overrides`` applied.
+
+    All presets start from ``init='none'``; set ``init`` (and ``pretrained``
+    for the IR inits) through ``overrides``.
+
+    ``paper`` -- METHOD.md exactly: 256 px crops, 500 epochs, batch 8, Adam
+    lr 3e-3, 10 warm-up epochs then cosine to 0.01x, head dropout 0.2, seed
+    3741, all training images. ``num_workers`` is 4 (speed only).
+
+    ``demo`` -- minutes on a CPU. Departures: 96 px crops; 12 epochs; 1
+    warm-up epoch; at most 128 training images. Batch 8 as in the paper.
+
+    ``smoke`` -- seconds, for CI. Departures: 64 px crops; 2 epochs; batch 4;
+    no warm-up; at most 8 training images.
+    """
+    _check_choice("dataset", dataset, DATASET_NAMES)
+    values: dict[str, Any] = dict(dataset=dataset)
+    if name == "paper":
+        values.update(num_workers=4)
+    elif name == "demo":
+        values.update(image_size=96, epochs=12, warmup_epochs=1, max_train_images=128)
+    elif name == "smoke":
+        values.update(image_size=64, epochs=2, batch_size=4, warmup_epochs=0, max_train_images=8)
+    else:
+        _check_choice("preset", name, PRESET_NAMES)
+    return FinetuneConfig(**values).updated(**overrides)
+
+
+_PRESET_FUNCTIONS = {"pretrain": pretrain_preset, "finetune": finetune_preset}
+
+
+# ---------------------------------------------------------------------------
+# YAML and hashing
+# ---------------------------------------------------------------------------
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``3e-3`` as a float (YAML 1.1 wants ``3.0e-3``)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write ``cfg`` to ``path`` as YAML (with its ``kind``); returns the path."""
+    path = Path(path)
+    data = {"kind": cfg.KIND, **cfg.to_dict()}
+    text = f"# selmask {cfg.KIND} config, config_hash {config_hash(cfg)}\n"
+    text += yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as err:
+        raise SelmaskError(f"cannot write config file {path}: {err.strerror or err}") from err
+    return path
+
+
+def load_config(path: str | Path, kind: str | None = None) -> Config:
+    """Read a config written by :func:`save_config` or by hand.
+
+    The kind comes from ``kind`` (argument), else the file's ``kind`` key,
+    else is guessed (``strategy`` -> pretrain, ``init`` -> finetune). With a
+    ``preset`` key the named preset is the base and the other keys override
+    it. Every problem raises :class:`SelmaskError` naming the file and key.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SelmaskError(f"config file {path} does not exist") from None
+    except OSError as err:
+        raise SelmaskError(f"cannot read config file {path}: {err.strerror or err}") from err
+    try:
+        data = yaml.load(text, Loader=_YamlLoader)
+    except yaml.YAMLError as err:
+        raise SelmaskError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise SelmaskError(f"config file {path} must hold a mapping of keys to values")
+    data = dict(data)
+    file_kind = data.pop("kind", None)
+    kind = kind or file_kind
+    if kind is None:
+        if "strategy" in data or "n_partitions" in data:
+            kind = "pretrain"
+        elif "init" in data or "pretrained" in data:
+            kind = "finetune"
+        else:
+            raise SelmaskError(
+                f"config file {path}: cannot tell a pretrain from a finetune config; "
+                f"add 'kind: pretrain' or 'kind: finetune'"
+            )
+    try:
+        _check_choice("kind", kind, tuple(_CLASSES))
+        preset = data.pop("preset", None)
+        if preset is None:
+            return _CLASSES[kind].from_dict(data)
+        if "dataset" not in data:
+            raise SelmaskError(f"missing config key 'dataset' in {kind} config")
+        return _PRESET_FUNCTIONS[kind](preset, **data)
+    except SelmaskError as err:
+        raise SelmaskError(f"config file {path}: {err}") from err
+
+
+def config_hash(cfg: Config) -> str:
+    """A 16-hex-digit id of the fields that can change a run's result.
+
+    Canonical JSON (sorted keys) of the config's kind and result fields,
+    SHA-256. Excluded: ``num_workers``, ``device``, ``checkpoint_every``,
+    ``data_root`` (except for the ``folder`` dataset, whose only identity is
+    its path), and fields the run ignores (scoring settings for random
+    masking; ``pretrained`` / ``imagenet_weights`` when ``init`` does not
+    use them).
+    """
+    payload = {"kind": cfg.KIND, **cfg._result_fields()}
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+
+def _reject_unknown_keys(data: dict[str, Any], names: list[str], kind: str) -> None:
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise SelmaskError(f"unknown config key '{key}' in {kind} config{hint}")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise SelmaskError(
+            f"config key '{key}' must be one of {', '.join(choices)}; got {value!r}{hint}"
+        )
+
+
+def _check_at_least(key: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise SelmaskError(f"config key '{key}' must be >= {minimum}, got {value}")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        return f"a list of {len(args)} {_type_name(args[0])}s"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints become floats, lists tuples."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        if len(args) == 1:
+            try:
+                return _coerce(key, value, args[0])
+            except SelmaskError:
+                raise SelmaskError(
+                    f"config key '{key}' must be {_type_name(args[0])} or null, "
+                    f"got {type(value).__name__} {value!r}"
+                ) from None
+        tp = args[0]  # pragma: no cover - no multi-type fields
+    ok = True
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    elif tp is str:
+        ok = isinstance(value, str)
+    elif origin is tuple:
+        args = typing.get_args(tp)
+        ok = isinstance(value, (list, tuple)) and len(value) == len(args)
+        if ok:
+            try:
+                value = tuple(_coerce(key, v, a) for v, a in zip(value, args))
+            except SelmaskError:
+                ok = False
+    if not ok:
+        raise SelmaskError(
+            f"config key '{key}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

@@ -1,0 +1,535 @@
+"""The training engine shared by pretraining and fine-tuning (plain PyTorch).
+
+:func:`fit` is the whole loop: for each epoch it calls your
+``train_one_epoch(epoch) -> dict`` and optional ``evaluate(epoch) -> dict``,
+steps the schedule, appends a metrics row, and writes an atomic checkpoint.
+Called again on the same ``run_dir`` it resumes after the last checkpointed
+epoch, and a finished run is a no-op::
+
+    model, optimizer = ..., torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = build_scheduler(optimizer, cfg.warmup_epochs, cfg.epochs, cfg.min_lr_ratio)
+
+    def train_one_epoch(epoch):
+        order = torch.randperm(n, generator=epoch_generator(cfg.seed, "order", epoch))
+        ...
+        return {"train_loss": loss}
+
+    fit(model, optimizer, scheduler, train_one_epoch, cfg.epochs, run_dir,
+        config_hash=config_hash(cfg))
+
+Files in ``run_dir``: ``last.pt`` (resumable state), ``best.pt`` (model
+weights at the best ``best_metric``, if one is chosen), ``metrics.csv`` and
+``metrics.jsonl`` (one row per epoch). Use one run directory per ``fit``
+(e.g. ``step_03/`` for each selective step).
+
+Resume is exact on CPU: the checkpoint holds the model, optimiser,
+schedule, grad scaler and every RNG state (Python, NumPy, torch, CUDA), and
+randomness drawn from :func:`epoch_generator` depends on (seed, epoch) alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+import torch
+
+from .errors import SelmaskError
+
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+
+
+# ---------------------------------------------------------------------------
+# Learning-rate schedule
+# ---------------------------------------------------------------------------
+
+
+def warmup_cosine_lambda(
+    warmup_epochs: int, total_epochs: int, min_ratio: float
+) -> Callable[[int], float]:
+    """The lr multiplier for epoch ``e`` (0-based), for ``LambdaLR``.
+
+    Linear warm-up from ``min_ratio`` at epoch 0 to 1.0 at epoch
+    ``warmup``, then cosine decay to ``min_ratio`` at the last epoch
+    (``total_epochs - 1``); later epochs stay at ``min_ratio``. The schedule
+    is stepped once per epoch (METHOD.md counts epochs; per-iteration
+    stepping would tie the curve to the dataset size).
+
+    Short runs: the warm-up is cut to ``total_epochs - 1`` epochs so the run
+    always reaches the peak lr once; a 1-epoch run trains at the full lr.
+    Example (warmup 2, total 5, min 0.01): 0.01, 0.505, 1.0, 0.505, 0.01.
+    """
+    if total_epochs < 1:
+        raise SelmaskError(f"total_epochs must be >= 1, got {total_epochs}")
+    if warmup_epochs < 0:
+        raise SelmaskError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+    warmup = min(warmup_epochs, total_epochs - 1)
+    decay_epochs = total_epochs - 1 - warmup  # epochs from the peak to the last one
+
+    def lr_multiplier(epoch: int) -> float:
+        if epoch < warmup:
+            return min_ratio + (1.0 - min_ratio) * epoch / warmup
+        if decay_epochs == 0:
+            return 1.0
+        progress = min(1.0, (epoch - warmup) / decay_epochs)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return lr_multiplier
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, warmup_epochs: int, total_epochs: int, min_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """``LambdaLR`` with :func:`warmup_cosine_lambda`; call ``step()`` once per epoch."""
+    lr_lambda = warmup_cosine_lambda(warmup_epochs, total_epochs, min_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+
+
+# ---------------------------------------------------------------------------
+# Randomness
+# ---------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global RNG and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def derive_seed(seed: int, *keys: Any) -> int:
+    """A 63-bit seed that depends only on ``seed`` and ``keys`` (e.g. "order", epoch).
+
+    SHA-256 of their ``repr``, so it is the same on every machine and run,
+    unlike Python's salted ``hash``.
+    """
+    digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def epoch_generator(seed: int, *keys: Any) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded from ``(seed, *keys)``.
+
+    Use one per purpose and epoch, e.g. ``epoch_generator(seed, "order",
+    epoch)`` for the data order and ``epoch_generator(seed, "mask", step,
+    epoch)`` for random masks: the draws then do not depend on what ran
+    before, which is what makes resume exact.
+    """
+    generator = torch.Generator()
+    generator.manual_seed(derive_seed(seed, *keys))
+    return generator
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every global RNG state, as plain Python values and tensors (checkpoint-safe)."""
+    name, keys, pos, has_gauss, cached_gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (name, keys.tolist(), pos, has_gauss, cached_gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Undo :func:`capture_rng_state`; CUDA state is restored only where CUDA exists."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached_gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached_gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------
+# Files: run directories and checkpoints
+# ---------------------------------------------------------------------------
+
+
+def ensure_writable_dir(path: str | Path) -> Path:
+    """Create ``path`` (with parents) and check a file can be written in it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise SelmaskError(f"directory {path} is not writable: {err.strerror or err}") from err
+    return path
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` with ``torch.save`` atomically.
+
+    The bytes go to a temporary file in the same directory, are fsynced, and
+    the file is renamed over ``path`` (``os.replace``), so ``path`` always
+    holds either the previous checkpoint or the new one, never half of one.
+    """
+    path = Path(path)
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as tmp_file:
+            torch.save(state, tmp_file)
+            tmp_file.flush()
+            os.fsync(tmp_file.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories can't be opened."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_checkpoint(
+    path: str | Path,
+    expected_config_hash: Optional[str] = None,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Loads with ``weights_only=True`` (tensors and plain Python values only;
+    nothing is executed). Raises :class:`SelmaskError` naming ``path`` if it
+    is missing, unreadable or corrupt, or if ``expected_config_hash`` is
+    given and differs from the checkpoint's ``config_hash``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SelmaskError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for bad files
+        raise SelmaskError(f"checkpoint {path} is corrupt or unreadable: {err}") from err
+    if not isinstance(state, dict):
+        raise SelmaskError(f"checkpoint {path} is corrupt: expected a dict, got {type(state).__name__}")
+    if expected_config_hash is not None and state.get("config_hash") != expected_config_hash:
+        raise SelmaskError(
+            f"checkpoint {path} was written by a different config "
+            f"(config_hash {state.get('config_hash')}, expected {expected_config_hash}); "
+            f"use a new run directory or delete the old one"
+        )
+    return state
+
+
+def latest_checkpoint(run_dir: str | Path, ckpt_name: str = LAST_CHECKPOINT) -> Optional[Path]:
+    """``run_dir / ckpt_name`` if it exists, else None (temporary files are ignored)."""
+    path = Path(run_dir) / ckpt_name
+    return path if path.is_file() else None
+
+
+# ---------------------------------------------------------------------------
+# Metrics log
+# ---------------------------------------------------------------------------
+
+
+class MetricsLogger:
+    """One row per epoch in ``<name>.csv`` and ``<name>.jsonl`` inside ``run_dir``.
+
+    The JSONL file is the record; the CSV is the same rows for spreadsheets
+    and pandas. Rows are appended; logging an epoch that is already in the
+    log (re-run after a resume) first drops that epoch and every later one,
+    so the log never holds an epoch twice. When a row brings a new column
+    the CSV is rewritten with the wider header.
+    """
+
+    def __init__(self, run_dir: str | Path, name: str = "metrics") -> None:
+        self.run_dir = ensure_writable_dir(run_dir)
+        self.jsonl_path = self.run_dir / f"{name}.jsonl"
+        self.csv_path = self.run_dir / f"{name}.csv"
+        self._rows = self._read_jsonl()
+        self._columns = _columns_of(self._rows)
+
+    def read(self) -> list[dict[str, Any]]:
+        """All logged rows, oldest first."""
+        return [dict(row) for row in self._rows]
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Append ``row`` (it must have an ``epoch`` key)."""
+        if "epoch" not in row:
+            raise SelmaskError("a metrics row needs an 'epoch' key")
+        row = {key: _json_value(value) for key, value in row.items()}
+        if any(old["epoch"] >= row["epoch"] for old in self._rows):
+            self.truncate(row["epoch"])
+        self._rows.append(row)
+        with open(self.jsonl_path, "a") as jsonl:
+            jsonl.write(json.dumps(row) + "\n")
+        new_columns = [key for key in row if key not in self._columns]
+        if new_columns or not self.csv_path.exists():
+            self._columns += new_columns
+            self._rewrite_csv()
+        else:
+            with open(self.csv_path, "a", newline="") as csv_file:
+                csv.DictWriter(csv_file, self._columns, lineterminator="\n").writerow(row)
+
+    def truncate(self, epoch: int) -> None:
+        """Drop the rows of ``epoch`` and later (called by :func:`fit` on resume)."""
+        self._rows = [row for row in self._rows if row["epoch"] < epoch]
+        self._columns = _columns_of(self._rows)
+        if not self._rows:
+            for path in (self.jsonl_path, self.csv_path):
+                path.unlink(missing_ok=True)
+            return
+        _write_text_atomic(self.jsonl_path, "".join(json.dumps(row) + "\n" for row in self._rows))
+        self._rewrite_csv()
+
+    def _rewrite_csv(self) -> None:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, self._columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self._rows)
+        _write_text_atomic(self.csv_path, text.getvalue())
+
+    def _read_jsonl(self) -> list[dict[str, Any]]:
+        if not self.jsonl_path.exists():
+            return []
+        lines = [line for line in self.jsonl_path.read_text().splitlines() if line.strip()]
+        rows = []
+        for line_number, line in enumerate(lines, 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if line_number < len(lines):
+                    raise SelmaskError(
+                        f"metrics log {self.jsonl_path} is corrupt at line {line_number}"
+                    ) from None
+                # A run killed mid-write left half a row at the end: drop it for good.
+                _write_text_atomic(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in rows))
+        return rows
+
+
+def _columns_of(rows: list[dict[str, Any]]) -> list[str]:
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    return columns
+
+
+def _json_value(value: Any) -> Any:
+    """Tensors and NumPy scalars become Python numbers so rows serialise."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="") as tmp_file:
+            tmp_file.write(text)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+# ---------------------------------------------------------------------------
+# Mixed precision and progress bars
+# ---------------------------------------------------------------------------
+
+
+def _device_type(device: str | torch.device) -> str:
+    return torch.device(device).type
+
+
+def autocast(device: str | torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """float16 autocast on CUDA when ``enabled``; a no-op context elsewhere.
+
+    CPU/MPS runs stay in float32: bfloat16 on CPU is slow on most laptops and
+    would make CPU results depend on the hardware.
+    """
+    if enabled and _device_type(device) == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def make_grad_scaler(device: str | torch.device, enabled: bool = True) -> torch.amp.GradScaler:
+    """A ``GradScaler`` active only on CUDA with AMP; elsewhere a pass-through.
+
+    A disabled scaler's ``scale(loss)`` returns ``loss`` and ``step(opt)``
+    calls ``opt.step()``, so one training loop serves both cases.
+    """
+    return torch.amp.GradScaler("cuda", enabled=enabled and _device_type(device) == "cuda")
+
+
+def progress(iterable: Iterable, **kwargs: Any):
+    """A ``tqdm.auto`` bar (widget in notebooks, text in terminals).
+
+    ``SELMASK_NO_PROGRESS=1`` turns every bar off (CI logs, papermill runs).
+    """
+    from tqdm.auto import tqdm
+
+    if os.environ.get("SELMASK_NO_PROGRESS", "") not in ("", "0"):
+        kwargs["disable"] = True
+    return tqdm(iterable, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: where things are and the best value seen."""
+
+    run_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Optional[Path]   # None unless best_metric was given and seen
+    best_value: Optional[float]
+    best_epoch: Optional[int]
+    start_epoch: int                  # first epoch run by this call (0 = fresh)
+    history: list[dict[str, Any]] = field(default_factory=list)  # all metrics rows
+
+
+def fit(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler],
+    train_one_epoch: Callable[[int], Optional[dict[str, Any]]],
+    epochs: int,
+    run_dir: str | Path,
+    *,
+    evaluate: Optional[Callable[[int], dict[str, Any]]] = None,
+    resume: bool = True,
+    config_hash: Optional[str] = None,
+    extra_state: Any = None,
+    on_epoch_end: Optional[Callable[[int, dict[str, Any]], None]] = None,
+    scaler: Optional[torch.amp.GradScaler] = None,
+    best_metric: Optional[str] = None,
+    best_mode: str = "max",
+    checkpoint_every: int = 1,
+    ckpt_name: str = LAST_CHECKPOINT,
+    best_name: str = BEST_CHECKPOINT,
+) -> FitResult:
+    """Train for ``epochs`` epochs with checkpoints, resume and a metrics log.
+
+    Each epoch: ``model.train()``; ``train_one_epoch(epoch)`` -> metrics dict
+    (or None); if given, ``evaluate(epoch)`` -> metrics dict, called after
+    ``model.eval()`` under ``torch.no_grad()``; ``scheduler.step()``; a row
+    ``{"epoch", "lr", **train, **val, "seconds"}`` appended to the log; then
+    checkpoints. ``lr`` is the rate the epoch trained with.
+
+    Checkpoints: ``ckpt_name`` every ``checkpoint_every`` epochs, at the last
+    one and at every new best (so the two files agree), holding model, optimiser, scheduler, ``scaler``, RNG states,
+    epoch, best value, ``config_hash`` and ``extra_state`` (a dict of tensors
+    and plain values, or a callable returning one, read at save time). If
+    ``best_metric`` names a key of the row, ``best_name`` gets the model
+    weights whenever it improves (``best_mode`` "max" or "min").
+
+    ``resume=True`` continues after the epoch of an existing ``ckpt_name``
+    (its ``config_hash`` must match); ``resume=False`` starts over and
+    replaces the old log and checkpoints. ``on_epoch_end(epoch, row)`` runs
+    after the checkpoint is written.
+    """
+    if epochs < 1:
+        raise SelmaskError(f"epochs must be >= 1, got {epochs}")
+    if best_mode not in ("max", "min"):
+        raise SelmaskError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+    if checkpoint_every < 1:
+        raise SelmaskError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    run_dir = ensure_writable_dir(run_dir)
+    last_path, best_path = run_dir / ckpt_name, run_dir / best_name
+    logger = MetricsLogger(run_dir)
+
+    start_epoch, best_value, best_epoch = 0, None, None
+    previous = latest_checkpoint(run_dir, ckpt_name) if resume else None
+    if previous is not None:
+        state = load_checkpoint(previous, expected_config_hash=config_hash)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        start_epoch = state["epoch"] + 1
+        best_value, best_epoch = state.get("best_value"), state.get("best_epoch")
+    elif best_path.exists():
+        best_path.unlink()  # a best model from an older, abandoned run
+    logger.truncate(start_epoch)
+
+    def full_state(epoch: int) -> dict[str, Any]:
+        extra = extra_state() if callable(extra_state) else extra_state
+        return {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": capture_rng_state(),
+            "best_value": best_value,
+            "best_epoch": best_epoch,
+            "config_hash": config_hash,
+            "extra": extra,
+        }
+
+    for epoch in range(start_epoch, epochs):
+        started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        model.train()
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr, **(train_one_epoch(epoch) or {})}
+        if evaluate is not None:
+            model.eval()
+            with torch.no_grad():
+                row.update(evaluate(epoch) or {})
+        if scheduler is not None:
+            scheduler.step()
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        logger.log(row)
+
+        value = row.get(best_metric) if best_metric is not None else None
+        if value is not None:
+            value = float(_json_value(value))
+        improved = value is not None and (
+            best_value is None or (value > best_value if best_mode == "max" else value < best_value)
+        )
+        if improved:
+            best_value, best_epoch = value, epoch
+            save_checkpoint(best_path, {
+                "epoch": epoch, "model": model.state_dict(), "best_metric": best_metric,
+                "best_value": value, "config_hash": config_hash, "metrics": logger.read()[-1],
+            })
+        # After a new best, also save the resumable state so the two agree.
+        if improved or (epoch + 1) % checkpoint_every == 0 or epoch == epochs - 1:
+            save_checkpoint(last_path, full_state(epoch))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+
+    return FitResult(
+        run_dir=run_dir,
+        last_checkpoint=last_path,
+        best_checkpoint=best_path if best_path.exists() else None,
+        best_value=best_value,
+        best_epoch=best_epoch,
+        start_epoch=start_epoch,
+        history=logger.read(),
+    )

@@ -1,0 +1,324 @@
+"""The training engine: schedule, RNG, atomic checkpoints, resume, metrics log."""
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from selmask_lib.engine import (
+    MetricsLogger,
+    autocast,
+    build_scheduler,
+    capture_rng_state,
+    ensure_writable_dir,
+    epoch_generator,
+    fit,
+    latest_checkpoint,
+    load_checkpoint,
+    make_grad_scaler,
+    progress,
+    restore_rng_state,
+    save_checkpoint,
+    seed_everything,
+    warmup_cosine_lambda,
+)
+from selmask_lib.errors import SelmaskError
+
+# --- schedule ---------------------------------------------------------------
+
+
+def test_warmup_then_cosine_values():
+    f = warmup_cosine_lambda(warmup_epochs=10, total_epochs=100, min_ratio=0.01)
+    assert f(0) == pytest.approx(0.01)           # warm-up starts at min_ratio
+    assert f(5) == pytest.approx(0.505)          # linear
+    assert f(10) == pytest.approx(1.0)           # peak right after warm-up
+    assert f(10 + 89 / 2) == pytest.approx(0.505)  # cosine midpoint
+    assert f(99) == pytest.approx(0.01)          # last epoch at min_ratio
+    assert f(150) == pytest.approx(0.01)         # and it stays there
+    values = [f(e) for e in range(100)]
+    assert all(a < b for a, b in zip(values[:10], values[1:11]))
+    assert all(a > b for a, b in zip(values[10:99], values[11:100]))
+
+
+def test_schedule_edge_cases():
+    assert warmup_cosine_lambda(10, 1, 0.01)(0) == 1.0                      # one epoch: full lr
+    assert [warmup_cosine_lambda(0, 2, 0.01)(e) for e in range(2)] == pytest.approx([1.0, 0.01])
+    short = [warmup_cosine_lambda(10, 5, 0.01)(e) for e in range(5)]      # total <= warmup
+    assert short[0] == pytest.approx(0.01) and short[-1] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(short, short[1:]))
+    assert [warmup_cosine_lambda(2, 5, 0.01)(e) for e in range(5)] == pytest.approx(
+        [0.01, 0.505, 1.0, 0.505, 0.01]
+    )
+    with pytest.raises(SelmaskError, match="total_epochs"):
+        warmup_cosine_lambda(1, 0, 0.01)
+
+
+def test_build_scheduler_steps_per_epoch():
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=3e-3)
+    scheduler = build_scheduler(optimizer, warmup_epochs=10, total_epochs=50, min_ratio=0.01)
+    lrs = []
+    for _ in range(50):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(3e-5)
+    assert lrs[10] == pytest.approx(3e-3)
+    assert lrs[49] == pytest.approx(3e-5)
+
+
+# --- randomness -------------------------------------------------------------
+
+
+def _draws():
+    return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+
+def test_seed_everything_and_rng_state_round_trip():
+    seed_everything(5)
+    first = _draws()
+    seed_everything(5)
+    assert _draws() == first
+    state = capture_rng_state()
+    expected = _draws()
+    seed_everything(99)
+    restore_rng_state(state)
+    assert _draws() == expected
+
+
+def test_rng_state_survives_a_checkpoint(tmp_path):
+    seed_everything(1)
+    np.random.randn()  # leaves a cached Gaussian in NumPy's state
+    save_checkpoint(tmp_path / "rng.pt", {"rng": capture_rng_state()})
+    expected = _draws()
+    seed_everything(2)
+    restore_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    assert _draws() == expected
+
+
+def test_epoch_generator_depends_only_on_seed_and_keys():
+    a = torch.randperm(20, generator=epoch_generator(3741, "order", 4))
+    torch.manual_seed(0)  # the global RNG plays no part
+    assert torch.equal(a, torch.randperm(20, generator=epoch_generator(3741, "order", 4)))
+    assert not torch.equal(a, torch.randperm(20, generator=epoch_generator(3741, "order", 5)))
+    assert not torch.equal(a, torch.randperm(20, generator=epoch_generator(3742, "order", 4)))
+
+
+# --- checkpoints ------------------------------------------------------------
+
+
+def test_atomic_save_leaves_only_the_checkpoint(tmp_path):
+    path = save_checkpoint(tmp_path / "last.pt", {"epoch": 1, "w": torch.ones(3)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    assert load_checkpoint(path)["epoch"] == 1
+    assert latest_checkpoint(tmp_path) == path
+    assert latest_checkpoint(tmp_path / "nothing") is None
+
+
+def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
+
+    def crashing_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"epoch": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_corrupt_or_missing_checkpoint_is_named(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SelmaskError, match=r"checkpoint .*bad\.pt is corrupt"):
+        load_checkpoint(bad)
+    with pytest.raises(SelmaskError, match=r"checkpoint .*gone\.pt does not exist"):
+        load_checkpoint(tmp_path / "gone.pt")
+
+
+def test_checkpoint_from_another_config_is_rejected(tmp_path):
+    path = save_checkpoint(tmp_path / "last.pt", {"epoch": 0, "config_hash": "aaaa"})
+    assert load_checkpoint(path, expected_config_hash="aaaa")["epoch"] == 0
+    with pytest.raises(SelmaskError, match=r"last\.pt was written by a different config"):
+        load_checkpoint(path, expected_config_hash="bbbb")
+
+
+def test_unwritable_dir_is_named(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(SelmaskError, match=r"a_file/run is not writable"):
+        ensure_writable_dir(blocker / "run")
+    assert ensure_writable_dir(tmp_path / "x" / "y").is_dir()
+
+
+# --- metrics log ------------------------------------------------------------
+
+
+def test_metrics_logger_replaces_re_run_epochs(tmp_path):
+    logger = MetricsLogger(tmp_path)
+    for epoch in range(3):
+        logger.log({"epoch": epoch, "loss": torch.tensor(1.0 / (epoch + 1))})
+    logger = MetricsLogger(tmp_path)  # a new process after a crash
+    logger.log({"epoch": 1, "loss": 9.0, "miou": 0.5})  # re-run epoch 1: drops 1 and 2
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [0, 1]
+    assert rows[1]["loss"] == 9.0
+    csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert csv_lines == ["epoch,loss,miou", "0,1.0,", "1,9.0,0.5"]
+
+
+def test_metrics_logger_drops_a_half_written_last_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 0, "loss": 1.0}\n{"epoch": 1, "lo')
+    logger = MetricsLogger(tmp_path)
+    logger.log({"epoch": 1, "loss": 0.5})
+    assert [row["epoch"] for row in MetricsLogger(tmp_path).read()] == [0, 1]
+
+
+# --- AMP and progress -------------------------------------------------------
+
+
+def test_amp_is_cuda_only():
+    with autocast("cpu", enabled=True):
+        assert torch.ones(2).matmul(torch.ones(2)).dtype == torch.float32
+    assert not make_grad_scaler("cpu", enabled=True).is_enabled()
+    assert not make_grad_scaler("cuda", enabled=False).is_enabled()
+
+
+def test_progress_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("SELMASK_NO_PROGRESS", "1")
+    bar = progress(range(3))
+    assert bar.disable and list(bar) == [0, 1, 2]
+
+
+# --- fit ----------------------------------------------------------------------
+
+SEED, N, EPOCHS = 7, 24, 4
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def _training(crash_at=None):
+    """A tiny regression problem whose epochs use every kind of randomness."""
+    data = torch.randn(N, 4, generator=epoch_generator(SEED, "data"))
+    target = data.sum(dim=1, keepdim=True)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    scheduler = build_scheduler(optimizer, warmup_epochs=1, total_epochs=EPOCHS, min_ratio=0.01)
+    calls = []
+
+    def train_one_epoch(epoch):
+        calls.append(epoch)
+        order = torch.randperm(N, generator=epoch_generator(SEED, "order", epoch))
+        total = 0.0
+        for batch, start in enumerate(range(0, N, 8)):
+            index = order[start:start + 8]
+            noise = 0.01 * torch.randn(len(index), 4)  # global torch RNG, like dropout
+            loss = torch.nn.functional.mse_loss(model(data[index] + noise), target[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            if epoch == crash_at and batch == 1:
+                raise Crash("power cut")
+        return {"train_loss": total}
+
+    def evaluate(epoch):
+        return {"val_loss": torch.nn.functional.mse_loss(model(data), target).item()}
+
+    return model, optimizer, scheduler, train_one_epoch, evaluate, calls
+
+
+def _run(run_dir, crash_at=None, config_hash="cfg", best_metric="val_loss", **kwargs):
+    model, optimizer, scheduler, train_one_epoch, evaluate, calls = _training(crash_at)
+    result = fit(model, optimizer, scheduler, train_one_epoch, EPOCHS, run_dir,
+                 evaluate=evaluate, config_hash=config_hash, best_metric=best_metric,
+                 best_mode="min", **kwargs)
+    return model, result, calls
+
+
+def _without_time(rows):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+@pytest.mark.parametrize(
+    "checkpoint_every, crash_at, best_metric",
+    [
+        (1, 2, "val_loss"),  # checkpoint after every epoch, best model tracked
+        (2, 3, None),  # last checkpoint at epoch 1: epoch 2 (already logged) runs again
+    ],
+)
+def test_resume_after_crash_matches_an_uninterrupted_run(tmp_path, checkpoint_every, crash_at, best_metric):
+    options = dict(checkpoint_every=checkpoint_every, best_metric=best_metric)
+    seed_everything(SEED)
+    reference, reference_result, _ = _run(tmp_path / "ref", **options)
+
+    seed_everything(SEED)
+    with pytest.raises(Crash):
+        _run(tmp_path / "run", crash_at=crash_at, **options)
+    seed_everything(12345)  # a new process: different global RNG, fresh weights
+    resumed, result, calls = _run(tmp_path / "run", **options)
+
+    assert result.start_epoch == 2 and calls == [2, 3]
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+    assert [row["epoch"] for row in result.history] == [0, 1, 2, 3]
+    assert _without_time(result.history) == _without_time(reference_result.history)
+    csv_epochs = [line.split(",")[0] for line in (tmp_path / "run" / "metrics.csv").read_text().splitlines()]
+    assert csv_epochs == ["epoch", "0", "1", "2", "3"]
+    assert (result.best_epoch, result.best_value) == (reference_result.best_epoch, reference_result.best_value)
+    files = {"last.pt", "metrics.csv", "metrics.jsonl"} | ({"best.pt"} if best_metric else set())
+    assert {p.name for p in (tmp_path / "run").iterdir()} == files
+
+
+def test_finished_run_is_not_trained_again(tmp_path):
+    _run(tmp_path)
+    _, result, calls = _run(tmp_path)
+    assert calls == [] and result.start_epoch == EPOCHS and len(result.history) == EPOCHS
+
+
+def test_best_checkpoint_holds_the_best_epoch(tmp_path):
+    _, result, _ = _run(tmp_path)
+    losses = [row["val_loss"] for row in result.history]
+    best = load_checkpoint(result.best_checkpoint, expected_config_hash="cfg")
+    assert best["epoch"] == result.best_epoch == int(np.argmin(losses))
+    assert best["best_value"] == min(losses)
+    last = load_checkpoint(result.last_checkpoint)
+    assert last["epoch"] == EPOCHS - 1 and last["best_epoch"] == result.best_epoch
+
+
+def test_resume_with_a_different_config_is_rejected(tmp_path):
+    with pytest.raises(Crash):
+        _run(tmp_path, crash_at=1, config_hash="old")
+    with pytest.raises(SelmaskError, match="was written by a different config"):
+        _run(tmp_path, config_hash="new")
+
+
+def test_resume_false_starts_over(tmp_path):
+    with pytest.raises(Crash):
+        _run(tmp_path, crash_at=2, config_hash="old")
+    _, result, calls = _run(tmp_path, config_hash="new", resume=False)
+    assert calls == [0, 1, 2, 3] and [row["epoch"] for row in result.history] == [0, 1, 2, 3]
+    assert load_checkpoint(result.last_checkpoint)["config_hash"] == "new"
+
+
+def test_extra_state_and_epoch_end_hook(tmp_path):
+    seen = []
+    _, result, _ = _run(tmp_path, extra_state=lambda: {"step": 3, "mask": torch.ones(2, dtype=torch.bool)},
+                        on_epoch_end=lambda epoch, row: seen.append((epoch, "lr" in row)))
+    assert seen == [(e, True) for e in range(EPOCHS)]
+    extra = load_checkpoint(result.last_checkpoint)["extra"]
+    assert extra["step"] == 3 and extra["mask"].dtype == torch.bool
+
+
+def test_logged_lr_follows_the_schedule(tmp_path):
+    _, result, _ = _run(tmp_path)
+    expected = [0.05 * warmup_cosine_lambda(1, EPOCHS, 0.01)(e) for e in range(EPOCHS)]
+    assert [row["lr"] for row in result.history] == pytest.approx(expected)
+    assert math.isclose(result.history[1]["lr"], 0.05)
