@@ -1,0 +1,112 @@
+"""Dataset registry and the three functions the rest of the kit calls.
+
+    from selmask_lib.data import load_segmentation_split, load_pretraining_images
+    train_set = load_segmentation_split("voc", "/data/voc", "train", transform=train_transform())
+    pool = load_pretraining_images("cityscapes", "/data/cityscapes")
+
+Each registered format (``get_dataset(name)``) is a module-like object with
+
+* ``NAME``
+* ``info(root) -> DatasetInfo``                class names and colours
+* ``samples(root, split) -> list[Sample]``     split in {"train", "val", "test"}
+* ``decode_label(path) -> int64 [H, W]``       class ids, 255 = ignore
+* ``pretraining_images(root) -> list[Path]``   the pretraining pool, sorted
+
+``synthetic`` is the embedded toy dataset written as a VOC tree by
+:mod:`selmask_lib.data.synthetic`; it is read by the VOC code, with its class
+names from ``<root>/classes.yaml``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+from selmask_lib.data import cityscapes, folder, nassar, sugarbeets, voc
+from selmask_lib.data.base import (
+    IGNORE_INDEX,
+    SPLITS,
+    DatasetInfo,
+    Sample,
+    SegmentationDataset,
+    UnlabelledImages,
+    check_split,
+    check_split_nonempty,
+)
+from selmask_lib.errors import SelmaskError
+
+_SYNTHETIC = SimpleNamespace(
+    NAME="synthetic",
+    info=partial(voc.info, name="synthetic"),
+    samples=voc.samples,
+    decode_label=voc.decode_label,
+    pretraining_images=voc.pretraining_images,
+)
+
+DATASETS = {
+    "voc": voc,
+    "cityscapes": cityscapes,
+    "nassar": nassar,
+    "sugarbeets": sugarbeets,
+    "folder": folder,
+    "synthetic": _SYNTHETIC,
+}
+
+
+def get_dataset(name: str):
+    """The format object registered under ``name`` (see the module docstring)."""
+    if name not in DATASETS:
+        raise SelmaskError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def _existing_root(root: Path | str) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise SelmaskError(f"{root}: dataset folder not found")
+    return root
+
+
+def dataset_info(name: str, root: Path | str) -> DatasetInfo:
+    return get_dataset(name).info(_existing_root(root))
+
+
+def load_segmentation_split(
+    name: str, root: Path | str, split: str, transform: Callable | None = None
+) -> SegmentationDataset:
+    """The labelled ``split`` ("train", "val" or "test") of dataset ``name``
+    stored under ``root``, yielding ``(image [3, H, W] float, mask [H, W] int64)``."""
+    dataset, root = get_dataset(name), _existing_root(root)
+    check_split(split)
+    info = dataset.info(root)
+    samples = dataset.samples(root, split)
+    check_split_nonempty(samples, name, split, root)
+    return SegmentationDataset(
+        samples, dataset.decode_label, info.num_classes, transform, ignore_index=info.ignore_index, info=info
+    )
+
+
+def load_pretraining_images(name: str, root: Path | str, transform: Callable | None = None) -> UnlabelledImages:
+    """The unlabelled pretraining pool of dataset ``name``: float [3, H, W] in [0, 1]."""
+    root = _existing_root(root)
+    paths = get_dataset(name).pretraining_images(root)
+    if not paths:
+        raise SelmaskError(f"{root}: no pretraining images found for dataset {name!r}")
+    return UnlabelledImages(paths, transform)
+
+
+__all__ = [
+    "DATASETS",
+    "IGNORE_INDEX",
+    "SPLITS",
+    "DatasetInfo",
+    "Sample",
+    "SegmentationDataset",
+    "UnlabelledImages",
+    "dataset_info",
+    "get_dataset",
+    "load_pretraining_images",
+    "load_segmentation_split",
+]

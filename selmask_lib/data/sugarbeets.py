@@ -1,0 +1,105 @@
+"""Sugarbeets 2016 (Bonn agricultural robot dataset) on disk.
+
+Layout (``root`` is ``ijrr_sugarbeets_2016_annotations/``, which holds one
+folder per recording day)::
+
+    <day>/images/rgb/<frame>.png                     RGB frame
+    <day>/annotations/dlp/iMapCleaned/<frame>.png    16-bit label
+    weed_frames.txt                                  downstream list (see below)
+
+Labels are 16-bit: 0 background, 10000 sugar beet (crop), any value above
+10000 a weed species. The values 1 and 97 also occur and are background in
+the authors' conversion; any other value in 1..9999 is reported as an error.
+
+``weed_frames.txt`` lists the downstream frames, one label path relative to
+``root`` a line (a leading "/" is ignored, so the authors' own
+``sugarbeets_weeds.txt`` can be used as is). Its frames are split 70/10/20
+into train/val/test in list order (METHOD.md: 757 frames with weeds).
+:func:`write_weed_list` builds such a list from the labels.
+
+Pretraining pool: every ``<day>/images/rgb/*.png`` (12,330 frames).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+
+from selmask_lib.data.base import (
+    SPLITS,
+    DatasetInfo,
+    Sample,
+    check_split,
+    read_index_label,
+    read_list_file,
+    split_in_order,
+)
+from selmask_lib.errors import SelmaskError
+
+NAME = "sugarbeets"
+CLASS_NAMES = ("background", "crop", "weed")
+CLASS_COLORS = ((0, 0, 0), (0, 128, 0), (128, 0, 0))
+LIST_FILE = "weed_frames.txt"
+SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
+LABEL_PART = "annotations/dlp/iMapCleaned"
+IMAGE_PART = "images/rgb"
+CROP_VALUE = 10000
+BACKGROUND_VALUES = (0, 1, 97)  # 1 and 97: background in the authors' conversion
+LABEL_MODES = ("I;16", "I;16L", "I;16B", "I")  # 16-bit PNG as Pillow reports it
+
+
+def image_path_for(label_path: Path) -> Path:
+    """The RGB frame of a label: same path, other folder."""
+    return Path(Path(label_path).as_posix().replace(LABEL_PART, IMAGE_PART))
+
+
+def info(root: Path | None = None) -> DatasetInfo:
+    return DatasetInfo(NAME, CLASS_NAMES, CLASS_COLORS)
+
+
+def samples(root: Path, split: str) -> list[Sample]:
+    check_split(split)
+    root = Path(root)
+
+    def make_sample(entry: str) -> Sample:
+        label_path = root / entry.lstrip("/")
+        return Sample(label_path.stem, image_path_for(label_path), label_path)
+
+    frames = read_list_file(root / LIST_FILE, make_sample)
+    return split_in_order(frames, SPLIT_FRACTIONS)[SPLITS.index(split)]
+
+
+def decode_label(path: Path) -> np.ndarray:
+    raw = read_index_label(path, modes=LABEL_MODES).astype(np.int64)
+    unknown = (raw < CROP_VALUE) & ~np.isin(raw, BACKGROUND_VALUES)
+    if unknown.any():
+        bad = np.unique(raw[unknown])[:5].tolist()
+        raise SelmaskError(
+            f"{path}: label values {bad} are not background (0), crop ({CROP_VALUE}) or weed (>{CROP_VALUE})"
+        )
+    label = np.zeros_like(raw)
+    label[raw == CROP_VALUE] = 1
+    label[raw > CROP_VALUE] = 2
+    return label
+
+
+def pretraining_images(root: Path) -> list[Path]:
+    return sorted(Path(root).glob(f"*/{IMAGE_PART}/*.png"))
+
+
+def write_weed_list(root: Path, seed: int = 3741) -> Path:
+    """Write ``<root>/weed_frames.txt``: every labelled frame with at least one
+    weed pixel, shuffled with ``seed``. The authors shuffled theirs (without a
+    seed) before the in-order 70/10/20 cut; shuffling keeps recording days
+    mixed across the splits. Returns the list path."""
+    root = Path(root)
+    label_paths = sorted(root.glob(f"*/{LABEL_PART}/*.png"))
+    weed_frames = [p.relative_to(root).as_posix() for p in label_paths if (decode_label(p) == 2).any()]
+    if not weed_frames:
+        raise SelmaskError(f"{root}: no label under */{LABEL_PART}/ contains weed pixels")
+    random.Random(seed).shuffle(weed_frames)
+    list_path = root / LIST_FILE
+    list_path.write_text("\n".join(weed_frames) + "\n")
+    return list_path
