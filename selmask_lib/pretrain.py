@@ -1,0 +1,412 @@
+"""Masked image reconstruction pretraining: the random-masking baseline and iterative selective masking.
+
+Random masking (``pretrain_random``): a fresh random 50% patch mask for every
+image every time it is loaded, E epochs on the whole pretraining set.
+
+Selective masking (``pretrain_selective``, METHOD.md step by step):
+
+1. split the pretraining list into K interleaved partitions, each 90/10
+   train/val;
+2. step 0 trains on partition 0 with random masking;
+3. step k >= 1 scores partition k with the step k-1 model (S random draws,
+   per-patch L1 + 1 - SSIM, averaged), fixes the top-50% loss patches as the
+   masks of the step, and trains from the step k-1 weights with a fresh
+   optimiser and schedule on partition k.
+
+Both do the same work: K steps x E epochs on 1/K of the data = E epochs on all.
+
+Run directory (everything a notebook needs, nothing written next to the data)::
+
+    config.yaml               the run's config
+    run.json                  status, config hash, steps, final weights
+    pretrained.pt             final reconstruction weights (what fine-tuning loads)
+    last.pt, metrics.csv      random masking: resumable checkpoint and log
+    step_00/ ... step_K-1/    selective masking, one folder per step:
+        last.pt  metrics.csv  resumable checkpoint and per-epoch log
+        model.pt              the step's final weights
+        masks.pt              ids, pool indices, masks [N, P], loss maps [N, P], scoring sizes
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from . import __version__
+from .config import PretrainConfig, config_hash, load_config, save_config
+from .data import UnlabelledImages
+from .device import pick_device
+from .engine import (
+    autocast,
+    build_scheduler,
+    derive_seed,
+    ensure_writable_dir,
+    epoch_generator,
+    fit,
+    load_checkpoint,
+    make_grad_scaler,
+    progress,
+    save_checkpoint,
+    seed_everything,
+)
+from .errors import SelmaskError
+from .losses import ReconstructionLoss
+from .masking import patch_grid, pixel_mask, random_mask
+from .models import UNet, build_reconstruction_model
+from .pretrain_data import (
+    ReconstructionDataset,
+    partition_indices,
+    pretraining_pool,
+    scoring_view,
+    train_val_split,
+)
+from .strategies import FixedRandomMasking, MaskingStrategy, SelectiveMasking
+from .transforms import train_transform, val_transform
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+RUN_INFO_FILE = "run.json"
+PRETRAINED_FILE = "pretrained.pt"
+STEP_MODEL_FILE = "model.pt"
+MASKS_FILE = "masks.pt"
+STRATEGY_NAMES = {"selective": SelectiveMasking, "random_fixed": FixedRandomMasking}
+
+
+@dataclass
+class PretrainRun:
+    """A finished pretraining run: where it is and what it holds."""
+
+    run_dir: Path
+    config: PretrainConfig
+    weights: Path  # pretrained.pt
+
+    @property
+    def step_dirs(self) -> list[Path]:
+        return sorted(self.run_dir.glob("step_*"))
+
+    def load_masks(self, step: int) -> dict:
+        """The saved masks artefact of selective step ``step`` (see :func:`load_step_masks`)."""
+        return load_step_masks(self.run_dir / step_name(step))
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:02d}"
+
+
+# --------------------------------------------------------------------------- run directories
+
+
+def default_run_dir(cfg: PretrainConfig, runs_root: str | Path = "runs") -> Path:
+    """``runs/pretrain-<strategy>-<dataset>-<hash>``: the cache key of a run is its config hash."""
+    return Path(runs_root) / f"pretrain-{cfg.strategy}-{cfg.dataset}-{config_hash(cfg)}"
+
+
+def _read_run_info(run_dir: Path) -> dict | None:
+    path = run_dir / RUN_INFO_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise SelmaskError(f"{path}: corrupt run file ({error})") from None
+
+
+def _write_run_info(run_dir: Path, info: dict) -> None:
+    temporary = run_dir / (RUN_INFO_FILE + ".tmp")
+    temporary.write_text(json.dumps(info, indent=2))
+    temporary.replace(run_dir / RUN_INFO_FILE)
+
+
+def prepare_run_dir(cfg: PretrainConfig, run_dir: Path, resume: bool) -> Optional[PretrainRun]:
+    """Check ``run_dir`` against ``cfg``; return the finished run if there is one.
+
+    Refuses (without touching anything) a directory holding another config's
+    run, and an unfinished run of this config unless ``resume`` is set.
+    """
+    run_dir = ensure_writable_dir(run_dir)
+    info = _read_run_info(run_dir)
+    wanted = config_hash(cfg)
+    if info is not None:
+        if info.get("config_hash") != wanted:
+            raise SelmaskError(
+                f"{run_dir} holds a pretraining run of a different config "
+                f"(hash {info.get('config_hash')}, this config {wanted}); choose another output directory"
+            )
+        if info.get("status") == "complete":
+            return PretrainRun(run_dir, cfg, run_dir / info["weights"])
+        if not resume:
+            raise SelmaskError(f"{run_dir} holds an unfinished run of this config: pass --resume to continue it")
+    elif any(run_dir.iterdir()):
+        raise SelmaskError(f"{run_dir} is not empty and holds no selmask pretraining run; choose another directory")
+    save_config(cfg, run_dir / CONFIG_FILE)
+    _write_run_info(run_dir, {"status": "running", "config_hash": wanted, "strategy": cfg.strategy,
+                              "dataset": cfg.dataset, "library_version": __version__})
+    return None
+
+
+def load_pretrain_run(run_dir: str | Path) -> PretrainRun:
+    """A finished pretraining run from its directory (what fine-tuning's ``pretrained`` names)."""
+    run_dir = Path(run_dir)
+    info = _read_run_info(run_dir)
+    if info is None:
+        raise SelmaskError(f"{run_dir}: not a pretraining run (no {RUN_INFO_FILE})")
+    if info.get("status") != "complete":
+        raise SelmaskError(f"{run_dir}: pretraining run is not finished (status {info.get('status')!r})")
+    cfg = load_config(run_dir / CONFIG_FILE, kind="pretrain")
+    return PretrainRun(run_dir, cfg, run_dir / info["weights"])
+
+
+# --------------------------------------------------------------------------- training
+
+
+class _Trainer:
+    """Everything one pretraining run shares: device, model, loss, pool, transforms."""
+
+    def __init__(self, cfg: PretrainConfig, pool: UnlabelledImages):
+        self.cfg, self.pool = cfg, pool
+        self.device = pick_device(cfg.device)
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        seed_everything(cfg.seed)
+        self.model = build_reconstruction_model().to(self.device)
+        self.loss_fn = ReconstructionLoss()
+        self.train_transform = train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std)
+        self.val_transform = val_transform(cfg.image_size, cfg.mean, cfg.std)
+        self.crop_grid = patch_grid(cfg.image_size, cfg.image_size, cfg.n_patches)  # [P, 4]
+        self.hash = config_hash(cfg)
+
+    def loader(self, dataset, shuffle: bool, *keys) -> DataLoader:
+        """A loader whose order and worker seeds depend only on (seed, keys): exact resume."""
+        return DataLoader(
+            dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=self.cfg.num_workers,
+            generator=epoch_generator(self.cfg.seed, "order", *keys), drop_last=False,
+        )
+
+    def masked_batch(self, images, pixels, generator):
+        """Fill masked pixels with the dataset mean (0 after normalisation).
+
+        Fixed masks arrive as pixel masks from the dataset; where a batch has
+        none (random masking), a fresh random patch mask is drawn per image.
+        """
+        if not pixels.any():
+            patches = random_mask(images.shape[0], self.crop_grid.shape[0], self.cfg.mask_ratio, generator)
+            pixels = pixel_mask(patches, self.crop_grid)  # [B, S, S]
+        return images.masked_fill(pixels.unsqueeze(1), 0.0)
+
+    def run_epoch(self, loader, generator, optimizer=None, scaler=None, description="") -> float:
+        """One pass over ``loader``; trains if an optimiser is given. Returns the mean loss."""
+        total, count = 0.0, 0
+        for images, pixels in progress(loader, desc=description, leave=False):
+            inputs = self.masked_batch(images, pixels, generator).to(self.device, non_blocking=True)
+            targets = images.to(self.device, non_blocking=True)
+            with autocast(self.device, self.use_amp):
+                reconstructions = self.model(inputs)
+            loss = self.loss_fn(reconstructions, targets)
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            total += float(loss.detach()) * images.shape[0]
+            count += images.shape[0]
+        return total / max(count, 1)
+
+    def train(self, run_dir: Path, train_indices, val_indices, patch_masks, step_key, resume: bool):
+        """E epochs of masked reconstruction with a fresh Adam and warm-up + cosine schedule."""
+        cfg = self.cfg
+        make = lambda indices, transform: ReconstructionDataset(  # noqa: E731
+            self.pool, indices, transform, cfg.score_size, cfg.n_patches, patch_masks)
+        train_set, val_set = make(train_indices, self.train_transform), make(val_indices, self.val_transform)
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        scheduler = build_scheduler(optimizer, cfg.warmup_epochs, cfg.epochs, cfg.min_lr_ratio)
+        scaler = make_grad_scaler(self.device, self.use_amp)
+
+        def train_one_epoch(epoch: int) -> dict:
+            # Augmentation draws from torch's global RNG: seed it per epoch so a
+            # resumed run replays exactly the epochs it lost.
+            torch.manual_seed(derive_seed(cfg.seed, "augment", *step_key, epoch))
+            masks = epoch_generator(cfg.seed, "mask", *step_key, epoch)
+            loader = self.loader(train_set, True, *step_key, epoch)
+            loss = self.run_epoch(loader, masks, optimizer, scaler, f"{run_dir.name} epoch {epoch}")
+            return {"train_loss": loss}
+
+        def evaluate(epoch: int) -> dict:
+            if len(val_set) == 0:
+                return {}
+            torch.manual_seed(derive_seed(cfg.seed, "val"))
+            masks = epoch_generator(cfg.seed, "val-mask", *step_key)  # the same masks every epoch
+            return {"val_loss": self.run_epoch(self.loader(val_set, False, "val"), masks)}
+
+        fit(self.model, optimizer, scheduler, train_one_epoch, cfg.epochs, run_dir, evaluate=evaluate,
+            resume=resume, config_hash=self.hash, scaler=scaler, checkpoint_every=cfg.checkpoint_every)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@torch.no_grad()
+def select_masks(
+    model: torch.nn.Module,
+    pool: UnlabelledImages,
+    indices: Sequence[int],
+    cfg: PretrainConfig,
+    strategy: MaskingStrategy,
+    generator: torch.Generator,
+    device: torch.device,
+) -> dict:
+    """Run ``strategy`` on the scoring view of every image in ``indices``.
+
+    Images of the same scoring size are batched together (``batch_size // S``
+    images, so ``batch_size`` reconstructions per forward pass). Returns the
+    masks artefact: masks and scores padded to the largest patch count
+    (False / NaN), with each image's scoring size so its grid can be rebuilt.
+    """
+    model.eval()
+    views = {index: scoring_view(pool, index, cfg.score_size) for index in indices}
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for index in indices:
+        by_size.setdefault(tuple(views[index].shape[-2:]), []).append(index)
+    per_batch = max(1, cfg.batch_size // cfg.n_scoring_draws)
+    masks, scores = {}, {}
+    batches = [(size, members[i : i + per_batch]) for size, members in by_size.items()
+               for i in range(0, len(members), per_batch)]
+    for size, members in progress(batches, desc="scoring", leave=False):
+        grid = patch_grid(*size, cfg.n_patches)
+        images = torch.stack([views[index] for index in members])
+        images = ((images - _column(cfg.mean)) / _column(cfg.std)).to(device)  # normalised [b, 3, h, w]
+        batch_masks, batch_scores = strategy(model, images, grid, cfg.mask_ratio, generator)
+        for row, index in enumerate(members):
+            masks[index] = batch_masks[row].cpu()
+            scores[index] = None if batch_scores is None else batch_scores[row].float().cpu()
+    return _masks_artefact(pool, list(indices), masks, scores, views)
+
+
+def _column(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
+
+
+def _masks_artefact(pool, indices, masks, scores, views) -> dict:
+    counts = [masks[index].numel() for index in indices]
+    width = max(counts)
+    padded_masks = torch.zeros(len(indices), width, dtype=torch.bool)
+    padded_scores = torch.full((len(indices), width), float("nan"))
+    for row, index in enumerate(indices):
+        padded_masks[row, : counts[row]] = masks[index]
+        if scores[index] is not None:
+            padded_scores[row, : counts[row]] = scores[index]
+    sizes = torch.tensor([list(views[index].shape[-2:]) for index in indices], dtype=torch.long)
+    has_scores = any(scores[index] is not None for index in indices)
+    return {
+        "ids": [pool.ids[index] for index in indices],
+        "indices": torch.tensor(indices, dtype=torch.long),
+        "masks": padded_masks,  # [N, P_max], True = masked
+        "losses": padded_scores if has_scores else None,  # [N, P_max], NaN padding
+        "n_patches": torch.tensor(counts, dtype=torch.long),  # [N] patches of each image's grid
+        "score_sizes": sizes,  # [N, 2] (h, w) of the scoring view; grid = patch_grid(h, w, n)
+    }
+
+
+def load_step_masks(step_dir: str | Path) -> dict:
+    """The ``masks.pt`` artefact of a selective step, with a ``grids`` helper list added.
+
+    Keys: ids, indices [N], masks Bool [N, P_max], losses [N, P_max] or None,
+    n_patches [N], score_sizes [N, 2], nominal_patches, step, strategy and
+    ``grids`` (the [P, 4] grid of each image).
+    """
+    path = Path(step_dir) / MASKS_FILE
+    artefact = load_checkpoint(path)
+    artefact["grids"] = [patch_grid(int(h), int(w), artefact["nominal_patches"])
+                         for h, w in artefact["score_sizes"].tolist()]
+    return artefact
+
+
+def _patch_masks_by_index(artefact: dict) -> dict[int, torch.Tensor]:
+    return {int(index): artefact["masks"][row, : int(artefact["n_patches"][row])]
+            for row, index in enumerate(artefact["indices"].tolist())}
+
+
+# --------------------------------------------------------------------------- public entry points
+
+
+def pretrain_random(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: bool = True,
+                    runs_root: str | Path = "runs") -> PretrainRun:
+    """Random-masking IR baseline: E epochs on the whole pretraining set (90/10 train/val)."""
+    return pretrain(cfg.updated(strategy="random"), out_dir, resume, runs_root)
+
+
+def pretrain_selective(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: bool = True,
+                       runs_root: str | Path = "runs",
+                       strategy: MaskingStrategy | str = "selective") -> PretrainRun:
+    """Iterative selective-masking IR (module docstring). ``strategy`` picks the masks of steps >= 1:
+    "selective" (the paper), "random_fixed" (ablation) or your own callable (see strategies.py)."""
+    return pretrain(cfg.updated(strategy="selective"), out_dir, resume, runs_root, strategy)
+
+
+def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: bool = True,
+             runs_root: str | Path = "runs", strategy: MaskingStrategy | str = "selective") -> PretrainRun:
+    """Run (or resume, or reuse) the pretraining ``cfg`` describes; returns the finished run.
+
+    A finished run of the same config in ``out_dir`` (default
+    ``runs_root/pretrain-<strategy>-<dataset>-<hash>``) is reused as it is.
+    """
+    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(cfg, runs_root)
+    if cfg.strategy == "selective" and not isinstance(strategy, str):
+        pass  # a user's callable: its name goes into run.json below
+    elif cfg.strategy == "selective" and strategy not in STRATEGY_NAMES:
+        raise SelmaskError(f"unknown masking strategy {strategy!r}; choose one of {', '.join(STRATEGY_NAMES)}")
+    pool = pretraining_pool(cfg)  # fails early, before anything is written, on a bad data root
+    finished = prepare_run_dir(cfg, run_dir, resume)
+    if finished is not None:
+        log.info("reusing finished pretraining run %s", run_dir)
+        return finished
+    started = time.perf_counter()
+    trainer = _Trainer(cfg, pool)
+    if cfg.strategy == "random":
+        train_indices, val_indices = train_val_split(range(len(pool)), cfg.val_fraction)
+        trainer.train(run_dir, train_indices, val_indices, None, ("random",), resume=True)
+        steps = 1
+    else:
+        chosen = STRATEGY_NAMES[strategy](cfg.n_scoring_draws) if strategy == "selective" else (
+            STRATEGY_NAMES[strategy]() if isinstance(strategy, str) else strategy)
+        steps = _run_selective_steps(trainer, run_dir, chosen)
+    save_checkpoint(run_dir / PRETRAINED_FILE, {"model": trainer.model.state_dict(),
+                                                "config_hash": trainer.hash})
+    strategy_name = cfg.strategy if cfg.strategy == "random" else getattr(chosen, "name", repr(chosen))
+    _write_run_info(run_dir, {
+        "status": "complete", "config_hash": trainer.hash, "strategy": cfg.strategy,
+        "masking": strategy_name, "dataset": cfg.dataset, "steps": steps, "images": len(pool),
+        "weights": PRETRAINED_FILE, "seconds": round(time.perf_counter() - started, 3),
+        "device": str(trainer.device), "library_version": __version__,
+    })
+    return PretrainRun(run_dir, cfg, run_dir / PRETRAINED_FILE)
+
+
+def _run_selective_steps(trainer: _Trainer, run_dir: Path, strategy: Callable) -> int:
+    """Steps 0..K-1 of selective masking; resumes inside an interrupted step without re-scoring."""
+    cfg, pool = trainer.cfg, trainer.pool
+    partitions = partition_indices(len(pool), cfg.n_partitions)
+    for step, partition in enumerate(partitions):
+        step_dir = ensure_writable_dir(run_dir / step_name(step))
+        patch_masks = None
+        if step > 0:
+            masks_path = step_dir / MASKS_FILE
+            if not masks_path.exists():
+                # trainer.model holds the step k-1 weights here (trained or resumed below)
+                generator = epoch_generator(cfg.seed, "score", step)
+                artefact = select_masks(trainer.model, pool, partition, cfg, strategy, generator, trainer.device)
+                artefact.update(step=step, nominal_patches=cfg.n_patches, config_hash=trainer.hash,
+                                strategy=getattr(strategy, "name", repr(strategy)), scored_by=step - 1)
+                save_checkpoint(masks_path, artefact)
+            patch_masks = _patch_masks_by_index(load_step_masks(step_dir))
+        train_indices, val_indices = train_val_split(partition, cfg.val_fraction)
+        trainer.train(step_dir, train_indices, val_indices, patch_masks, ("step", step), resume=True)
+        save_checkpoint(step_dir / STEP_MODEL_FILE, {"model": trainer.model.state_dict(), "step": step,
+                                                     "config_hash": trainer.hash})
+    return len(partitions)
