@@ -1,0 +1,233 @@
+"""Random and selective masking pretraining (selmask_lib.pretrain), on the small synthetic set."""
+
+import shutil
+
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from selmask_lib.config import pretrain_preset
+from selmask_lib.data.synthetic import SMALL, ensure_synthetic_voc
+from selmask_lib.engine import load_checkpoint
+from selmask_lib.errors import SelmaskError
+from selmask_lib.masking import patch_grid, pixel_mask, selective_mask
+from selmask_lib.pretrain import (
+    _Trainer,
+    load_step_masks,
+    pretrain,
+    pretrain_random,
+    pretrain_selective,
+)
+from selmask_lib.pretrain_data import (
+    ReconstructionDataset,
+    partition_indices,
+    pretraining_pool,
+    scoring_view,
+    train_val_split,
+)
+from selmask_lib.strategies import SelectiveMasking
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return ensure_synthetic_voc(tmp_path_factory.mktemp("synthetic"), **SMALL)
+
+
+def smoke(data_root, **overrides):
+    return pretrain_preset("smoke", "synthetic", data_root=str(data_root), **overrides)
+
+
+def weights_of(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_partitions_interleave_and_cover_every_image_once():
+    partitions = partition_indices(23, 4)
+    assert partitions[0] == [0, 4, 8, 12, 16, 20]
+    assert partitions[3] == [3, 7, 11, 15, 19]
+    assert sorted(i for part in partitions for i in part) == list(range(23))
+    train, val = train_val_split(partitions[0], 0.1)
+    assert train == [0, 4, 8, 12, 16] and val == [20]
+    assert train_val_split(range(20), 0.1) == (list(range(18)), [18, 19])
+    with pytest.raises(SelmaskError, match="n_partitions=10"):
+        partition_indices(7, 10)
+
+
+def test_fixed_masks_move_with_a_horizontal_flip(data_root):
+    cfg = smoke(data_root)
+    pool = pretraining_pool(cfg)
+    view = scoring_view(pool, 0, cfg.score_size)
+    grid = patch_grid(*view.shape[-2:], cfg.n_patches)
+    patch_masks = {0: torch.arange(grid.shape[0]) % 3 == 0}  # an asymmetric pattern
+    expected = pixel_mask(patch_masks[0][None], grid)[0]
+    flip = v2.RandomHorizontalFlip(p=1.0)
+    identity = v2.Identity()
+    plain_image, plain_mask = ReconstructionDataset(pool, [0], identity, cfg.score_size, cfg.n_patches,
+                                                    patch_masks)[0]
+    flipped_image, flipped_mask = ReconstructionDataset(pool, [0], flip, cfg.score_size, cfg.n_patches,
+                                                        patch_masks)[0]
+    assert torch.equal(plain_mask, expected)
+    assert torch.equal(flipped_mask, plain_mask.flip(-1))
+    assert torch.equal(flipped_image, plain_image.flip(-1))
+
+
+def test_fixed_masks_stay_fixed_while_random_masks_change_every_load(data_root):
+    cfg = smoke(data_root)
+    pool = pretraining_pool(cfg)
+    trainer = _Trainer(cfg, pool)
+    view = scoring_view(pool, 1, cfg.score_size)
+    grid = patch_grid(*view.shape[-2:], cfg.n_patches)
+    fixed = {1: torch.arange(grid.shape[0]) < grid.shape[0] // 2}
+    dataset = ReconstructionDataset(pool, [1], trainer.val_transform, cfg.score_size, cfg.n_patches, fixed)
+    assert torch.equal(dataset[0][1], dataset[0][1])
+    random_set = ReconstructionDataset(pool, [1, 1], trainer.val_transform, cfg.score_size, cfg.n_patches)
+    images = torch.stack([random_set[0][0], random_set[1][0]])
+    no_mask = torch.zeros(2, *images.shape[-2:], dtype=torch.bool)
+    generator = torch.Generator().manual_seed(0)
+    first = trainer.masked_batch(images, no_mask, generator)
+    second = trainer.masked_batch(images, no_mask, generator)
+    assert not torch.equal(first, second)  # a fresh mask on every load
+    assert not torch.equal(first[0], first[1])  # and per image
+    assert (first == 0).float().mean() > 0.4  # about half of the pixels are masked
+
+
+class SpyStrategy(SelectiveMasking):
+    """Selective masking that records which images it scored and with which weights."""
+
+    def __init__(self, n_draws):
+        super().__init__(n_draws)
+        self.calls = []
+
+    def __call__(self, model, images, grid, mask_ratio, generator):
+        self.calls.append({"images": images.clone(), "weights": {k: v.clone() for k, v in model.state_dict().items()}})
+        return super().__call__(model, images, grid, mask_ratio, generator)
+
+
+def test_selective_run_scores_partition_k_with_step_k_minus_1_weights(data_root, tmp_path):
+    cfg = smoke(data_root, n_partitions=3, epochs=1)
+    spy = SpyStrategy(cfg.n_scoring_draws)
+    run = pretrain_selective(cfg, out_dir=tmp_path / "run", strategy=spy)
+    pool = pretraining_pool(cfg)
+    partitions = partition_indices(len(pool), 3)
+    assert [d.name for d in run.step_dirs] == ["step_00", "step_01", "step_02"]
+    assert not (run.run_dir / "step_00" / "masks.pt").exists()  # step 0: random masking
+    for step in (1, 2):
+        artefact = load_step_masks(run.run_dir / f"step_{step:02d}")
+        assert artefact["indices"].tolist() == partitions[step]
+        assert artefact["ids"] == [pool.ids[i] for i in partitions[step]]
+        assert artefact["scored_by"] == step - 1
+        previous = weights_of(run.run_dir / f"step_{step - 1:02d}" / "model.pt")
+        # every image scored at this step went through the step k-1 weights
+        scored = [c for c in spy.calls if torch.equal(c["weights"]["encoder.conv1.weight"],
+                                                     previous["encoder.conv1.weight"])]
+        n_scored = sum(c["images"].shape[0] for c in scored)
+        assert n_scored == len(partitions[step])
+        # masks saved for the step equal selective_mask of the saved loss maps
+        for row in range(len(artefact["ids"])):
+            n = int(artefact["n_patches"][row])
+            assert n == artefact["grids"][row].shape[0]
+            losses = artefact["losses"][row, :n]
+            assert torch.equal(artefact["masks"][row, :n], selective_mask(losses[None], cfg.mask_ratio)[0])
+            assert not artefact["masks"][row, n:].any()
+    assert len(spy.calls) >= 2
+    # the final pretrained weights are the last step's
+    final = weights_of(run.weights)
+    last_step = weights_of(run.run_dir / "step_02" / "model.pt")
+    assert all(torch.equal(final[k], last_step[k]) for k in final)
+
+
+@pytest.mark.parametrize("strategy", ["random", "selective"])
+def test_smoke_run_completes_and_reconstruction_loss_goes_down(data_root, tmp_path, strategy):
+    cfg = smoke(data_root, strategy=strategy, epochs=4, n_partitions=2, max_images=None, batch_size=8)
+    run = pretrain(cfg, out_dir=tmp_path / strategy)
+    log_dir = run.run_dir if strategy == "random" else run.run_dir / "step_00"
+    rows = (log_dir / "metrics.csv").read_text().splitlines()[1:]
+    losses = [float(row.split(",")[2]) for row in rows]
+    assert len(losses) == 4
+    assert losses[-1] < losses[0]
+    assert (run.run_dir / "pretrained.pt").exists()
+    # a second call reuses the finished run instead of training again
+    before = (run.run_dir / "pretrained.pt").stat().st_mtime_ns
+    assert pretrain(cfg, out_dir=tmp_path / strategy).weights == run.weights
+    assert (run.run_dir / "pretrained.pt").stat().st_mtime_ns == before
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_a_crash_mid_step_gives_the_same_weights(data_root, tmp_path, monkeypatch):
+    cfg = smoke(data_root, epochs=2, n_partitions=2)
+    reference = pretrain(cfg, out_dir=tmp_path / "reference")
+
+    import selmask_lib.pretrain as pretrain_module
+
+    original = pretrain_module._Trainer.run_epoch
+    state = {"calls": 0}
+
+    def crashing(self, loader, generator, optimizer=None, scaler=None, description=""):
+        if optimizer is not None and "step_01 epoch 1" in description:
+            raise Crash("simulated crash")
+        return original(self, loader, generator, optimizer, scaler, description)
+
+    monkeypatch.setattr(pretrain_module._Trainer, "run_epoch", crashing)
+    with pytest.raises(Crash):
+        pretrain(cfg, out_dir=tmp_path / "crashed")
+    masks_before = (tmp_path / "crashed" / "step_01" / "masks.pt").stat().st_mtime_ns
+    monkeypatch.setattr(pretrain_module._Trainer, "run_epoch", original)
+
+    with pytest.raises(SelmaskError, match="--resume"):
+        pretrain(cfg, out_dir=tmp_path / "crashed", resume=False)
+    resumed = pretrain(cfg, out_dir=tmp_path / "crashed", resume=True)
+    # no re-scoring: the saved masks were reused
+    assert (tmp_path / "crashed" / "step_01" / "masks.pt").stat().st_mtime_ns == masks_before
+    expected, got = weights_of(reference.weights), weights_of(resumed.weights)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+
+
+def test_bad_inputs_are_clear_errors_and_destroy_nothing(data_root, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "VOCdevkit" / "VOC2012" / "JPEGImages").mkdir(parents=True)
+    with pytest.raises(SelmaskError, match="no pretraining images"):
+        pretrain(smoke(empty), out_dir=tmp_path / "a")
+    with pytest.raises(SelmaskError, match="n_partitions"):
+        pretrain(smoke(data_root, max_images=3, n_partitions=5), out_dir=tmp_path / "b")
+    # a run directory of another config is refused and left as it was
+    first = pretrain(smoke(data_root, strategy="random"), out_dir=tmp_path / "run")
+    before = {p: p.stat().st_mtime_ns for p in first.run_dir.rglob("*")}
+    with pytest.raises(SelmaskError, match="different config"):
+        pretrain(smoke(data_root, strategy="random", lr=1e-3), out_dir=tmp_path / "run")
+    assert {p: p.stat().st_mtime_ns for p in first.run_dir.rglob("*")} == before
+    # a folder that is not a run is not written into
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("keep me")
+    with pytest.raises(SelmaskError, match="not empty"):
+        pretrain(smoke(data_root), out_dir=stranger)
+    assert [p.name for p in stranger.iterdir()] == ["notes.txt"]
+    # an output path under a regular file cannot be created
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SelmaskError, match=str(blocker)):
+        pretrain(smoke(data_root), out_dir=blocker / "run")
+
+
+def test_checkpoint_from_a_different_config_is_rejected(data_root, tmp_path):
+    cfg = smoke(data_root, strategy="random", epochs=2)
+    crashed = tmp_path / "run"
+    pretrain(cfg, out_dir=crashed)
+    # pretend the run did not finish, then swap in another config's checkpoint
+    other = pretrain(smoke(data_root, strategy="random", epochs=2, lr=1e-3), out_dir=tmp_path / "other")
+    shutil.copy(other.run_dir / "last.pt", crashed / "last.pt")
+    info = (crashed / "run.json").read_text().replace('"complete"', '"running"')
+    (crashed / "run.json").write_text(info)
+    with pytest.raises(SelmaskError, match="different config"):
+        pretrain(cfg, out_dir=crashed, resume=True)
+
+
+def test_pretrain_random_forces_the_strategy(data_root, tmp_path):
+    run = pretrain_random(smoke(data_root, strategy="selective"), out_dir=tmp_path / "r")
+    assert run.config.strategy == "random"
+    assert not list(run.run_dir.glob("step_*"))
