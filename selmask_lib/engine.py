@@ -34,6 +34,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import random
@@ -533,3 +534,26 @@ def fit(
         start_epoch=start_epoch,
         history=logger.read(),
     )
+
+
+@contextlib.contextmanager
+def run_log(run_dir: str | Path, name: str = "run.log"):
+    """Copy the kit's log messages (INFO and up) into ``run_dir/name`` while a run lasts.
+
+    This is where a run says what it decided on its own, e.g. that images are
+    too small for MS-SSIM and single-scale SSIM is used instead.
+    """
+    package_logger = logging.getLogger("selmask_lib")
+    handler = logging.FileHandler(Path(run_dir) / name)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    previous_level = package_logger.level
+    if previous_level == logging.NOTSET or previous_level > logging.INFO:
+        package_logger.setLevel(logging.INFO)
+    package_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous_level)
+        handler.close()

@@ -34,7 +34,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -53,6 +53,7 @@ from .engine import (
     load_checkpoint,
     make_grad_scaler,
     progress,
+    run_log,
     save_checkpoint,
     seed_everything,
 )
@@ -77,7 +78,11 @@ RUN_INFO_FILE = "run.json"
 PRETRAINED_FILE = "pretrained.pt"
 STEP_MODEL_FILE = "model.pt"
 MASKS_FILE = "masks.pt"
-STRATEGY_NAMES = {"selective": SelectiveMasking, "random_fixed": FixedRandomMasking}
+# Named strategies for steps >= 1, built from the config (a user's callable is used as given).
+STRATEGY_NAMES = {
+    "selective": lambda cfg: SelectiveMasking(cfg.n_scoring_draws),
+    "random_fixed": lambda cfg: FixedRandomMasking(),
+}
 
 
 @dataclass
@@ -104,9 +109,14 @@ def step_name(step: int) -> str:
 # --------------------------------------------------------------------------- run directories
 
 
-def default_run_dir(cfg: PretrainConfig, runs_root: str | Path = "runs") -> Path:
-    """``runs/pretrain-<strategy>-<dataset>-<hash>``: the cache key of a run is its config hash."""
-    return Path(runs_root) / f"pretrain-{cfg.strategy}-{cfg.dataset}-{config_hash(cfg)}"
+def default_run_dir(cfg: PretrainConfig, runs_root: str | Path = "runs", masking: str | None = None) -> Path:
+    """``runs/pretrain-<strategy>-<dataset>-<hash>``: a run is cached under its config hash.
+
+    A masking strategy other than the config's own (e.g. a user's function)
+    gets its name in the folder too, so it never reuses a selective run.
+    """
+    name = cfg.strategy if masking in (None, cfg.strategy) else f"{cfg.strategy}-{masking}"
+    return Path(runs_root) / f"pretrain-{name}-{cfg.dataset}-{config_hash(cfg)}"
 
 
 def _read_run_info(run_dir: Path) -> dict | None:
@@ -125,7 +135,7 @@ def _write_run_info(run_dir: Path, info: dict) -> None:
     temporary.replace(run_dir / RUN_INFO_FILE)
 
 
-def prepare_run_dir(cfg: PretrainConfig, run_dir: Path, resume: bool) -> Optional[PretrainRun]:
+def prepare_run_dir(cfg: PretrainConfig, run_dir: Path, resume: bool, masking: str) -> Optional[PretrainRun]:
     """Check ``run_dir`` against ``cfg``; return the finished run if there is one.
 
     Refuses (without touching anything) a directory holding another config's
@@ -135,10 +145,11 @@ def prepare_run_dir(cfg: PretrainConfig, run_dir: Path, resume: bool) -> Optiona
     info = _read_run_info(run_dir)
     wanted = config_hash(cfg)
     if info is not None:
-        if info.get("config_hash") != wanted:
+        if info.get("config_hash") != wanted or info.get("masking", masking) != masking:
             raise SelmaskError(
                 f"{run_dir} holds a pretraining run of a different config "
-                f"(hash {info.get('config_hash')}, this config {wanted}); choose another output directory"
+                f"(hash {info.get('config_hash')} with {info.get('masking')} masking; this config {wanted} "
+                f"with {masking} masking); choose another output directory"
             )
         if info.get("status") == "complete":
             return PretrainRun(run_dir, cfg, run_dir / info["weights"])
@@ -148,7 +159,7 @@ def prepare_run_dir(cfg: PretrainConfig, run_dir: Path, resume: bool) -> Optiona
         raise SelmaskError(f"{run_dir} is not empty and holds no selmask pretraining run; choose another directory")
     save_config(cfg, run_dir / CONFIG_FILE)
     _write_run_info(run_dir, {"status": "running", "config_hash": wanted, "strategy": cfg.strategy,
-                              "dataset": cfg.dataset, "library_version": __version__})
+                              "masking": masking, "dataset": cfg.dataset, "library_version": __version__})
     return None
 
 
@@ -349,46 +360,55 @@ def pretrain_selective(cfg: PretrainConfig, out_dir: str | Path | None = None, r
     return pretrain(cfg.updated(strategy="selective"), out_dir, resume, runs_root, strategy)
 
 
+def resolve_strategy(cfg: PretrainConfig, strategy: MaskingStrategy | str) -> tuple[Optional[MaskingStrategy], str]:
+    """The masking strategy object of steps >= 1 and its name (random masking has none)."""
+    if cfg.strategy == "random":
+        return None, "random"
+    if not isinstance(strategy, str):
+        return strategy, getattr(strategy, "name", getattr(strategy, "__name__", type(strategy).__name__))
+    if strategy in STRATEGY_NAMES:
+        return STRATEGY_NAMES[strategy](cfg), strategy
+    raise SelmaskError(f"unknown masking strategy {strategy!r}; choose one of {', '.join(STRATEGY_NAMES)}")
+
+
 def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: bool = True,
              runs_root: str | Path = "runs", strategy: MaskingStrategy | str = "selective") -> PretrainRun:
     """Run (or resume, or reuse) the pretraining ``cfg`` describes; returns the finished run.
 
-    A finished run of the same config in ``out_dir`` (default
-    ``runs_root/pretrain-<strategy>-<dataset>-<hash>``) is reused as it is.
+    A finished run of the same config and masking strategy in ``out_dir``
+    (default ``runs_root/pretrain-<strategy>-<dataset>-<hash>``) is reused as it is.
     """
-    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(cfg, runs_root)
-    if cfg.strategy == "selective" and not isinstance(strategy, str):
-        pass  # a user's callable: its name goes into run.json below
-    elif cfg.strategy == "selective" and strategy not in STRATEGY_NAMES:
-        raise SelmaskError(f"unknown masking strategy {strategy!r}; choose one of {', '.join(STRATEGY_NAMES)}")
+    chosen, masking = resolve_strategy(cfg, strategy)
+    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(cfg, runs_root, masking)
     pool = pretraining_pool(cfg)  # fails early, before anything is written, on a bad data root
-    finished = prepare_run_dir(cfg, run_dir, resume)
+    finished = prepare_run_dir(cfg, run_dir, resume, masking)
     if finished is not None:
         log.info("reusing finished pretraining run %s", run_dir)
         return finished
-    started = time.perf_counter()
-    trainer = _Trainer(cfg, pool)
-    if cfg.strategy == "random":
-        train_indices, val_indices = train_val_split(range(len(pool)), cfg.val_fraction)
-        trainer.train(run_dir, train_indices, val_indices, None, ("random",), resume=True)
-        steps = 1
-    else:
-        chosen = STRATEGY_NAMES[strategy](cfg.n_scoring_draws) if strategy == "selective" else (
-            STRATEGY_NAMES[strategy]() if isinstance(strategy, str) else strategy)
-        steps = _run_selective_steps(trainer, run_dir, chosen)
-    save_checkpoint(run_dir / PRETRAINED_FILE, {"model": trainer.model.state_dict(),
-                                                "config_hash": trainer.hash})
-    strategy_name = cfg.strategy if cfg.strategy == "random" else getattr(chosen, "name", repr(chosen))
-    _write_run_info(run_dir, {
-        "status": "complete", "config_hash": trainer.hash, "strategy": cfg.strategy,
-        "masking": strategy_name, "dataset": cfg.dataset, "steps": steps, "images": len(pool),
-        "weights": PRETRAINED_FILE, "seconds": round(time.perf_counter() - started, 3),
-        "device": str(trainer.device), "library_version": __version__,
-    })
+    with run_log(run_dir):
+        log.info("pretraining %s (%s masking) on %d images, config hash %s",
+                 run_dir, masking, len(pool), config_hash(cfg))
+        started = time.perf_counter()
+        trainer = _Trainer(cfg, pool)
+        if chosen is None:
+            train_indices, val_indices = train_val_split(range(len(pool)), cfg.val_fraction)
+            trainer.train(run_dir, train_indices, val_indices, None, ("random",), resume=True)
+            steps = 1
+        else:
+            steps = _run_selective_steps(trainer, run_dir, chosen, masking)
+        save_checkpoint(run_dir / PRETRAINED_FILE, {"model": trainer.model.state_dict(),
+                                                    "config_hash": trainer.hash})
+        _write_run_info(run_dir, {
+            "status": "complete", "config_hash": trainer.hash, "strategy": cfg.strategy,
+            "masking": masking, "dataset": cfg.dataset, "steps": steps, "images": len(pool),
+            "weights": PRETRAINED_FILE, "seconds": round(time.perf_counter() - started, 3),
+            "device": str(trainer.device), "library_version": __version__,
+        })
+        log.info("finished in %.1f s", time.perf_counter() - started)
     return PretrainRun(run_dir, cfg, run_dir / PRETRAINED_FILE)
 
 
-def _run_selective_steps(trainer: _Trainer, run_dir: Path, strategy: Callable) -> int:
+def _run_selective_steps(trainer: _Trainer, run_dir: Path, strategy: MaskingStrategy, masking: str) -> int:
     """Steps 0..K-1 of selective masking; resumes inside an interrupted step without re-scoring."""
     cfg, pool = trainer.cfg, trainer.pool
     partitions = partition_indices(len(pool), cfg.n_partitions)
@@ -400,10 +420,15 @@ def _run_selective_steps(trainer: _Trainer, run_dir: Path, strategy: Callable) -
             if not masks_path.exists():
                 # trainer.model holds the step k-1 weights here (trained or resumed below)
                 generator = epoch_generator(cfg.seed, "score", step)
+                scoring_started = time.perf_counter()
                 artefact = select_masks(trainer.model, pool, partition, cfg, strategy, generator, trainer.device)
                 artefact.update(step=step, nominal_patches=cfg.n_patches, config_hash=trainer.hash,
-                                strategy=getattr(strategy, "name", repr(strategy)), scored_by=step - 1)
+                                strategy=masking, scored_by=step - 1)
                 save_checkpoint(masks_path, artefact)
+                log.info("step %d: scored %d images with the step %d model in %.1f s",
+                         step, len(partition), step - 1, time.perf_counter() - scoring_started)
+            else:
+                log.info("step %d: reusing saved masks %s", step, masks_path)
             patch_masks = _patch_masks_by_index(load_step_masks(step_dir))
         train_indices, val_indices = train_val_split(partition, cfg.val_fraction)
         trainer.train(step_dir, train_indices, val_indices, patch_masks, ("step", step), resume=True)
