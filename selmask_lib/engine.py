@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from .errors import SelmaskError
+from .files import atomic_write, write_text_atomic
 
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
@@ -176,36 +177,8 @@ def ensure_writable_dir(path: str | Path) -> Path:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` with ``torch.save`` atomically.
-
-    The bytes go to a temporary file in the same directory, are fsynced, and
-    the file is renamed over ``path`` (``os.replace``), so ``path`` always
-    holds either the previous checkpoint or the new one, never half of one.
-    """
-    path = Path(path)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as tmp_file:
-            torch.save(state, tmp_file)
-            tmp_file.flush()
-            os.fsync(tmp_file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories can't be opened."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """Write ``state`` with ``torch.save`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda file: torch.save(state, file))
 
 
 def load_checkpoint(
@@ -296,7 +269,7 @@ class MetricsLogger:
             for path in (self.jsonl_path, self.csv_path):
                 path.unlink(missing_ok=True)
             return
-        _write_text_atomic(self.jsonl_path, "".join(json.dumps(row) + "\n" for row in self._rows))
+        write_text_atomic(self.jsonl_path, "".join(json.dumps(row) + "\n" for row in self._rows))
         self._rewrite_csv()
 
     def _rewrite_csv(self) -> None:
@@ -304,7 +277,7 @@ class MetricsLogger:
         writer = csv.DictWriter(text, self._columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self._rows)
-        _write_text_atomic(self.csv_path, text.getvalue())
+        write_text_atomic(self.csv_path, text.getvalue())
 
     def _read_jsonl(self) -> list[dict[str, Any]]:
         if not self.jsonl_path.exists():
@@ -320,7 +293,7 @@ class MetricsLogger:
                         f"metrics log {self.jsonl_path} is corrupt at line {line_number}"
                     ) from None
                 # A run killed mid-write left half a row at the end: drop it for good.
-                _write_text_atomic(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in rows))
+                write_text_atomic(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in rows))
         return rows
 
 
@@ -338,18 +311,6 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as tmp_file:
-            tmp_file.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
 
 
 # ---------------------------------------------------------------------------
@@ -510,7 +471,7 @@ def fit(
         value = row.get(best_metric) if best_metric is not None else None
         if value is not None:
             value = float(_json_value(value))
-        improved = value is not None and (
+        improved = value is not None and not math.isnan(value) and (
             best_value is None or (value > best_value if best_mode == "max" else value < best_value)
         )
         if improved:

@@ -78,16 +78,16 @@ class UNet(nn.Module):
         return F.interpolate(x, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def build_reconstruction_model() -> UNet:
+def build_reconstruction_model(dropout: float = 0.2) -> UNet:
     """U-Net with 3 outputs (RGB) for masked image reconstruction."""
-    return UNet(out_channels=3)
+    return UNet(out_channels=3, dropout=dropout)
 
 
-def build_segmentation_model(num_classes: int) -> UNet:
+def build_segmentation_model(num_classes: int, dropout: float = 0.2) -> UNet:
     """U-Net with one output per class for semantic segmentation."""
     if num_classes < 2:
         raise SelmaskError(f"num_classes must be at least 2, got {num_classes}")
-    return UNet(out_channels=num_classes)
+    return UNet(out_channels=num_classes, dropout=dropout)
 
 
 @dataclass

@@ -20,16 +20,19 @@ Run directory (everything a notebook needs, nothing written next to the data)::
     config.yaml               the run's config
     run.json                  status, config hash, steps, final weights
     pretrained.pt             final reconstruction weights (what fine-tuning loads)
-    last.pt, metrics.csv      random masking: resumable checkpoint and log
+    run.log                   what the run decided and how long it took
+    metrics.csv               random masking: per-epoch log
     step_00/ ... step_K-1/    selective masking, one folder per step:
-        last.pt  metrics.csv  resumable checkpoint and per-epoch log
+        metrics.csv           per-epoch log
         model.pt              the step's final weights
         masks.pt              ids, pool indices, masks [N, P], loss maps [N, P], scoring sizes
+
+While a loop runs, ``last.pt`` holds its resumable state (model, Adam,
+schedule, RNG); it is deleted once the loop's final weights are saved.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -39,11 +42,11 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from . import __version__
-from .config import PretrainConfig, config_hash, load_config, save_config
+from .config import PretrainConfig, config_hash, load_config
 from .data import UnlabelledImages
 from .device import pick_device
 from .engine import (
+    LAST_CHECKPOINT,
     autocast,
     build_scheduler,
     derive_seed,
@@ -68,13 +71,13 @@ from .pretrain_data import (
     scoring_view,
     train_val_split,
 )
+from .runs import CONFIG_FILE, RUN_INFO_FILE, begin_run, check_run_dir, read_run_info, update_run_info
 from .strategies import FixedRandomMasking, MaskingStrategy, SelectiveMasking
 from .transforms import train_transform, val_transform
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
-RUN_INFO_FILE = "run.json"
+RUN_KIND = "pretrain"
 PRETRAINED_FILE = "pretrained.pt"
 STEP_MODEL_FILE = "model.pt"
 MASKS_FILE = "masks.pt"
@@ -119,56 +122,12 @@ def default_run_dir(cfg: PretrainConfig, runs_root: str | Path = "runs", masking
     return Path(runs_root) / f"pretrain-{name}-{cfg.dataset}-{config_hash(cfg)}"
 
 
-def _read_run_info(run_dir: Path) -> dict | None:
-    path = run_dir / RUN_INFO_FILE
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise SelmaskError(f"{path}: corrupt run file ({error})") from None
-
-
-def _write_run_info(run_dir: Path, info: dict) -> None:
-    temporary = run_dir / (RUN_INFO_FILE + ".tmp")
-    temporary.write_text(json.dumps(info, indent=2))
-    temporary.replace(run_dir / RUN_INFO_FILE)
-
-
-def prepare_run_dir(cfg: PretrainConfig, run_dir: Path, resume: bool, masking: str) -> Optional[PretrainRun]:
-    """Check ``run_dir`` against ``cfg``; return the finished run if there is one.
-
-    Refuses (without touching anything) a directory holding another config's
-    run, and an unfinished run of this config unless ``resume`` is set.
-    """
-    run_dir = ensure_writable_dir(run_dir)
-    info = _read_run_info(run_dir)
-    wanted = config_hash(cfg)
-    if info is not None:
-        if info.get("config_hash") != wanted or info.get("masking", masking) != masking:
-            raise SelmaskError(
-                f"{run_dir} holds a pretraining run of a different config "
-                f"(hash {info.get('config_hash')} with {info.get('masking')} masking; this config {wanted} "
-                f"with {masking} masking); choose another output directory"
-            )
-        if info.get("status") == "complete":
-            return PretrainRun(run_dir, cfg, run_dir / info["weights"])
-        if not resume:
-            raise SelmaskError(f"{run_dir} holds an unfinished run of this config: pass --resume to continue it")
-    elif any(run_dir.iterdir()):
-        raise SelmaskError(f"{run_dir} is not empty and holds no selmask pretraining run; choose another directory")
-    save_config(cfg, run_dir / CONFIG_FILE)
-    _write_run_info(run_dir, {"status": "running", "config_hash": wanted, "strategy": cfg.strategy,
-                              "masking": masking, "dataset": cfg.dataset, "library_version": __version__})
-    return None
-
-
 def load_pretrain_run(run_dir: str | Path) -> PretrainRun:
     """A finished pretraining run from its directory (what fine-tuning's ``pretrained`` names)."""
     run_dir = Path(run_dir)
-    info = _read_run_info(run_dir)
-    if info is None:
-        raise SelmaskError(f"{run_dir}: not a pretraining run (no {RUN_INFO_FILE})")
+    info = read_run_info(run_dir)
+    if info is None or info.get("kind") != RUN_KIND:
+        raise SelmaskError(f"{run_dir}: not a pretraining run (no {RUN_INFO_FILE} of a pretraining run)")
     if info.get("status") != "complete":
         raise SelmaskError(f"{run_dir}: pretraining run is not finished (status {info.get('status')!r})")
     cfg = load_config(run_dir / CONFIG_FILE, kind="pretrain")
@@ -186,7 +145,7 @@ class _Trainer:
         self.device = pick_device(cfg.device)
         self.use_amp = cfg.amp and self.device.type == "cuda"
         seed_everything(cfg.seed)
-        self.model = build_reconstruction_model().to(self.device)
+        self.model = build_reconstruction_model(cfg.dropout).to(self.device)
         self.loss_fn = ReconstructionLoss()
         self.train_transform = train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std)
         self.val_transform = val_transform(cfg.image_size, cfg.mean, cfg.std)
@@ -380,11 +339,12 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
     """
     chosen, masking = resolve_strategy(cfg, strategy)
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir(cfg, runs_root, masking)
-    pool = pretraining_pool(cfg)  # fails early, before anything is written, on a bad data root
-    finished = prepare_run_dir(cfg, run_dir, resume, masking)
+    finished = check_run_dir(run_dir, RUN_KIND, cfg, resume, identity={"masking": masking})
     if finished is not None:
         log.info("reusing finished pretraining run %s", run_dir)
-        return finished
+        return PretrainRun(run_dir, cfg, run_dir / finished["weights"])
+    pool = pretraining_pool(cfg)  # fails early, before anything is written, on a bad data root
+    begin_run(run_dir, RUN_KIND, cfg, strategy=cfg.strategy, masking=masking, dataset=cfg.dataset)
     with run_log(run_dir):
         log.info("pretraining %s (%s masking) on %d images, config hash %s",
                  run_dir, masking, len(pool), config_hash(cfg))
@@ -398,12 +358,9 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
             steps = _run_selective_steps(trainer, run_dir, chosen, masking)
         save_checkpoint(run_dir / PRETRAINED_FILE, {"model": trainer.model.state_dict(),
                                                     "config_hash": trainer.hash})
-        _write_run_info(run_dir, {
-            "status": "complete", "config_hash": trainer.hash, "strategy": cfg.strategy,
-            "masking": masking, "dataset": cfg.dataset, "steps": steps, "images": len(pool),
-            "weights": PRETRAINED_FILE, "seconds": round(time.perf_counter() - started, 3),
-            "device": str(trainer.device), "library_version": __version__,
-        })
+        update_run_info(run_dir, status="complete", steps=steps, images=len(pool), weights=PRETRAINED_FILE,
+                        seconds=round(time.perf_counter() - started, 3), device=str(trainer.device))
+        _drop_resume_state(run_dir)
         log.info("finished in %.1f s", time.perf_counter() - started)
     return PretrainRun(run_dir, cfg, run_dir / PRETRAINED_FILE)
 
@@ -414,6 +371,9 @@ def _run_selective_steps(trainer: _Trainer, run_dir: Path, strategy: MaskingStra
     partitions = partition_indices(len(pool), cfg.n_partitions)
     for step, partition in enumerate(partitions):
         step_dir = ensure_writable_dir(run_dir / step_name(step))
+        if (step_dir / STEP_MODEL_FILE).exists():  # finished before a crash: its weights are all we need
+            trainer.model.load_state_dict(load_checkpoint(step_dir / STEP_MODEL_FILE)["model"])
+            continue
         patch_masks = None
         if step > 0:
             masks_path = step_dir / MASKS_FILE
@@ -434,4 +394,13 @@ def _run_selective_steps(trainer: _Trainer, run_dir: Path, strategy: MaskingStra
         trainer.train(step_dir, train_indices, val_indices, patch_masks, ("step", step), resume=True)
         save_checkpoint(step_dir / STEP_MODEL_FILE, {"model": trainer.model.state_dict(), "step": step,
                                                      "config_hash": trainer.hash})
+        _drop_resume_state(step_dir)
     return len(partitions)
+
+
+def _drop_resume_state(directory: Path) -> None:
+    """Delete a finished loop's resumable checkpoint (model + Adam state, ~300 MB at ResNet-34 size).
+
+    Its final weights were saved just before, so nothing is lost.
+    """
+    (directory / LAST_CHECKPOINT).unlink(missing_ok=True)

@@ -39,7 +39,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import SelmaskError
+from .files import write_text_atomic
 
 __all__ = [
     "RESULTS_FILENAME",
@@ -207,22 +207,6 @@ def _validate(data: dict, source: str) -> None:
         raise SelmaskError(f"{source}: results field 'best_epoch' must be an integer or null")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 # ------------------------------------------------------------------ write/read
 def write_results(run_dir, **fields) -> Path:
     """Validate ``fields`` and write ``<run_dir>/results.json`` atomically; return its path.
@@ -266,7 +250,7 @@ def write_results(run_dir, **fields) -> Path:
     rows = ",\n".join("    " + json.dumps(r) for r in ordered["confusion_matrix"])
     text = json.dumps({**ordered, "confusion_matrix": sentinel}, indent=2, allow_nan=False)
     text = text.replace(json.dumps(sentinel), "[\n" + rows + "\n  ]", 1)
-    _atomic_write_text(path, text + "\n")
+    write_text_atomic(path, text + "\n")
     return path
 
 

@@ -214,17 +214,33 @@ def test_bad_inputs_are_clear_errors_and_destroy_nothing(data_root, tmp_path):
         pretrain(smoke(data_root), out_dir=blocker / "run")
 
 
-def test_checkpoint_from_a_different_config_is_rejected(data_root, tmp_path):
+def test_checkpoint_from_a_different_config_is_rejected(data_root, tmp_path, monkeypatch):
+    import selmask_lib.pretrain as pretrain_module
+
+    original = pretrain_module._Trainer.run_epoch
+
+    def crash_in_epoch_1(self, loader, generator, optimizer=None, scaler=None, description=""):
+        if optimizer is not None and description.endswith("epoch 1"):
+            raise Crash("simulated crash")
+        return original(self, loader, generator, optimizer, scaler, description)
+
+    monkeypatch.setattr(pretrain_module._Trainer, "run_epoch", crash_in_epoch_1)
     cfg = smoke(data_root, strategy="random", epochs=2)
-    crashed = tmp_path / "run"
-    pretrain(cfg, out_dir=crashed)
-    # pretend the run did not finish, then swap in another config's checkpoint
-    other = pretrain(smoke(data_root, strategy="random", epochs=2, lr=1e-3), out_dir=tmp_path / "other")
-    shutil.copy(other.run_dir / "last.pt", crashed / "last.pt")
-    info = (crashed / "run.json").read_text().replace('"complete"', '"running"')
-    (crashed / "run.json").write_text(info)
+    for config, folder in ((cfg, "run"), (smoke(data_root, strategy="random", epochs=2, lr=1e-3), "other")):
+        with pytest.raises(Crash):
+            pretrain(config, out_dir=tmp_path / folder)
+    # the unfinished run now holds the other config's resumable checkpoint
+    shutil.copy(tmp_path / "other" / "last.pt", tmp_path / "run" / "last.pt")
+    monkeypatch.setattr(pretrain_module._Trainer, "run_epoch", original)
     with pytest.raises(SelmaskError, match="different config"):
-        pretrain(cfg, out_dir=crashed, resume=True)
+        pretrain(cfg, out_dir=tmp_path / "run", resume=True)
+
+
+def test_finished_runs_keep_weights_not_resume_state(data_root, tmp_path):
+    run = pretrain(smoke(data_root, n_partitions=2), out_dir=tmp_path / "run")
+    assert not list(run.run_dir.rglob("last.pt"))
+    assert sorted(p.name for p in run.run_dir.rglob("model.pt")) == ["model.pt", "model.pt"]
+    assert (run.run_dir / "run.log").read_text().count("single-scale SSIM") == 1
 
 
 def test_pretrain_random_forces_the_strategy(data_root, tmp_path):

@@ -1,0 +1,56 @@
+"""Crash-safe file writing shared by checkpoints, logs, run files and results."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = True) -> Path:
+    """Write a file so that ``path`` always holds the old content or the new, never half of one.
+
+    ``write(file)`` fills a temporary file in the same directory; it is
+    fsynced and renamed over ``path`` (``os.replace``). The file gets the
+    usual permissions (0666 minus the umask), not mkstemp's private 0600, so
+    runs on a shared machine stay readable by the team.
+    """
+    path = Path(path)
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(handle, 0o666 & ~_current_umask())
+        text_options = {} if binary else {"encoding": "utf-8", "newline": ""}
+        with os.fdopen(handle, "wb" if binary else "w", **text_options) as tmp_file:
+            write(tmp_file)
+            tmp_file.flush()
+            os.fsync(tmp_file.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write` for text (UTF-8, newlines as given)."""
+    return atomic_write(path, lambda file: file.write(text), binary=False)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories can't be opened."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,451 @@
+"""Downstream semantic segmentation: fine-tune the U-Net from one of four inits, test the best model.
+
+METHOD.md, "Downstream segmentation": the same U-Net with a class head,
+initialised from nothing (``none``), a supervised ImageNet ResNet-34 encoder
+(``imagenet``, encoder only), or the encoder + decoder of a random-masking
+(``random_ir``) or selective-masking (``selective_ir``) pretraining run
+(self- or cross-dataset). Multiclass Jaccard loss, Adam, warm-up + cosine
+schedule; the checkpoint with the best validation mIoU is evaluated on the
+test split (shorter side ``image_size``, batch 1, any size)::
+
+    cfg = finetune_preset("demo", "synthetic", init="selective_ir",
+                          pretrained="runs/pretrain-selective-synthetic-0123abcd")
+    run = finetune(cfg)                 # or resume / reuse the run of this config
+    run.results["miou"], run.results_path
+
+The loss (smp 0.6.0, checked in this venv and pinned by a test):
+``smp.losses.JaccardLoss(mode="multiclass", ignore_index=255)`` really
+excludes void pixels: it zeroes the softmax probabilities and the one-hot
+target at every ignored pixel before summing, so those pixels add nothing to
+intersection, prediction or target sums, and their logits get zero gradient
+(the loss equals the loss of the same batch with the void pixels cropped
+out). No extra masking is needed. Two properties of that loss worth knowing:
+the IoU of each class is computed over the whole batch (not per image), and a
+class absent from the batch's ground truth contributes 0 but still counts in
+the mean over the C classes (so the loss of a batch showing 3 of 21 classes
+is at most 3/21). That is the pytorch-toolbelt / smp behaviour the authors'
+code inherits; it is kept as is.
+
+Run directory::
+
+    config.yaml               the run's config
+    run.json                  status, config hash, init, pretraining run
+    best.pt                   weights at the best val mIoU (tested)
+    last.pt                   resumable state while training; deleted once results.json is written
+    run.log                   what the run did
+    metrics.csv, .jsonl       one row per epoch: lr, train_loss, val_loss, val_miou, seconds
+    results.json              test scores and provenance (selmask_lib.results format)
+
+A finished run of the same config is reused as it is; a directory holding
+another config's run (or anything else) is refused without touching it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import segmentation_models_pytorch as smp
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .config import FinetuneConfig, config_hash, finetune_preset, load_config
+from .data import dataset_info, load_segmentation_split
+from .device import pick_device
+from .engine import (
+    LAST_CHECKPOINT,
+    autocast,
+    build_scheduler,
+    derive_seed,
+    epoch_generator,
+    fit,
+    load_checkpoint,
+    make_grad_scaler,
+    progress,
+    run_log,
+    seed_everything,
+)
+from .errors import SelmaskError
+from .metrics import SegmentationEvaluator, SegmentationScores
+from .models import (
+    HEAD_PREFIX,
+    IMAGENET_RESNET34_URL,
+    UNet,
+    build_segmentation_model,
+    imagenet_weights_path,
+    load_imagenet_encoder,
+    transfer_weights,
+)
+from .pretrain import PretrainRun, load_pretrain_run
+from .pretrain_data import resolve_data_root
+from .results import RESULTS_FILENAME, read_results, write_results
+from .runs import begin_run, check_run_dir, update_run_info
+from .transforms import test_transform, train_transform, val_transform
+
+log = logging.getLogger(__name__)
+
+RUN_KIND = "finetune"
+IR_STRATEGY = {"random_ir": "random", "selective_ir": "selective"}  # init -> pretraining strategy it needs
+
+
+@dataclass
+class FinetuneRun:
+    """A finished fine-tuning run: where it is and what ``results.json`` holds."""
+
+    run_dir: Path
+    results_path: Path  # run_dir / results.json
+    results: dict
+
+    @property
+    def miou(self) -> Optional[float]:
+        return self.results.get("miou")
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.run_dir / "best.pt"
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def segmentation_loss(ignore_index: int = 255) -> torch.nn.Module:
+    """The paper's loss: smp's multiclass Jaccard loss on logits, void pixels excluded (module docstring)."""
+    return smp.losses.JaccardLoss(mode="multiclass", from_logits=True, ignore_index=ignore_index)
+
+
+# --------------------------------------------------------------------------- run directories
+
+
+def default_run_dir(cfg: FinetuneConfig, runs_root: str | Path = "runs",
+                    pretrain_dataset: Optional[str] = None) -> Path:
+    """``runs/finetune-<dataset>-<init>[-<pretrain dataset>]-<hash>``."""
+    parts = ["finetune", cfg.dataset, cfg.init]
+    if cfg.init in IR_STRATEGY and pretrain_dataset is not None:
+        parts.append(pretrain_dataset)
+    return Path(runs_root) / f"{'-'.join(parts)}-{config_hash(cfg)}"
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class _Splits:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    class_names: list[str]
+    ignore_index: int
+
+
+def load_splits(cfg: FinetuneConfig) -> _Splits:
+    """Train (first ``max_train_images``, augmented), val (centre crop) and test (shorter side) splits."""
+    root = resolve_data_root(cfg.dataset, cfg.data_root)
+    info = dataset_info(cfg.dataset, root)
+    mean, std = tuple(cfg.mean), tuple(cfg.std)
+    train = load_segmentation_split(cfg.dataset, root, "train",
+                                    train_transform(cfg.image_size, tuple(cfg.crop_scale), mean, std))
+    if cfg.max_train_images is not None and cfg.max_train_images < len(train):
+        train = Subset(train, range(cfg.max_train_images))
+    val = load_segmentation_split(cfg.dataset, root, "val", val_transform(cfg.image_size, mean, std))
+    test = load_segmentation_split(cfg.dataset, root, "test", test_transform(cfg.image_size, mean, std))
+    return _Splits(train, val, test, list(info.class_names), info.ignore_index)
+
+
+# --------------------------------------------------------------------------- initialisation
+
+
+def check_pretrain_run(cfg: FinetuneConfig) -> Optional[PretrainRun]:
+    """The finished pretraining run an IR init names, checked to be of the right strategy; None otherwise."""
+    if cfg.init not in IR_STRATEGY:
+        return None
+    run = load_pretrain_run(cfg.pretrained)
+    needed, found = IR_STRATEGY[cfg.init], run.config.strategy
+    if found != needed:
+        other = next(init for init, strategy in IR_STRATEGY.items() if strategy == found)
+        raise SelmaskError(
+            f"init '{cfg.init}' needs a {needed}-masking pretraining run, but {run.run_dir} was pretrained "
+            f"with {found} masking; pass a {needed}-masking run as 'pretrained' (or use init '{other}')"
+        )
+    if (tuple(run.config.mean), tuple(run.config.std)) != (tuple(cfg.mean), tuple(cfg.std)):
+        log.warning("pretraining run %s normalised images with mean %s / std %s, this run uses %s / %s",
+                    run.run_dir, list(run.config.mean), list(run.config.std), list(cfg.mean), list(cfg.std))
+    return run
+
+
+def _load_imagenet(model: UNet, weights: Optional[str]) -> list[str]:
+    """ImageNet encoder from ``weights`` or the torch hub cache (downloaded there if online)."""
+    try:
+        return load_imagenet_encoder(model, weights, download=weights is None)
+    except SelmaskError:
+        raise
+    except Exception as error:  # offline: URLError, HTTPError, socket errors, ...
+        raise SelmaskError(
+            f"ImageNet ResNet-34 weights are not in {imagenet_weights_path()} and could not be downloaded "
+            f"({type(error).__name__}: {error}); download {IMAGENET_RESNET34_URL}, then place it there or pass "
+            f"its path as imagenet_weights (--imagenet-weights FILE)"
+        ) from None
+
+
+def build_initialised_model(cfg: FinetuneConfig, num_classes: int,
+                            pretrain_run: Optional[PretrainRun]) -> tuple[UNet, dict]:
+    """The segmentation U-Net initialised as ``cfg.init`` says, and a JSON-ready transfer summary.
+
+    The random weights (head, and everything for ``none``) come from
+    ``cfg.seed``, so two runs of one config start from the same model.
+    """
+    seed_everything(cfg.seed)
+    model = build_segmentation_model(num_classes, dropout=cfg.dropout)
+    if cfg.init == "none":
+        return model, {"source": None, "summary": "random initialisation (seeded)"}
+    if cfg.init == "imagenet":
+        copied = _load_imagenet(model, cfg.imagenet_weights)
+        source = imagenet_weights_path(cfg.imagenet_weights)
+        return model, {"source": str(source), "copied": len(copied), "skipped": 0, "missing": 0,
+                       "summary": f"copied {len(copied)} ImageNet encoder tensors (encoder only)"}
+    weights = load_checkpoint(pretrain_run.weights)
+    state = weights.get("model")
+    if not isinstance(state, dict):
+        raise SelmaskError(f"{pretrain_run.weights}: no 'model' state dict in the pretrained weights")
+    report = transfer_weights(state, model)
+    not_copied = report.missing + [name for name in report.skipped if not name.startswith(HEAD_PREFIX)]
+    if not_copied:
+        raise SelmaskError(
+            f"{pretrain_run.weights}: does not match the segmentation U-Net "
+            f"({report.summary()}; e.g. {not_copied[0]!r}); was it written by another model version?"
+        )
+    log.info("init %s from %s: %s", cfg.init, pretrain_run.weights, report.summary())
+    return model, {"source": str(pretrain_run.weights), "copied": len(report.copied),
+                   "skipped": len(report.skipped), "missing": len(report.missing),
+                   "summary": report.summary() + " (encoder and decoder; head left random)"}
+
+
+# --------------------------------------------------------------------------- training and evaluation
+
+
+class _Finetuner:
+    """Device, model, loss and data of one fine-tuning run."""
+
+    def __init__(self, cfg: FinetuneConfig, splits: _Splits, model: UNet):
+        self.cfg, self.splits = cfg, splits
+        self.device = pick_device(cfg.device)
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.model = model.to(self.device)
+        self.loss_fn = segmentation_loss(splits.ignore_index)
+        self.hash = config_hash(cfg)
+
+    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool, *keys) -> DataLoader:
+        """Order and worker seeds depend only on (seed, keys), so a resumed run replays the same batches."""
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.cfg.num_workers,
+                          generator=epoch_generator(self.cfg.seed, "order", *keys), drop_last=False,
+                          pin_memory=self.device.type == "cuda")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.use_amp):
+            logits = self.model(images.to(self.device, non_blocking=True))
+        return logits.float()
+
+    def train_epoch(self, epoch: int, optimizer, scaler) -> dict:
+        # Augmentation and dropout draw from torch's global RNG: seed it per epoch
+        # so a resumed run replays exactly the epochs it lost.
+        torch.manual_seed(derive_seed(self.cfg.seed, "augment", epoch))
+        loader = self.loader(self.splits.train, self.cfg.batch_size, True, epoch)
+        total, count = 0.0, 0
+        for images, masks in progress(loader, desc=f"finetune epoch {epoch}", leave=False):
+            logits = self.forward(images)
+            loss = self.loss_fn(logits, masks.to(self.device, non_blocking=True))
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total += float(loss.detach()) * images.shape[0]
+            count += images.shape[0]
+        return {"train_loss": total / max(count, 1)}
+
+    @torch.no_grad()
+    def evaluate(self, dataset: Dataset, batch_size: int, description: str) -> tuple[SegmentationScores, float]:
+        """Scores and mean Jaccard loss of the current model on ``dataset`` (eval mode)."""
+        self.model.eval()
+        evaluator = SegmentationEvaluator(len(self.splits.class_names), self.splits.class_names,
+                                          ignore_index=self.splits.ignore_index)
+        total, count = 0.0, 0
+        for images, masks in progress(self.loader(dataset, batch_size, False, description),
+                                      desc=description, leave=False):
+            logits = self.forward(images)
+            masks = masks.to(self.device, non_blocking=True)
+            total += float(self.loss_fn(logits, masks)) * images.shape[0]
+            count += images.shape[0]
+            evaluator.update(logits, masks)
+        try:
+            scores = evaluator.compute()
+        except SelmaskError as error:
+            raise SelmaskError(f"{description} split of dataset {self.cfg.dataset!r}: {error}") from None
+        return scores, total / max(count, 1)
+
+    def train(self, run_dir: Path, resume: bool):
+        cfg = self.cfg
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        scheduler = build_scheduler(optimizer, cfg.warmup_epochs, cfg.epochs, cfg.min_lr_ratio)
+        scaler = make_grad_scaler(self.device, self.use_amp)
+
+        def train_one_epoch(epoch: int) -> dict:
+            return self.train_epoch(epoch, optimizer, scaler)
+
+        def evaluate(epoch: int) -> dict:
+            scores, loss = self.evaluate(self.splits.val, cfg.batch_size, "val")
+            return {"val_loss": loss, "val_miou": scores.miou}
+
+        return fit(self.model, optimizer, scheduler, train_one_epoch, cfg.epochs, run_dir, evaluate=evaluate,
+                   resume=resume, config_hash=self.hash, scaler=scaler, best_metric="val_miou",
+                   best_mode="max", checkpoint_every=cfg.checkpoint_every)
+
+
+# --------------------------------------------------------------------------- public entry point
+
+
+def finetune(cfg: FinetuneConfig, out_dir: str | Path | None = None, resume: bool = True,
+             runs_root: str | Path = "runs") -> FinetuneRun:
+    """Fine-tune, pick the best epoch by val mIoU, evaluate it on the test split; write ``results.json``.
+
+    ``out_dir`` defaults to ``runs_root/finetune-<dataset>-<init>[-<pretrain
+    dataset>]-<hash>``. A finished run of the same config there is reused
+    as it is; an unfinished one is continued if ``resume`` (else refused).
+    Every check (pretraining run, data, ImageNet file) runs before anything
+    is written.
+    """
+    if not isinstance(cfg, FinetuneConfig):
+        raise SelmaskError(f"finetune() needs a FinetuneConfig, got {type(cfg).__name__}")
+    if cfg.pretrained is not None:  # one run, one hash, whether named relatively or absolutely
+        cfg = cfg.updated(pretrained=str(Path(cfg.pretrained).resolve()))
+    pretrain_run = check_pretrain_run(cfg)
+    pretrain_dataset = None if pretrain_run is None else pretrain_run.config.dataset
+    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(cfg, runs_root, pretrain_dataset)
+    finished = check_run_dir(run_dir, RUN_KIND, cfg, resume)
+    if finished is not None and (run_dir / RESULTS_FILENAME).is_file():
+        log.info("reusing finished fine-tuning run %s", run_dir)
+        return FinetuneRun(run_dir, run_dir / RESULTS_FILENAME, read_results(run_dir / RESULTS_FILENAME))
+
+    splits = load_splits(cfg)
+    model, transfer = build_initialised_model(cfg, len(splits.class_names), pretrain_run)
+    begin_run(run_dir, RUN_KIND, cfg, dataset=cfg.dataset, init=cfg.init,
+              pretrain_run=None if pretrain_run is None else cfg.pretrained)
+    with run_log(run_dir):
+        return _train_and_test(cfg, run_dir, splits, model, transfer, pretrain_run)
+
+
+def _train_and_test(cfg: FinetuneConfig, run_dir: Path, splits: _Splits, model: UNet, transfer: dict,
+                    pretrain_run: Optional[PretrainRun]) -> FinetuneRun:
+    """Train with resume, test the best checkpoint at batch 1, write results.json."""
+    pretrain_dataset = None if pretrain_run is None else pretrain_run.config.dataset
+    trainer = _Finetuner(cfg, splits, model)
+    fitted = trainer.train(run_dir, resume=True)  # check_run_dir refused an unfinished run unless resume
+
+    best_path = fitted.best_checkpoint or fitted.last_checkpoint
+    trainer.model.load_state_dict(load_checkpoint(best_path, expected_config_hash=trainer.hash,
+                                                  map_location=trainer.device)["model"])
+    started = time.perf_counter()
+    scores, test_loss = trainer.evaluate(splits.test, 1, "test")
+    test_seconds = time.perf_counter() - started
+
+    relation = None
+    if pretrain_run is not None:
+        relation = "self" if pretrain_dataset == cfg.dataset else "cross"
+    results_path = write_results(
+        run_dir,
+        dataset=cfg.dataset,
+        init=cfg.init,
+        pretrain_run=None if pretrain_run is None else cfg.pretrained,
+        pretrain_dataset=pretrain_dataset,
+        pretrain_relation=relation,
+        pretrain_config_hash=None if pretrain_run is None else config_hash(pretrain_run.config),
+        seed=cfg.seed,
+        scores=scores,
+        test_loss=test_loss,
+        val_miou=fitted.best_value,
+        best_epoch=fitted.best_epoch,
+        transfer=transfer,
+        config=cfg.to_dict(),
+        config_hash=trainer.hash,
+        timings={"train_seconds": round(sum(row.get("seconds", 0.0) for row in fitted.history), 3),
+                 "test_seconds": round(test_seconds, 3)},
+        images={"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        device=str(trainer.device),
+    )
+    update_run_info(run_dir, status="complete", results=RESULTS_FILENAME, best_epoch=fitted.best_epoch,
+                    miou=scores.miou)
+    (run_dir / LAST_CHECKPOINT).unlink(missing_ok=True)  # resumable state (~300 MB); best.pt stays
+    log.info("fine-tuning %s: test mIoU %.4f (best epoch %s)", run_dir, scores.miou, fitted.best_epoch)
+    return FinetuneRun(run_dir, results_path, read_results(results_path))
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``selmask finetune`` arguments: the shared run arguments plus the initialisation."""
+    from .cli import add_common_run_arguments
+    from .config import INITS
+
+    add_common_run_arguments(parser)
+    parser.add_argument("--init", default=None, choices=INITS,
+                        help="initialisation (default: the preset's / config's, 'none')")
+    parser.add_argument("--pretrained", default=None, metavar="RUN_DIR",
+                        help="pretraining run directory (init random_ir / selective_ir)")
+    parser.add_argument("--imagenet-weights", default=None, metavar="FILE",
+                        help=f"local copy of {IMAGENET_RESNET34_URL} (init imagenet; "
+                             f"default: the torch hub cache)")
+
+
+def finetune_config_from_args(args: argparse.Namespace) -> FinetuneConfig:
+    """The config ``selmask finetune`` arguments describe.
+
+    Base: ``--config FILE`` if given, else ``--preset``; then ``--set key=value``
+    overrides; then the dedicated options (``--data-root``, ``--init``,
+    ``--pretrained``, ``--imagenet-weights``), which win over ``--set``.
+    """
+    from .cli import parse_overrides
+
+    overrides: dict[str, Any] = parse_overrides(getattr(args, "overrides", None))
+    if "dataset" in overrides:
+        raise SelmaskError("--set dataset=... is not allowed: name the dataset with --dataset")
+    for key, value in (("data_root", args.data_root), ("init", args.init), ("pretrained", args.pretrained),
+                       ("imagenet_weights", args.imagenet_weights)):
+        if value is not None:
+            overrides[key] = value
+    if getattr(args, "config", None):
+        return load_config(args.config, kind="finetune").updated(dataset=args.dataset, **overrides)
+    return finetune_preset(args.preset, args.dataset, **overrides)
+
+
+def run_finetune_command(args: argparse.Namespace) -> int:
+    """``selmask finetune``: 0 on success; one ``selmask: error: ...`` line and exit status 2 on bad input."""
+    try:
+        cfg = finetune_config_from_args(args)
+        run = finetune(cfg, out_dir=args.out, resume=args.resume)
+    except SelmaskError as error:
+        from .cli import EXIT_USER_ERROR
+
+        print(f"selmask: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    miou = run.results["miou"]
+    print(f"test mIoU {'n/a' if miou is None else f'{100 * miou:.1f}'} ({cfg.init}, {cfg.dataset}); "
+          f"results: {run.results_path}")
+    return 0
+
+
+__all__ = [
+    "FinetuneRun",
+    "add_finetune_arguments",
+    "build_initialised_model",
+    "check_pretrain_run",
+    "default_run_dir",
+    "finetune",
+    "finetune_config_from_args",
+    "load_splits",
+    "run_finetune_command",
+    "segmentation_loss",
+]
