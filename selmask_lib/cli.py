@@ -1,4 +1,4 @@
-"""The ``selmask`` command: ``demo``, ``pretrain``, ``finetune`` and ``synthetic``.
+"""The ``selmask`` command: ``demo``, ``pretrain``, ``finetune``, ``reproduce`` and ``synthetic``.
 
 Each subcommand is a thin wrapper over a library function a notebook can call
 too. Mistakes a user can make (bad data, bad config) end with one line on
@@ -77,6 +77,32 @@ def _demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce_command(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+    from .results import format_table, results_table
+
+    data_roots = {}
+    for pair in args.data_roots or []:
+        name, sep, root = pair.partition("=")
+        if not sep:
+            raise SelmaskError(f"--data-root expects NAME=DIR, got {pair!r}")
+        data_roots[name] = root
+    reproduction = reproduce(
+        args.datasets, preset=args.preset, data_roots=data_roots, seeds=args.seeds, runs_root=args.runs,
+        imagenet_weights=args.imagenet_weights,
+        pretrain_overrides=parse_overrides(args.pretrain_overrides),
+        finetune_overrides=parse_overrides(args.finetune_overrides),
+    )
+    for reason in reproduction.skipped:
+        print(f"skipped: {reason}")
+    table = format_table(results_table(reproduction.results))
+    print(table.to_string())
+    if args.table:
+        table.to_csv(args.table)
+        print(f"table: {args.table}")
+    return 0
+
+
 def _synthetic_command(args: argparse.Namespace) -> int:
     from .data.synthetic import ensure_synthetic_voc
 
@@ -85,7 +111,7 @@ def _synthetic_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="selmask", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="selmask", description="Selective masking pretraining for segmentation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -105,6 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = commands.add_parser("finetune", help="downstream segmentation fine-tuning and test evaluation")
     add_finetune_arguments(finetune)
     finetune.set_defaults(handler=run_finetune_command)
+
+    from .config import DATASET_NAMES, PRESET_NAMES
+
+    reproduce = commands.add_parser("reproduce", help="run (or reuse) every run of the paper's table; print it")
+    reproduce.add_argument("--datasets", nargs="+", default=["synthetic"], choices=DATASET_NAMES)
+    reproduce.add_argument("--data-root", dest="data_roots", action="append", metavar="NAME=DIR",
+                           help="folder of one dataset, e.g. --data-root voc=/data/voc (repeatable)")
+    reproduce.add_argument("--preset", default="smoke", choices=PRESET_NAMES)
+    reproduce.add_argument("--seeds", nargs="+", type=int, default=[3741])
+    reproduce.add_argument("--runs", default="runs", help="folder of cached runs")
+    reproduce.add_argument("--imagenet-weights", default=None, metavar="FILE")
+    reproduce.add_argument("--set-pretrain", dest="pretrain_overrides", action="append", metavar="KEY=VALUE")
+    reproduce.add_argument("--set-finetune", dest="finetune_overrides", action="append", metavar="KEY=VALUE")
+    reproduce.add_argument("--table", default=None, help="also write the table to this CSV file")
+    reproduce.set_defaults(handler=_reproduce_command)
 
     synthetic = commands.add_parser("synthetic", help="generate (or find) the embedded synthetic dataset")
     synthetic.add_argument("--root", default=None)

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .masking import pixel_mask
+from .masking import patch_index_map, pixel_mask
 
 
 def to_display(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -22,9 +22,27 @@ def to_display(image: torch.Tensor, mean: Sequence[float], std: Sequence[float])
 
 def loss_heatmap(patch_loss: torch.Tensor, grid: torch.Tensor) -> np.ndarray:
     """Per-patch values ``[P]`` painted onto their pixels, ``[H, W]``."""
-    from .masking import patch_index_map
-
     return patch_loss.detach().cpu()[patch_index_map(grid)].numpy()
+
+
+def grey_out(picture: np.ndarray, pixels: torch.Tensor, colour: Sequence[float]) -> np.ndarray:
+    """``picture [H, W, 3]`` with the True pixels of ``pixels [H, W]`` painted ``colour`` (the fill)."""
+    return np.where(pixels.cpu().numpy()[..., None], np.asarray(colour, dtype=picture.dtype), picture)
+
+
+def _show_heatmap(figure, axis, patch_loss: torch.Tensor, grid: torch.Tensor) -> None:
+    shown = axis.imshow(loss_heatmap(patch_loss, grid), cmap="magma")
+    figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04)
+
+
+def _panel_grid(n_rows: int, columns: Sequence[str]):
+    figure, axes = plt.subplots(n_rows, len(columns), figsize=(2.6 * len(columns), 2.6 * n_rows), squeeze=False)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    for axis, name in zip(axes[0], columns):
+        axis.set_title(name, fontsize=9)
+    return figure, axes
 
 
 def masking_figure(
@@ -45,31 +63,74 @@ def masking_figure(
     """
     columns = ["input", "random mask (50%)", "reconstruction", "patch loss (mean of draws)",
                "selective mask (top 50% loss)"]
-    n_rows = images.shape[0]
-    figure, axes = plt.subplots(n_rows, len(columns), figsize=(2.6 * len(columns), 2.6 * n_rows),
-                                squeeze=False)
+    figure, axes = _panel_grid(images.shape[0], columns)
     random_pixels = pixel_mask(random_masks.cpu(), grid)
     selected_pixels = pixel_mask(selected_masks.cpu(), grid)
-    for row in range(n_rows):
+    for row, axes_row in enumerate(axes):
         picture = to_display(images[row], mean, std)
-        grey = np.full_like(picture, np.asarray(mean))  # masked patches show the mean colour
-        panels = [
-            picture,
-            np.where(random_pixels[row, ..., None].numpy(), grey, picture),
-            to_display(reconstructions[row], mean, std),
-            None,
-            np.where(selected_pixels[row, ..., None].numpy(), grey, picture),
-        ]
-        for column, (axis, panel) in enumerate(zip(axes[row], panels)):
-            if panel is None:
-                shown = axis.imshow(loss_heatmap(patch_loss[row], grid), cmap="magma")
-                figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04)
-            else:
-                axis.imshow(panel)
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if row == 0:
-                axis.set_title(columns[column], fontsize=9)
+        axes_row[0].imshow(picture)
+        axes_row[1].imshow(grey_out(picture, random_pixels[row], mean))
+        axes_row[2].imshow(to_display(reconstructions[row], mean, std))
+        _show_heatmap(figure, axes_row[3], patch_loss[row], grid)
+        axes_row[4].imshow(grey_out(picture, selected_pixels[row], mean))
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def masked_views_figure(
+    views: Sequence[torch.Tensor],
+    patch_losses: Sequence[torch.Tensor],
+    selected_masks: Sequence[torch.Tensor],
+    random_masks: Sequence[torch.Tensor],
+    grids: Sequence[torch.Tensor],
+    fill: Sequence[float] = (0.4529, 0.4317, 0.3999),
+    titles: Sequence[str] | None = None,
+) -> "matplotlib.figure.Figure":
+    """One row per image of a saved selective step: view / patch loss / selective mask / random mask.
+
+    ``views`` are scoring views ``[3, h, w]`` in [0, 1] (sizes may differ);
+    losses and masks are ``[P]`` per image, on each image's own grid.
+    """
+    columns = ["image (scoring view)", "patch loss (mean of S draws)", "selective mask", "random mask"]
+    figure, axes = _panel_grid(len(views), columns)
+    for row, axes_row in enumerate(axes):
+        picture = views[row].permute(1, 2, 0).clamp(0, 1).numpy()
+        axes_row[0].imshow(picture)
+        if titles is not None:
+            axes_row[0].set_ylabel(titles[row], fontsize=8)
+        _show_heatmap(figure, axes_row[1], patch_losses[row], grids[row])
+        axes_row[2].imshow(grey_out(picture, pixel_mask(selected_masks[row][None], grids[row])[0], fill))
+        axes_row[3].imshow(grey_out(picture, pixel_mask(random_masks[row][None], grids[row])[0], fill))
+    figure.tight_layout()
+    return figure
+
+
+def per_class_gain_figure(gain, title: str | None = None) -> "matplotlib.figure.Figure":
+    """Per-class IoU of baseline and method (left) and their difference (right).
+
+    ``gain`` is :func:`selmask_lib.results.per_class_gain`'s table: classes
+    sorted from the weakest baseline IoU, columns baseline / method / gain.
+    """
+    import pandas as pd
+    import seaborn as sns
+
+    shown = gain.dropna(subset=["gain"])
+    baseline, method = gain.attrs.get("baseline", "baseline"), gain.attrs.get("method", "method")
+    long = pd.DataFrame({
+        "class": list(shown.index) * 2,
+        "IoU (%)": list(shown["baseline"]) + list(shown["method"]),
+        "init": [baseline] * len(shown) + [method] * len(shown),
+    })
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 0.45 * len(shown) + 1.8), sharey=True)
+    sns.barplot(long, y="class", x="IoU (%)", hue="init", ax=left, orient="h")
+    left.set_title("per-class test IoU (weakest baseline class first)", fontsize=10)
+    colours = ["tab:green" if value >= 0 else "tab:red" for value in shown["gain"]]
+    right.barh(list(shown.index), shown["gain"], color=colours)
+    right.axvline(0, color="black", linewidth=0.8)
+    right.set_xlabel(f"{method} - {baseline} (points)")
+    right.set_title("gain", fontsize=10)
     if title:
         figure.suptitle(title)
     figure.tight_layout()

@@ -1,0 +1,110 @@
+"""Batch reproduction of the paper's tables: every pretraining and fine-tuning run a table needs.
+
+For each downstream dataset D and each seed (METHOD.md, "Pretrain/downstream
+pairs"):
+
+- pretraining: random masking on D, selective masking on D (self) and
+  selective masking on D's partner (cross: VOC <-> Cityscapes,
+  Nassar <-> Sugarbeets);
+- fine-tuning on D from: no pretraining, ImageNet, random-IR (self),
+  selective-IR (self), selective-IR (cross).
+
+Every run is cached in ``runs_root`` by its config hash, so calling this again
+(from the CLI, a notebook, or after a crash) only runs what is missing. A
+column that cannot be produced (no cross partner given, no ImageNet weights
+on disk) is skipped with a logged reason and shows as n/a in the tables.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+import pandas as pd
+
+from .config import finetune_preset, pretrain_preset
+from .finetune import finetune
+from .models import imagenet_weights_path
+from .pretrain import pretrain
+from .results import load_results
+
+log = logging.getLogger(__name__)
+
+PAPER_CROSS_PAIRS = {"voc": "cityscapes", "cityscapes": "voc", "nassar": "sugarbeets", "sugarbeets": "nassar"}
+VARIANTS = ("none", "imagenet", "random_ir_self", "selective_ir_self", "selective_ir_cross")
+
+
+@dataclass
+class Reproduction:
+    """What :func:`reproduce` ran: the results table rows and why any column is missing."""
+
+    results: pd.DataFrame
+    result_files: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _data_root(data_roots: Mapping[str, Optional[str]], dataset: str) -> Optional[str]:
+    return None if data_roots.get(dataset) is None else str(data_roots[dataset])
+
+
+def reproduce(
+    datasets: Iterable[str],
+    preset: str = "smoke",
+    data_roots: Optional[Mapping[str, Optional[str]]] = None,
+    seeds: Iterable[int] = (3741,),
+    runs_root: str | Path = "runs",
+    variants: Iterable[str] = VARIANTS,
+    cross_pairs: Mapping[str, str] = PAPER_CROSS_PAIRS,
+    imagenet_weights: Optional[str] = None,
+    pretrain_overrides: Optional[dict] = None,
+    finetune_overrides: Optional[dict] = None,
+) -> Reproduction:
+    """Run (or reuse) the runs behind the paper's table for ``datasets``; return their results.
+
+    ``data_roots`` maps dataset name -> folder (``synthetic`` needs none). A
+    cross partner is pretrained on only if it has a data root (or is
+    ``synthetic``). The ImageNet column needs torchvision's ResNet-34 weights
+    at ``imagenet_weights`` or in the torch hub cache; nothing is downloaded.
+    """
+    data_roots = dict(data_roots or {})
+    variants = list(variants)
+    runs_root = Path(runs_root)
+    pretrain_overrides, finetune_overrides = dict(pretrain_overrides or {}), dict(finetune_overrides or {})
+    files, skipped = [], []
+
+    def pretrained_run(dataset: str, strategy: str, seed: int) -> str:
+        cfg = pretrain_preset(preset, dataset, strategy=strategy, seed=seed,
+                              data_root=_data_root(data_roots, dataset), **pretrain_overrides)
+        return str(pretrain(cfg, runs_root=runs_root).run_dir)
+
+    for seed in seeds:
+        for dataset in datasets:
+            base = dict(seed=seed, data_root=_data_root(data_roots, dataset), **finetune_overrides)
+            inits: list[dict] = []
+            if "none" in variants:
+                inits.append(dict(init="none"))
+            if "imagenet" in variants:
+                if imagenet_weights_path(imagenet_weights).is_file():
+                    inits.append(dict(init="imagenet", imagenet_weights=imagenet_weights))
+                else:
+                    skipped.append(f"{dataset}: ImageNet column skipped, no weights at "
+                                   f"{imagenet_weights_path(imagenet_weights)}")
+            if "random_ir_self" in variants:
+                inits.append(dict(init="random_ir", pretrained=pretrained_run(dataset, "random", seed)))
+            if "selective_ir_self" in variants:
+                inits.append(dict(init="selective_ir", pretrained=pretrained_run(dataset, "selective", seed)))
+            if "selective_ir_cross" in variants:
+                partner = cross_pairs.get(dataset)
+                if partner is not None and (partner == "synthetic" or data_roots.get(partner) is not None):
+                    inits.append(dict(init="selective_ir", pretrained=pretrained_run(partner, "selective", seed)))
+                else:
+                    skipped.append(f"{dataset}: cross column skipped, no data root for its partner "
+                                   f"{partner!r}" if partner else f"{dataset}: cross column skipped, no partner")
+            for init in inits:
+                cfg = finetune_preset(preset, dataset, **base, **init)
+                files.append(finetune(cfg, runs_root=runs_root).results_path)
+    for reason in skipped:
+        log.warning(reason)
+    return Reproduction(load_results(files) if files else pd.DataFrame(), files, skipped)

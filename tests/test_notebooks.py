@@ -1,0 +1,54 @@
+"""Every notebook runs with its stored defaults (papermill), and is committed clean."""
+
+import ast
+import json
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory):
+    """One runs folder for all notebooks, as a user has: later notebooks reuse earlier runs."""
+    return tmp_path_factory.mktemp("runs")
+
+
+def parameters_cell(notebook):
+    tagged = [cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell is tagged 'parameters'"
+    return tagged[0]
+
+
+def test_there_are_notebooks():
+    assert len(NOTEBOOKS) >= 3
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_committed_clean_with_literal_parameters(path):
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs"
+    cell = parameters_cell(notebook)
+    assert notebook.cells.index(cell) <= 2, "the parameters cell is near the top"
+    for statement in ast.parse(cell.source).body:
+        assert isinstance(statement, ast.Assign), f"only assignments in the parameters cell: {ast.dump(statement)}"
+        ast.literal_eval(statement.value)  # literals only: derived values belong in the next cell
+    assert "runs_root" in cell.source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_with_stored_defaults(path, runs_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("SELMASK_NO_PROGRESS", "1")
+    output = tmp_path / path.name
+    papermill.execute_notebook(str(path), str(output), parameters={"runs_root": str(runs_root)},
+                               kernel_name="python3", progress_bar=False, cwd=str(path.parent))
+    executed = json.loads(output.read_text())
+    errors = [out for cell in executed["cells"] for out in cell.get("outputs", [])
+              if out.get("output_type") == "error"]
+    assert errors == []
