@@ -1,0 +1,72 @@
+"""The `selmask` command: the demo runs, bad input is one line and exit status 2."""
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from selmask_lib.cli import main, parse_overrides
+from selmask_lib.data.synthetic import SMALL, ensure_synthetic_voc
+from selmask_lib.demo import run_demo
+from selmask_lib.errors import SelmaskError
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return ensure_synthetic_voc(tmp_path_factory.mktemp("synthetic"), **SMALL)
+
+
+def test_demo_writes_the_figure(data_root, tmp_path):
+    # the demo pipeline at smoke size; `make demo` runs it with the demo preset
+    figure = run_demo(out_dir=tmp_path / "figures", data_root=data_root, runs_root=tmp_path / "runs",
+                      n_images=2, epochs=1, max_images=24, image_size=64, score_size=64, batch_size=8)
+    assert figure.name == "demo_selective_masking.png"
+    with Image.open(figure) as image:
+        assert image.width > 600 and image.height > 250  # 5 panels per row, 2 rows
+
+
+def test_pretrain_command_runs_and_reuses(data_root, tmp_path, capsys):
+    args = ["pretrain", "--strategy", "random", "--dataset", "synthetic", "--data-root", str(data_root),
+            "--preset", "smoke", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert "pretrained weights" in capsys.readouterr().out
+    assert main(args) == 0  # a finished run of the same config is reused
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["pretrain", "--strategy", "random", "--dataset", "voc", "--data-root", "{tmp}/absent", "--preset",
+          "smoke", "--out", "{tmp}/run"], "absent: dataset folder not found"),
+        (["pretrain", "--strategy", "random", "--dataset", "synthetic", "--data-root", "{data}", "--preset",
+          "smoke", "--out", "{tmp}/run", "--set", "lrr=0.1"], "unknown config key 'lrr'"),
+        (["pretrain", "--strategy", "random", "--dataset", "synthetic", "--data-root", "{data}", "--preset",
+          "smoke", "--out", "{tmp}/run", "--set", "epochs"], "--set expects key=value"),
+        (["finetune", "--dataset", "synthetic", "--data-root", "{data}", "--init", "selective_ir", "--preset",
+          "smoke", "--out", "{tmp}/ft"], "pretrained"),
+        (["reproduce", "--datasets", "voc", "--data-root", "voc", "--runs", "{tmp}/runs"], "NAME=DIR"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_status_2(args, message, data_root, tmp_path, capsys):
+    args = [a.format(tmp=tmp_path, data=data_root) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("selmask: error:") and message in err
+    assert len(err.splitlines()) == 1
+
+
+def test_console_script_entry_point(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "selmask_lib.cli", "pretrain", "--strategy", "random",
+                             "--dataset", "cityscapes", "--data-root", str(tmp_path), "--preset", "smoke",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("selmask: error:")
+    assert "Traceback" not in result.stderr
+
+
+def test_parse_overrides_reads_yaml_values():
+    assert parse_overrides(["epochs=3", "lr=3e-3", "crop_scale=[0.5, 1.0]", "data_root=null"]) == {
+        "epochs": 3, "lr": 0.003, "crop_scale": [0.5, 1.0], "data_root": None}
+    with pytest.raises(SelmaskError):
+        parse_overrides(["=3"])
