@@ -255,14 +255,14 @@ def select_masks(
         for row, index in enumerate(members):
             masks[index] = batch_masks[row].cpu()
             scores[index] = None if batch_scores is None else batch_scores[row].float().cpu()
-    return _masks_artefact(pool, list(indices), masks, scores, views)
+    return _masks_artefact(pool, list(indices), masks, scores, views, cfg.n_patches)
 
 
 def _column(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
 
 
-def _masks_artefact(pool, indices, masks, scores, views) -> dict:
+def _masks_artefact(pool, indices, masks, scores, views, n_patches: int) -> dict:
     counts = [masks[index].numel() for index in indices]
     width = max(counts)
     padded_masks = torch.zeros(len(indices), width, dtype=torch.bool)
@@ -280,6 +280,8 @@ def _masks_artefact(pool, indices, masks, scores, views) -> dict:
         "losses": padded_scores if has_scores else None,  # [N, P_max], NaN padding
         "n_patches": torch.tensor(counts, dtype=torch.long),  # [N] patches of each image's grid
         "score_sizes": sizes,  # [N, 2] (h, w) of the scoring view; grid = patch_grid(h, w, n)
+        "grid_by_size": {f"{h}x{w}": patch_grid(h, w, n_patches)  # the [P, 4] grid of each scoring size
+                         for h, w in sorted(set(map(tuple, sizes.tolist())))},
     }
 
 
@@ -287,13 +289,13 @@ def load_step_masks(step_dir: str | Path) -> dict:
     """The ``masks.pt`` artefact of a selective step, with a ``grids`` helper list added.
 
     Keys: ids, indices [N], masks Bool [N, P_max], losses [N, P_max] or None,
-    n_patches [N], score_sizes [N, 2], nominal_patches, step, strategy and
-    ``grids`` (the [P, 4] grid of each image).
+    n_patches [N], score_sizes [N, 2], grid_by_size ("HxW" -> [P, 4]),
+    nominal_patches, step, strategy, scored_by, and ``grids`` (added here:
+    the [P, 4] grid of each image, in row order).
     """
     path = Path(step_dir) / MASKS_FILE
     artefact = load_checkpoint(path)
-    artefact["grids"] = [patch_grid(int(h), int(w), artefact["nominal_patches"])
-                         for h, w in artefact["score_sizes"].tolist()]
+    artefact["grids"] = [artefact["grid_by_size"][f"{h}x{w}"] for h, w in artefact["score_sizes"].tolist()]
     return artefact
 
 

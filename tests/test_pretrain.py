@@ -126,6 +126,8 @@ def test_selective_run_scores_partition_k_with_step_k_minus_1_weights(data_root,
         for row in range(len(artefact["ids"])):
             n = int(artefact["n_patches"][row])
             assert n == artefact["grids"][row].shape[0]
+            h, w = artefact["score_sizes"][row].tolist()
+            assert torch.equal(artefact["grids"][row], patch_grid(h, w, cfg.n_patches))
             losses = artefact["losses"][row, :n]
             assert torch.equal(artefact["masks"][row, :n], selective_mask(losses[None], cfg.mask_ratio)[0])
             assert not artefact["masks"][row, n:].any()
