@@ -31,6 +31,9 @@ from selmask_lib.transforms import normalise_transform
 
 SPLITS = ("train", "val", "test")
 IGNORE_INDEX = 255
+# The two weed datasets (Nassar 2020, Sugarbeets 2016) share the paper's three classes.
+WEED_CLASS_NAMES = ("background", "crop", "weed")
+WEED_CLASS_COLORS = ((0, 0, 0), (0, 128, 0), (128, 0, 0))
 
 # A label decoder turns one label file into an int64 [H, W] array of class ids
 # (IGNORE_INDEX for void).

@@ -29,6 +29,8 @@ import numpy as np
 from PIL import Image
 
 from selmask_lib.data.base import (
+    WEED_CLASS_COLORS,
+    WEED_CLASS_NAMES,
     DatasetInfo,
     Sample,
     check_split,
@@ -39,8 +41,7 @@ from selmask_lib.data.base import (
 from selmask_lib.errors import SelmaskError
 
 NAME = "nassar"
-CLASS_NAMES = ("background", "crop", "weed")
-CLASS_COLORS = ((0, 0, 0), (0, 128, 0), (128, 0, 0))
+CLASS_NAMES, CLASS_COLORS = WEED_CLASS_NAMES, WEED_CLASS_COLORS
 DOWNSTREAM_FRACTION_DIVISOR = 5  # train/val use entries[: n // 5]
 PRETRAIN_TILES = "pretrain_tiles"
 

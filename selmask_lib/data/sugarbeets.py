@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from selmask_lib.data.base import (
+    WEED_CLASS_COLORS,
+    WEED_CLASS_NAMES,
     SPLITS,
     DatasetInfo,
     Sample,
@@ -39,8 +41,7 @@ from selmask_lib.data.base import (
 from selmask_lib.errors import SelmaskError
 
 NAME = "sugarbeets"
-CLASS_NAMES = ("background", "crop", "weed")
-CLASS_COLORS = ((0, 0, 0), (0, 128, 0), (128, 0, 0))
+CLASS_NAMES, CLASS_COLORS = WEED_CLASS_NAMES, WEED_CLASS_COLORS
 LIST_FILE = "weed_frames.txt"
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 LABEL_PART = "annotations/dlp/iMapCleaned"
