@@ -53,6 +53,7 @@ def add_common_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _pretrain_command(args: argparse.Namespace) -> int:
     from .config import load_config, pretrain_preset
+    from .distributed import is_main_process
     from .pretrain import pretrain
 
     overrides = dict(parse_overrides(args.overrides), strategy=args.strategy)
@@ -65,7 +66,8 @@ def _pretrain_command(args: argparse.Namespace) -> int:
     else:
         cfg = pretrain_preset(args.preset, args.dataset, **overrides)
     run = pretrain(cfg, out_dir=args.out, resume=args.resume)
-    print(f"pretrained weights: {run.weights}")
+    if is_main_process():  # once, not once per torchrun process
+        print(f"pretrained weights: {run.weights}")
     return 0
 
 

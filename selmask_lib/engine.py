@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 import torch
 
+from .distributed import barrier, is_main_process
 from .errors import SelmaskError
 from .files import atomic_write, write_text_atomic
 
@@ -297,6 +298,23 @@ class MetricsLogger:
         return rows
 
 
+class _UnsavedLog:
+    """The metrics rows of a torchrun process other than rank 0, kept in memory only."""
+
+    def __init__(self) -> None:
+        self._rows: list[dict[str, Any]] = []
+
+    def read(self) -> list[dict[str, Any]]:
+        return [dict(row) for row in self._rows]
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.truncate(row["epoch"])
+        self._rows.append({key: _json_value(value) for key, value in row.items()})
+
+    def truncate(self, epoch: int) -> None:
+        self._rows = [row for row in self._rows if row["epoch"] < epoch]
+
+
 def _columns_of(rows: list[dict[str, Any]]) -> list[str]:
     columns: list[str] = []
     for row in rows:
@@ -349,8 +367,8 @@ def progress(iterable: Iterable, **kwargs: Any):
     """
     from tqdm.auto import tqdm
 
-    if os.environ.get("SELMASK_NO_PROGRESS", "") not in ("", "0"):
-        kwargs["disable"] = True
+    if os.environ.get("SELMASK_NO_PROGRESS", "") not in ("", "0") or not is_main_process():
+        kwargs["disable"] = True  # also off on every torchrun process but rank 0
     return tqdm(iterable, **kwargs)
 
 
@@ -391,6 +409,7 @@ def fit(
     checkpoint_every: int = 1,
     ckpt_name: str = LAST_CHECKPOINT,
     best_name: str = BEST_CHECKPOINT,
+    is_main: bool = True,
 ) -> FitResult:
     """Train for ``epochs`` epochs with checkpoints, resume and a metrics log.
 
@@ -411,6 +430,11 @@ def fit(
     (its ``config_hash`` must match); ``resume=False`` starts over and
     replaces the old log and checkpoints. ``on_epoch_end(epoch, row)`` runs
     after the checkpoint is written.
+
+    Under torchrun every process calls ``fit``; only the one with
+    ``is_main=True`` (rank 0) writes the log and checkpoints, the others keep
+    their rows in memory (``history`` then holds only this call's epochs),
+    and all return together once the files are written.
     """
     if epochs < 1:
         raise SelmaskError(f"epochs must be >= 1, got {epochs}")
@@ -418,9 +442,9 @@ def fit(
         raise SelmaskError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     if checkpoint_every < 1:
         raise SelmaskError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    run_dir = ensure_writable_dir(run_dir)
+    run_dir = ensure_writable_dir(run_dir) if is_main else Path(run_dir)
     last_path, best_path = run_dir / ckpt_name, run_dir / best_name
-    logger = MetricsLogger(run_dir)
+    logger = MetricsLogger(run_dir) if is_main else _UnsavedLog()
 
     start_epoch, best_value, best_epoch = 0, None, None
     previous = latest_checkpoint(run_dir, ckpt_name) if resume else None
@@ -435,7 +459,7 @@ def fit(
         restore_rng_state(state["rng"])
         start_epoch = state["epoch"] + 1
         best_value, best_epoch = state.get("best_value"), state.get("best_epoch")
-    elif best_path.exists():
+    elif is_main and best_path.exists():
         best_path.unlink()  # a best model from an older, abandoned run
     logger.truncate(start_epoch)
 
@@ -476,16 +500,18 @@ def fit(
         )
         if improved:
             best_value, best_epoch = value, epoch
+        if improved and is_main:
             save_checkpoint(best_path, {
                 "epoch": epoch, "model": model.state_dict(), "best_metric": best_metric,
                 "best_value": value, "config_hash": config_hash, "metrics": logger.read()[-1],
             })
         # After a new best, also save the resumable state so the two agree.
-        if improved or (epoch + 1) % checkpoint_every == 0 or epoch == epochs - 1:
+        if is_main and (improved or (epoch + 1) % checkpoint_every == 0 or epoch == epochs - 1):
             save_checkpoint(last_path, full_state(epoch))
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
+    barrier()  # torchrun: the other processes wait until rank 0's files are written
     return FitResult(
         run_dir=run_dir,
         last_checkpoint=last_path,

@@ -38,6 +38,13 @@ Run directory::
 
 A finished run of the same config is reused as it is; a directory holding
 another config's run (or anything else) is refused without touching it.
+
+Multi-GPU: ``torchrun --nproc_per_node=N -m selmask_lib.cli finetune ...``
+(see ``selmask_lib.distributed``). ``batch_size`` is per process (the paper's
+8 is global: per-GPU = 8 / N); the Jaccard loss is then the mean of the N
+per-process batch losses. Validation and test are sharded and their
+confusion matrices summed, so the scores cover every image once; rank 0
+alone writes files.
 """
 
 from __future__ import annotations
@@ -57,6 +64,20 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .config import FinetuneConfig, config_hash, finetune_preset, load_config
 from .data import dataset_info, load_segmentation_split
 from .device import pick_device
+from .distributed import (
+    all_reduce_mean,
+    barrier,
+    broadcast_buffers,
+    eval_shard,
+    gather_confusion,
+    init_distributed,
+    is_main_process,
+    local_device,
+    main_only,
+    rank_key,
+    shard_sampler,
+    wrap_model,
+)
 from .engine import (
     LAST_CHECKPOINT,
     autocast,
@@ -232,31 +253,37 @@ class _Finetuner:
 
     def __init__(self, cfg: FinetuneConfig, splits: _Splits, model: UNet):
         self.cfg, self.splits = cfg, splits
-        self.device = pick_device(cfg.device)
+        self.device = local_device(pick_device(cfg.device))
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.model = model.to(self.device)
+        self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun, else self.model
         self.loss_fn = segmentation_loss(splits.ignore_index)
         self.hash = config_hash(cfg)
 
     def loader(self, dataset: Dataset, batch_size: int, shuffle: bool, *keys) -> DataLoader:
-        """Order and worker seeds depend only on (seed, keys), so a resumed run replays the same batches."""
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.cfg.num_workers,
-                          generator=epoch_generator(self.cfg.seed, "order", *keys), drop_last=False,
-                          pin_memory=self.device.type == "cuda")
+        """Order and worker seeds depend only on (seed, keys), so a resumed run replays the same batches.
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        Under torchrun it loads this process's shard (training: shuffled and padded; evaluation: strided).
+        """
+        sampler = shard_sampler(dataset, True, derive_seed(self.cfg.seed, "order", *keys)) if shuffle \
+            else eval_shard(dataset)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                          num_workers=self.cfg.num_workers, drop_last=False, pin_memory=self.device.type == "cuda",
+                          generator=epoch_generator(self.cfg.seed, "order", *keys, *rank_key()))
+
+    def forward(self, images: torch.Tensor, model: Optional[torch.nn.Module] = None) -> torch.Tensor:
         with autocast(self.device, self.use_amp):
-            logits = self.model(images.to(self.device, non_blocking=True))
+            logits = (self.model if model is None else model)(images.to(self.device, non_blocking=True))
         return logits.float()
 
     def train_epoch(self, epoch: int, optimizer, scaler) -> dict:
         # Augmentation and dropout draw from torch's global RNG: seed it per epoch
         # so a resumed run replays exactly the epochs it lost.
-        torch.manual_seed(derive_seed(self.cfg.seed, "augment", epoch))
+        torch.manual_seed(derive_seed(self.cfg.seed, "augment", epoch, *rank_key()))
         loader = self.loader(self.splits.train, self.cfg.batch_size, True, epoch)
         total, count = 0.0, 0
         for images, masks in progress(loader, desc=f"finetune epoch {epoch}", leave=False):
-            logits = self.forward(images)
+            logits = self.forward(images, self.train_model)
             loss = self.loss_fn(logits, masks.to(self.device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -264,7 +291,8 @@ class _Finetuner:
             scaler.update()
             total += float(loss.detach()) * images.shape[0]
             count += images.shape[0]
-        return {"train_loss": total / max(count, 1)}
+        broadcast_buffers(self.model)  # torchrun: every process evaluates rank 0's BatchNorm stats
+        return {"train_loss": all_reduce_mean(total / max(count, 1), count)}
 
     @torch.no_grad()
     def evaluate(self, dataset: Dataset, batch_size: int, description: str) -> tuple[SegmentationScores, float]:
@@ -280,11 +308,12 @@ class _Finetuner:
             total += float(self.loss_fn(logits, masks)) * images.shape[0]
             count += images.shape[0]
             evaluator.update(logits, masks)
+        gather_confusion(evaluator)  # torchrun: sum the shards' counts so every process scores the whole split
         try:
             scores = evaluator.compute()
         except SelmaskError as error:
             raise SelmaskError(f"{description} split of dataset {self.cfg.dataset!r}: {error}") from None
-        return scores, total / max(count, 1)
+        return scores, all_reduce_mean(total / max(count, 1), count)
 
     def train(self, run_dir: Path, resume: bool):
         cfg = self.cfg
@@ -301,7 +330,7 @@ class _Finetuner:
 
         return fit(self.model, optimizer, scheduler, train_one_epoch, cfg.epochs, run_dir, evaluate=evaluate,
                    resume=resume, config_hash=self.hash, scaler=scaler, best_metric="val_miou",
-                   best_mode="max", checkpoint_every=cfg.checkpoint_every)
+                   best_mode="max", checkpoint_every=cfg.checkpoint_every, is_main=is_main_process())
 
 
 # --------------------------------------------------------------------------- public entry point
@@ -315,8 +344,9 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path | None = None, resume: boo
     dataset>]-<hash>``. A finished run of the same config there is reused
     as it is; an unfinished one is continued if ``resume`` (else refused).
     Every check (pretraining run, data, ImageNet file) runs before anything
-    is written.
+    is written. Under torchrun every process calls this (module docstring).
     """
+    init_distributed()  # no-op without torchrun
     if not isinstance(cfg, FinetuneConfig):
         raise SelmaskError(f"finetune() needs a FinetuneConfig, got {type(cfg).__name__}")
     if cfg.pretrained is not None:  # one run, one hash, whether named relatively or absolutely
@@ -331,9 +361,12 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path | None = None, resume: boo
 
     splits = load_splits(cfg)
     model, transfer = build_initialised_model(cfg, len(splits.class_names), pretrain_run)
-    begin_run(run_dir, RUN_KIND, cfg, dataset=cfg.dataset, init=cfg.init,
-              pretrain_run=None if pretrain_run is None else cfg.pretrained)
-    with run_log(run_dir):
+    barrier()  # every process has checked the run directory before rank 0 writes to it
+    if is_main_process():
+        begin_run(run_dir, RUN_KIND, cfg, dataset=cfg.dataset, init=cfg.init,
+                  pretrain_run=None if pretrain_run is None else cfg.pretrained)
+    barrier()
+    with main_only(run_log(run_dir)):
         return _train_and_test(cfg, run_dir, splits, model, transfer, pretrain_run)
 
 
@@ -354,6 +387,9 @@ def _train_and_test(cfg: FinetuneConfig, run_dir: Path, splits: _Splits, model: 
     relation = None
     if pretrain_run is not None:
         relation = "self" if pretrain_dataset == cfg.dataset else "cross"
+    if not is_main_process():  # torchrun: rank 0 writes the results, the others wait for them and read them
+        barrier()
+        return FinetuneRun(run_dir, run_dir / RESULTS_FILENAME, read_results(run_dir / RESULTS_FILENAME))
     results_path = write_results(
         run_dir,
         dataset=cfg.dataset,
@@ -379,6 +415,7 @@ def _train_and_test(cfg: FinetuneConfig, run_dir: Path, splits: _Splits, model: 
                     miou=scores.miou)
     (run_dir / LAST_CHECKPOINT).unlink(missing_ok=True)  # resumable state (~300 MB); best.pt stays
     log.info("fine-tuning %s: test mIoU %.4f (best epoch %s)", run_dir, scores.miou, fitted.best_epoch)
+    barrier()
     return FinetuneRun(run_dir, results_path, read_results(results_path))
 
 
@@ -432,8 +469,9 @@ def run_finetune_command(args: argparse.Namespace) -> int:
         print(f"selmask: error: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
     miou = run.results["miou"]
-    print(f"test mIoU {'n/a' if miou is None else f'{100 * miou:.1f}'} ({cfg.init}, {cfg.dataset}); "
-          f"results: {run.results_path}")
+    if is_main_process():  # once, not once per torchrun process
+        print(f"test mIoU {'n/a' if miou is None else f'{100 * miou:.1f}'} ({cfg.init}, {cfg.dataset}); "
+              f"results: {run.results_path}")
     return 0
 
 

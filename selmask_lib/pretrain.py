@@ -29,6 +29,14 @@ Run directory (everything a notebook needs, nothing written next to the data)::
 
 While a loop runs, ``last.pt`` holds its resumable state (model, Adam,
 schedule, RNG); it is deleted once the loop's final weights are saved.
+
+Multi-GPU (see ``selmask_lib.distributed``): launch with torchrun, e.g.
+``torchrun --nproc_per_node=4 -m selmask_lib.cli pretrain --strategy selective
+--dataset voc --data-root DIR --preset paper --set batch_size=32 --out runs/x``.
+``batch_size`` is per process: the paper's 128 is the global batch, so set
+128 / world size (32 on 4 GPUs). Each process trains on its shard of every
+epoch, DDP averages gradients, rank 0 alone scores selective steps and
+writes every file, and the others wait at barriers.
 """
 
 from __future__ import annotations
@@ -45,6 +53,19 @@ from torch.utils.data import DataLoader
 from .config import PretrainConfig, config_hash, load_config
 from .data import UnlabelledImages
 from .device import pick_device
+from .distributed import (
+    all_reduce_mean,
+    barrier,
+    broadcast_buffers,
+    eval_shard,
+    init_distributed,
+    is_main_process,
+    local_device,
+    main_only,
+    rank_key,
+    shard_sampler,
+    wrap_model,
+)
 from .engine import (
     LAST_CHECKPOINT,
     autocast,
@@ -142,10 +163,11 @@ class _Trainer:
 
     def __init__(self, cfg: PretrainConfig, pool: UnlabelledImages):
         self.cfg, self.pool = cfg, pool
-        self.device = pick_device(cfg.device)
+        self.device = local_device(pick_device(cfg.device))
         self.use_amp = cfg.amp and self.device.type == "cuda"
         seed_everything(cfg.seed)
         self.model = build_reconstruction_model(cfg.dropout).to(self.device)
+        self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun, else self.model
         self.loss_fn = ReconstructionLoss()
         self.train_transform = train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std)
         self.val_transform = val_transform(cfg.image_size, cfg.mean, cfg.std)
@@ -153,10 +175,16 @@ class _Trainer:
         self.hash = config_hash(cfg)
 
     def loader(self, dataset, shuffle: bool, *keys) -> DataLoader:
-        """A loader whose order and worker seeds depend only on (seed, keys): exact resume."""
+        """A loader whose order and worker seeds depend only on (seed, keys): exact resume.
+
+        Under torchrun it loads this process's shard (training: shuffled and padded; evaluation: strided).
+        """
+        sampler = shard_sampler(dataset, True, derive_seed(self.cfg.seed, "order", *keys)) if shuffle \
+            else eval_shard(dataset)
         return DataLoader(
-            dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=self.cfg.num_workers,
-            generator=epoch_generator(self.cfg.seed, "order", *keys), drop_last=False,
+            dataset, batch_size=self.cfg.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+            num_workers=self.cfg.num_workers, generator=epoch_generator(self.cfg.seed, "order", *keys, *rank_key()),
+            drop_last=False,
         )
 
     def masked_batch(self, images, pixels, generator):
@@ -171,13 +199,14 @@ class _Trainer:
         return images.masked_fill(pixels.unsqueeze(1), 0.0)
 
     def run_epoch(self, loader, generator, optimizer=None, scaler=None, description="") -> float:
-        """One pass over ``loader``; trains if an optimiser is given. Returns the mean loss."""
+        """One pass over ``loader``; trains if an optimiser is given. Returns the mean loss (over all processes)."""
+        model = self.train_model if optimizer is not None else self.model
         total, count = 0.0, 0
         for images, pixels in progress(loader, desc=description, leave=False):
             inputs = self.masked_batch(images, pixels, generator).to(self.device, non_blocking=True)
             targets = images.to(self.device, non_blocking=True)
             with autocast(self.device, self.use_amp):
-                reconstructions = self.model(inputs)
+                reconstructions = model(inputs)
             loss = self.loss_fn(reconstructions, targets)
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
@@ -186,7 +215,7 @@ class _Trainer:
                 scaler.update()
             total += float(loss.detach()) * images.shape[0]
             count += images.shape[0]
-        return total / max(count, 1)
+        return all_reduce_mean(total / max(count, 1), count)
 
     def train(self, run_dir: Path, train_indices, val_indices, patch_masks, step_key, resume: bool):
         """E epochs of masked reconstruction with a fresh Adam and warm-up + cosine schedule."""
@@ -201,21 +230,23 @@ class _Trainer:
         def train_one_epoch(epoch: int) -> dict:
             # Augmentation draws from torch's global RNG: seed it per epoch so a
             # resumed run replays exactly the epochs it lost.
-            torch.manual_seed(derive_seed(cfg.seed, "augment", *step_key, epoch))
-            masks = epoch_generator(cfg.seed, "mask", *step_key, epoch)
+            torch.manual_seed(derive_seed(cfg.seed, "augment", *step_key, epoch, *rank_key()))
+            masks = epoch_generator(cfg.seed, "mask", *step_key, epoch, *rank_key())
             loader = self.loader(train_set, True, *step_key, epoch)
             loss = self.run_epoch(loader, masks, optimizer, scaler, f"{run_dir.name} epoch {epoch}")
+            broadcast_buffers(self.model)  # torchrun: every process evaluates rank 0's BatchNorm stats
             return {"train_loss": loss}
 
         def evaluate(epoch: int) -> dict:
             if len(val_set) == 0:
                 return {}
-            torch.manual_seed(derive_seed(cfg.seed, "val"))
-            masks = epoch_generator(cfg.seed, "val-mask", *step_key)  # the same masks every epoch
+            torch.manual_seed(derive_seed(cfg.seed, "val", *rank_key()))
+            masks = epoch_generator(cfg.seed, "val-mask", *step_key, *rank_key())  # the same masks every epoch
             return {"val_loss": self.run_epoch(self.loader(val_set, False, "val"), masks)}
 
         fit(self.model, optimizer, scheduler, train_one_epoch, cfg.epochs, run_dir, evaluate=evaluate,
-            resume=resume, config_hash=self.hash, scaler=scaler, checkpoint_every=cfg.checkpoint_every)
+            resume=resume, config_hash=self.hash, scaler=scaler, checkpoint_every=cfg.checkpoint_every,
+            is_main=is_main_process())
 
 
 # --------------------------------------------------------------------------- scoring
@@ -338,7 +369,9 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
 
     A finished run of the same config and masking strategy in ``out_dir``
     (default ``runs_root/pretrain-<strategy>-<dataset>-<hash>``) is reused as it is.
+    Under torchrun every process calls this; ``cfg.batch_size`` is per process (module docstring).
     """
+    init_distributed()  # no-op without torchrun
     chosen, masking = resolve_strategy(cfg, strategy)
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir(cfg, runs_root, masking)
     finished = check_run_dir(run_dir, RUN_KIND, cfg, resume, identity={"masking": masking})
@@ -346,8 +379,11 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
         log.info("reusing finished pretraining run %s", run_dir)
         return PretrainRun(run_dir, cfg, run_dir / finished["weights"])
     pool = pretraining_pool(cfg)  # fails early, before anything is written, on a bad data root
-    begin_run(run_dir, RUN_KIND, cfg, strategy=cfg.strategy, masking=masking, dataset=cfg.dataset)
-    with run_log(run_dir):
+    barrier()  # every process has checked the run directory before rank 0 writes to it
+    if is_main_process():
+        begin_run(run_dir, RUN_KIND, cfg, strategy=cfg.strategy, masking=masking, dataset=cfg.dataset)
+    barrier()
+    with main_only(run_log(run_dir)):
         log.info("pretraining %s (%s masking) on %d images, config hash %s",
                  run_dir, masking, len(pool), config_hash(cfg))
         started = time.perf_counter()
@@ -358,12 +394,14 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
             steps = 1
         else:
             steps = _run_selective_steps(trainer, run_dir, chosen, masking)
-        save_checkpoint(run_dir / PRETRAINED_FILE, {"model": trainer.model.state_dict(),
-                                                    "config_hash": trainer.hash})
-        update_run_info(run_dir, status="complete", steps=steps, images=len(pool), weights=PRETRAINED_FILE,
-                        seconds=round(time.perf_counter() - started, 3), device=str(trainer.device))
-        _drop_resume_state(run_dir)
-        log.info("finished in %.1f s", time.perf_counter() - started)
+        if is_main_process():
+            save_checkpoint(run_dir / PRETRAINED_FILE, {"model": trainer.model.state_dict(),
+                                                        "config_hash": trainer.hash})
+            update_run_info(run_dir, status="complete", steps=steps, images=len(pool), weights=PRETRAINED_FILE,
+                            seconds=round(time.perf_counter() - started, 3), device=str(trainer.device))
+            _drop_resume_state(run_dir)
+            log.info("finished in %.1f s", time.perf_counter() - started)
+        barrier()
     return PretrainRun(run_dir, cfg, run_dir / PRETRAINED_FILE)
 
 
@@ -372,14 +410,16 @@ def _run_selective_steps(trainer: _Trainer, run_dir: Path, strategy: MaskingStra
     cfg, pool = trainer.cfg, trainer.pool
     partitions = partition_indices(len(pool), cfg.n_partitions)
     for step, partition in enumerate(partitions):
-        step_dir = ensure_writable_dir(run_dir / step_name(step))
+        step_dir = ensure_writable_dir(run_dir / step_name(step)) if is_main_process() else run_dir / step_name(step)
         if (step_dir / STEP_MODEL_FILE).exists():  # finished before a crash: its weights are all we need
             trainer.model.load_state_dict(load_checkpoint(step_dir / STEP_MODEL_FILE)["model"])
             continue
         patch_masks = None
         if step > 0:
             masks_path = step_dir / MASKS_FILE
-            if not masks_path.exists():
+            if not is_main_process():
+                pass  # torchrun: rank 0 alone scores and saves the masks; the barrier below waits for them
+            elif not masks_path.exists():
                 # trainer.model holds the step k-1 weights here (trained or resumed below)
                 generator = epoch_generator(cfg.seed, "score", step)
                 scoring_started = time.perf_counter()
@@ -391,12 +431,14 @@ def _run_selective_steps(trainer: _Trainer, run_dir: Path, strategy: MaskingStra
                          step, len(partition), step - 1, time.perf_counter() - scoring_started)
             else:
                 log.info("step %d: reusing saved masks %s", step, masks_path)
+            barrier()
             patch_masks = _patch_masks_by_index(load_step_masks(step_dir))
         train_indices, val_indices = train_val_split(partition, cfg.val_fraction)
         trainer.train(step_dir, train_indices, val_indices, patch_masks, ("step", step), resume=True)
-        save_checkpoint(step_dir / STEP_MODEL_FILE, {"model": trainer.model.state_dict(), "step": step,
-                                                     "config_hash": trainer.hash})
-        _drop_resume_state(step_dir)
+        if is_main_process():
+            save_checkpoint(step_dir / STEP_MODEL_FILE, {"model": trainer.model.state_dict(), "step": step,
+                                                         "config_hash": trainer.hash})
+            _drop_resume_state(step_dir)
     return len(partitions)
 
 
