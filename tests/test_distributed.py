@@ -203,7 +203,7 @@ def test_selective_pretraining_with_torchrun_cli(selective_run, data_root):
         assert jsonl_epochs(run_dir / step / "metrics.jsonl") == list(range(SMOKE["epochs"]))
     log = (run_dir / "run.log").read_text()
     assert log.count("pretraining ") == 1 and log.count("finished in") == 1 and log.count("scored") == 1
-    assert result.stdout.count("pretrained weights:") == NPROC  # every process ran the command
+    assert result.stdout.count("pretrained weights:") == 1  # every process ran it; rank 0 alone reports
 
     # step 1's masks cover its partition exactly once, each with half its patches masked
     cfg = pretrain_preset("smoke", "synthetic", data_root=str(data_root), strategy="selective", **SMOKE)
