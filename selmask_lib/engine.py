@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 import torch
 
-from .distributed import barrier, is_main_process
+from .distributed import barrier, eval_shard, is_main_process, rank_key, shard_sampler
 from .errors import SelmaskError
 from .files import atomic_write, write_text_atomic
 
@@ -134,6 +134,22 @@ def epoch_generator(seed: int, *keys: Any) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(derive_seed(seed, *keys))
     return generator
+
+
+def seeded_loader(dataset, batch_size: int, shuffle: bool, seed: int, *keys: Any, num_workers: int = 0,
+                  pin_memory: bool = False) -> "torch.utils.data.DataLoader":
+    """A DataLoader whose order and worker seeds depend only on ``(seed, keys)``: exact resume.
+
+    Pass the epoch among ``keys`` for a new order every epoch. Under torchrun
+    it loads this process's shard (training: shuffled and padded;
+    evaluation: strided, each item once).
+    """
+    from torch.utils.data import DataLoader
+
+    sampler = shard_sampler(dataset, True, derive_seed(seed, "order", *keys)) if shuffle else eval_shard(dataset)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=num_workers, drop_last=False, pin_memory=pin_memory,
+                      generator=epoch_generator(seed, "order", *keys, *rank_key()))
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -68,14 +68,12 @@ from .distributed import (
     all_reduce_mean,
     barrier,
     broadcast_buffers,
-    eval_shard,
     gather_confusion,
     init_distributed,
     is_main_process,
     local_device,
     main_only,
     rank_key,
-    shard_sampler,
     wrap_model,
 )
 from .engine import (
@@ -83,13 +81,13 @@ from .engine import (
     autocast,
     build_scheduler,
     derive_seed,
-    epoch_generator,
     fit,
     load_checkpoint,
     make_grad_scaler,
     progress,
     run_log,
     seed_everything,
+    seeded_loader,
 )
 from .errors import SelmaskError
 from .metrics import SegmentationEvaluator, SegmentationScores
@@ -261,15 +259,8 @@ class _Finetuner:
         self.hash = config_hash(cfg)
 
     def loader(self, dataset: Dataset, batch_size: int, shuffle: bool, *keys) -> DataLoader:
-        """Order and worker seeds depend only on (seed, keys), so a resumed run replays the same batches.
-
-        Under torchrun it loads this process's shard (training: shuffled and padded; evaluation: strided).
-        """
-        sampler = shard_sampler(dataset, True, derive_seed(self.cfg.seed, "order", *keys)) if shuffle \
-            else eval_shard(dataset)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                          num_workers=self.cfg.num_workers, drop_last=False, pin_memory=self.device.type == "cuda",
-                          generator=epoch_generator(self.cfg.seed, "order", *keys, *rank_key()))
+        return seeded_loader(dataset, batch_size, shuffle, self.cfg.seed, *keys,
+                             num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda")
 
     def forward(self, images: torch.Tensor, model: Optional[torch.nn.Module] = None) -> torch.Tensor:
         with autocast(self.device, self.use_amp):

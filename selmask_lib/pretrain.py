@@ -57,13 +57,11 @@ from .distributed import (
     all_reduce_mean,
     barrier,
     broadcast_buffers,
-    eval_shard,
     init_distributed,
     is_main_process,
     local_device,
     main_only,
     rank_key,
-    shard_sampler,
     wrap_model,
 )
 from .engine import (
@@ -80,6 +78,7 @@ from .engine import (
     run_log,
     save_checkpoint,
     seed_everything,
+    seeded_loader,
 )
 from .errors import SelmaskError
 from .losses import ReconstructionLoss
@@ -175,17 +174,8 @@ class _Trainer:
         self.hash = config_hash(cfg)
 
     def loader(self, dataset, shuffle: bool, *keys) -> DataLoader:
-        """A loader whose order and worker seeds depend only on (seed, keys): exact resume.
-
-        Under torchrun it loads this process's shard (training: shuffled and padded; evaluation: strided).
-        """
-        sampler = shard_sampler(dataset, True, derive_seed(self.cfg.seed, "order", *keys)) if shuffle \
-            else eval_shard(dataset)
-        return DataLoader(
-            dataset, batch_size=self.cfg.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-            num_workers=self.cfg.num_workers, generator=epoch_generator(self.cfg.seed, "order", *keys, *rank_key()),
-            drop_last=False,
-        )
+        return seeded_loader(dataset, self.cfg.batch_size, shuffle, self.cfg.seed, *keys,
+                             num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda")
 
     def masked_batch(self, images, pixels, generator):
         """Fill masked pixels with the dataset mean (0 after normalisation).
