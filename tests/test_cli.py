@@ -7,14 +7,13 @@ import pytest
 from PIL import Image
 
 from selmask_lib.cli import main, parse_overrides
-from selmask_lib.data.synthetic import SMALL, ensure_synthetic_voc
 from selmask_lib.demo import run_demo
 from selmask_lib.errors import SelmaskError
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return ensure_synthetic_voc(tmp_path_factory.mktemp("synthetic"), **SMALL)
+def data_root(small_synthetic_root):
+    return small_synthetic_root
 
 
 def test_demo_writes_the_figure(data_root, tmp_path):

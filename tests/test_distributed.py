@@ -21,7 +21,6 @@ import torch
 from selmask_lib import distributed
 from selmask_lib.config import pretrain_preset
 from selmask_lib.data import load_segmentation_split
-from selmask_lib.data.synthetic import SMALL, ensure_synthetic_voc
 from selmask_lib.engine import epoch_generator, load_checkpoint
 from selmask_lib.models import build_reconstruction_model
 from selmask_lib.pretrain import load_step_masks, select_masks
@@ -48,8 +47,8 @@ def torchrun(args, cwd, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return ensure_synthetic_voc(tmp_path_factory.mktemp("synthetic"), **SMALL)
+def data_root(small_synthetic_root):
+    return small_synthetic_root
 
 
 @pytest.fixture(scope="module")

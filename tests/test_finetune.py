@@ -53,8 +53,8 @@ def _drop_checkpoints(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    return ensure_synthetic_voc(tmp_path_factory.mktemp("synthetic"), **SMALL)
+def synthetic_root(small_synthetic_root):
+    return small_synthetic_root
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import torch
 from torchvision.transforms import v2
 
 from selmask_lib.config import pretrain_preset
-from selmask_lib.data.synthetic import SMALL, ensure_synthetic_voc
 from selmask_lib.engine import load_checkpoint
 from selmask_lib.errors import SelmaskError
 from selmask_lib.masking import patch_grid, pixel_mask, selective_mask
@@ -29,8 +28,8 @@ from selmask_lib.strategies import SelectiveMasking
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return ensure_synthetic_voc(tmp_path_factory.mktemp("synthetic"), **SMALL)
+def data_root(small_synthetic_root):
+    return small_synthetic_root
 
 
 def smoke(data_root, **overrides):
