@@ -236,7 +236,8 @@ class _Trainer:
 
         fit(self.model, optimizer, scheduler, train_one_epoch, cfg.epochs, run_dir, evaluate=evaluate,
             resume=resume, config_hash=self.hash, scaler=scaler, checkpoint_every=cfg.checkpoint_every,
-            is_main=is_main_process())
+            is_main=is_main_process(),
+            checkpoint_final=False)  # the caller saves the weights at once; a fresh Adam follows
 
 
 # --------------------------------------------------------------------------- scoring

@@ -322,3 +322,11 @@ def test_logged_lr_follows_the_schedule(tmp_path):
     expected = [0.05 * warmup_cosine_lambda(1, EPOCHS, 0.01)(e) for e in range(EPOCHS)]
     assert [row["lr"] for row in result.history] == pytest.approx(expected)
     assert math.isclose(result.history[1]["lr"], 0.05)
+
+
+def test_checkpoint_final_false_skips_only_the_last_epochs_checkpoint(tmp_path):
+    saved = []
+    _run(tmp_path, best_metric=None, checkpoint_every=1, checkpoint_final=False,
+         on_epoch_end=lambda epoch, row: saved.append(load_checkpoint(tmp_path / "last.pt")["epoch"]))
+    # epochs 0..2 write their own checkpoint; after the last one the file still holds epoch 2
+    assert saved == [0, 1, 2, 2]
