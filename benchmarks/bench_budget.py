@@ -223,6 +223,9 @@ def main() -> None:
     print("  selective - random: " + ", ".join(f"{key} {value:+.1f} s" for key, value in gap.items()))
     print(f"\n  selective / random total   {ratio:.3f}x   "
           f"(target <= {TARGET_RATIO:.2f}x: {'MET' if ratio <= TARGET_RATIO else 'MISSED'})")
+    paired = [s_run["total"] / r_run["total"] for r_run, s_run in zip(results["random"], results["selective"])]
+    print("  per round (same round, back to back): " + ", ".join(f"{value:.3f}x" for value in paired)
+          + f"; median {statistics.median(paired):.3f}x")
     print(f"  selective / random epochs  {sel['epochs'] / rnd['epochs']:.3f}x")
     print(f"  scoring share of selective {sel['scoring'] / sel['total']:.1%}  "
           f"({sel['scoring'] / max(work['scored'], 1) * 1e3:.1f} ms per scored image; in all as long as "

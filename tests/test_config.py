@@ -1,6 +1,7 @@
 """Configs: typed, checked, YAML round trip, presets and the run hash."""
 
 import dataclasses
+import math
 
 import pytest
 
@@ -16,6 +17,7 @@ from selmask_lib.config import (
     save_config,
 )
 from selmask_lib.errors import SelmaskError
+from selmask_lib.pretrain_data import partition_indices, train_val_split
 
 PRESETS = {"pretrain": pretrain_preset, "finetune": finetune_preset}
 
@@ -191,7 +193,19 @@ def test_cpu_presets_are_small():
     assert smoke.n_partitions <= 3 and smoke.n_scoring_draws == 2
     assert finetune_preset("smoke", "synthetic").epochs <= 2
     demo = pretrain_preset("demo", "synthetic")
-    assert demo.image_size <= 96 and demo.warmup_epochs == 1
+    assert demo.image_size <= 96 and demo.max_images * demo.epochs <= 3000
+
+
+def test_demo_preset_gives_both_strategies_the_same_work_per_epoch():
+    # The budget comparison (benchmarks/bench_budget.py) relies on it: an extra
+    # image or partial batch (a whole Adam step) would be charged to selective masking.
+    demo = pretrain_preset("demo", "synthetic")
+    steps = lambda n: math.ceil(n / demo.batch_size)  # noqa: E731
+    random_train, random_val = train_val_split(range(demo.max_images), demo.val_fraction)
+    splits = [train_val_split(p, demo.val_fraction) for p in partition_indices(demo.max_images, demo.n_partitions)]
+    assert sum(len(train) for train, _ in splits) == len(random_train)
+    assert sum(len(val) for _, val in splits) == len(random_val)
+    assert sum(steps(len(train)) for train, _ in splits) == steps(len(random_train))
 
 
 # --- config_hash ------------------------------------------------------------
