@@ -295,10 +295,10 @@ def pretrain_preset(name: str, dataset: str, **overrides: Any) -> PretrainConfig
     patch size (512 patches at 96 px would be 3 px, leaving one 3x3 SSIM
     window per patch); K = 4 so each step still sees a useful share of a
     small set; S = 3 draws; at most 80 images; E = 30 epochs per step with
-    2 warm-up epochs; batch 9. Why these numbers: scoring an image costs
-    S forward passes, about one training epoch of it, once per step, while
-    training costs E epochs, so the scoring overhead is about 1/E of the run
-    (0.1 % in the paper, 20 % at E = 5). E = 30 keeps selective masking
+    2 warm-up epochs; batch 9. Why these numbers: scoring an image (S = 3
+    forward passes at the scoring size) costs about as much as 1.4 training
+    epochs of it, once per step, while training costs E epochs, so scoring
+    takes about 1/E of the run (0.1 % in the paper, 20 % at E = 5). E = 30 keeps selective masking
     within 10 % of random masking's wall time, as the paper's budget
     argument needs (benchmarks/README.md), and 80 images keep the run short.
     80 images split evenly: both strategies train on 72 images and validate
@@ -307,7 +307,8 @@ def pretrain_preset(name: str, dataset: str, **overrides: Any) -> PretrainConfig
     No resumable checkpoint inside a step (``checkpoint_every=30``, not
     hashed): selective masking saves its step models, and a 300 MB resumable
     checkpoint per short epoch would cost it (K x E epochs) more than random
-    masking (E epochs). A crash loses at most one step (under a minute).
+    masking (E epochs). A crash loses at most one selective step (about
+    25 s here) or the whole random-masking run (about 95 s).
 
     ``smoke`` -- seconds, for CI. Departures: 64 px crops and score size 64;
     64 nominal patches (8x8 grid of 8 px); E = 1 epoch; batch 4; no warm-up

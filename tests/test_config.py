@@ -200,7 +200,10 @@ def test_demo_preset_gives_both_strategies_the_same_work_per_epoch():
     # The budget comparison (benchmarks/bench_budget.py) relies on it: an extra
     # image or partial batch (a whole Adam step) would be charged to selective masking.
     demo = pretrain_preset("demo", "synthetic")
-    steps = lambda n: math.ceil(n / demo.batch_size)  # noqa: E731
+
+    def steps(n_images):
+        return math.ceil(n_images / demo.batch_size)
+
     random_train, random_val = train_val_split(range(demo.max_images), demo.val_fraction)
     splits = [train_val_split(p, demo.val_fraction) for p in partition_indices(demo.max_images, demo.n_partitions)]
     assert sum(len(train) for train, _ in splits) == len(random_train)
