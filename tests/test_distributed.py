@@ -5,7 +5,8 @@ Two launches of ``python -m torch.distributed.run --nproc_per_node=2 --standalon
 they are kept to two): the ``selmask`` command for a selective pretraining
 run, and a small worker script that checks the helpers of
 ``selmask_lib.distributed`` across two processes, then runs a random
-pretraining and a fine-tuning from the selective run.
+pretraining, a fine-tuning from the selective run, and a selective run that
+crashes inside a step on every rank and is resumed.
 """
 
 import json
@@ -72,7 +73,7 @@ def selective_run(data_root, work):
 
 
 WORKER = textwrap.dedent('''
-    """Run by the test under torchrun: helper checks, then a random pretraining and a fine-tuning."""
+    """Run by the test under torchrun: helper checks, a random pretraining, a fine-tuning, a crash and resume."""
     import json, sys
     from pathlib import Path
     import torch
@@ -111,6 +112,33 @@ WORKER = textwrap.dedent('''
                          pretrained=str(selective_run))
     run = finetune(ft, out_dir=out / "finetune")
     seen["miou"] = run.results["miou"]
+
+    # A crash inside selective step 1 on every rank, then a resume: the weights of an uninterrupted run.
+    import selmask_lib.pretrain as P
+    resumable = pretrain_preset("smoke", "synthetic", data_root=str(data_root), epochs=2, checkpoint_every=1)
+    uninterrupted = pretrain(resumable, out_dir=out / "uninterrupted")
+    run_epoch = P._Trainer.run_epoch
+
+    def crash_in_step_1_epoch_1(self, loader, generator, optimizer=None, scaler=None, description=""):
+        if optimizer is not None and description.startswith("step_01 epoch 1"):
+            raise RuntimeError("simulated crash")
+        return run_epoch(self, loader, generator, optimizer, scaler, description)
+
+    P._Trainer.run_epoch = crash_in_step_1_epoch_1
+    try:
+        pretrain(resumable, out_dir=out / "resumed")
+    except RuntimeError as error:
+        seen["crash"] = str(error)
+    finally:
+        P._Trainer.run_epoch = run_epoch
+    D.barrier()
+    seen["left_by_crash"] = sorted(str(p.relative_to(out / "resumed")) for p in (out / "resumed").rglob("*.pt"))
+    D.barrier()
+    resumed = pretrain(resumable, out_dir=out / "resumed")
+    if rank == 0:
+        a = torch.load(uninterrupted.weights, weights_only=True)["model"]
+        b = torch.load(resumed.weights, weights_only=True)["model"]
+        seen["resumed_equals_uninterrupted"] = all(torch.equal(a[k], b[k]) for k in a)
     (out / f"seen_rank{rank}.json").write_text(json.dumps(seen))
 ''')
 
@@ -246,3 +274,15 @@ def test_random_pretraining_and_finetuning_under_torchrun(worker_runs, data_root
     test = load_segmentation_split("synthetic", data_root, "test", make_test_transform(results["config"]["image_size"]))
     labelled = sum(int((test[i][1] != 255).sum()) for i in range(len(test)))
     assert sum(map(sum, results["confusion_matrix"])) == labelled
+
+
+def test_selective_pretraining_resumes_under_torchrun(worker_runs):
+    out, seen, _ = worker_runs
+    assert [s["crash"] for s in seen] == ["simulated crash"] * NPROC
+    # what the crash left: step 0 done, step 1's masks and its epoch-0 resumable state
+    assert seen[0]["left_by_crash"] == ["step_00/model.pt", "step_01/last.pt", "step_01/masks.pt"]
+    assert seen[0]["resumed_equals_uninterrupted"] is True
+    log = (out / "resumed" / "run.log").read_text()
+    assert log.count("scored") == 1 and "reusing saved masks" in log  # resumed inside the step, not re-scored
+    assert jsonl_epochs(out / "resumed" / "step_01" / "metrics.jsonl") == [0, 1]
+    assert files_of(out / "resumed") == files_of(out / "uninterrupted")
