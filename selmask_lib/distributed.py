@@ -230,13 +230,9 @@ def gather_confusion(evaluator) -> None:
     """Sum a :class:`~selmask_lib.metrics.SegmentationEvaluator`'s confusion matrix over processes, in place.
 
     Each process evaluates its shard; after this every process's
-    ``evaluator.compute()`` scores the whole split. Needed because the
-    evaluator reads torchmetrics' accumulated state directly (it never calls
-    ``MulticlassConfusionMatrix.compute()``, the step where torchmetrics would
-    sync), so nothing is synced on its own. Every process must call it.
+    ``evaluator.compute()`` scores the whole split (nothing is synced on its
+    own: see ``SegmentationEvaluator.combine_counts``). Every process must call it.
     """
-    if not is_distributed():
-        return
-    metric = evaluator._confmat  # the torchmetrics MulticlassConfusionMatrix
-    metric.confmat = all_reduce_sum(metric.confmat).to(metric.confmat.device)
+    if is_distributed():
+        evaluator.combine_counts(all_reduce_sum)
 

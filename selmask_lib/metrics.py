@@ -198,6 +198,17 @@ class SegmentationEvaluator:
         """The current ``[C, C]`` int64 counts (rows = truth, cols = prediction)."""
         return self._confmat.confmat.detach().clone()
 
+    def combine_counts(self, reduce_sum) -> None:
+        """Replace the counts by ``reduce_sum(counts)``, e.g. their sum over the processes of a torchrun job.
+
+        The evaluator reads torchmetrics' accumulated state directly and never
+        calls ``MulticlassConfusionMatrix.compute()`` (the step where
+        torchmetrics would sync), so shards are combined through this instead
+        (see ``distributed.gather_confusion``).
+        """
+        counts = self._confmat.confmat
+        self._confmat.confmat = reduce_sum(counts).to(counts.device)
+
     # ----------------------------------------------------------------- update
     def _labels(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if preds.is_floating_point():

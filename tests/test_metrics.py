@@ -175,3 +175,17 @@ def test_bad_constructor_arguments():
         SegmentationEvaluator(3, ignore_index=0)
     with pytest.raises(SelmaskError, match="square"):
         iou_from_confusion(torch.zeros(2, 3))
+
+
+def test_combine_counts_scores_the_union_of_shards():
+    # what distributed.gather_confusion does across processes: each shard's counts replaced by their sum
+    truth, prediction = torch.tensor([[0, 1, 2, 2]]), torch.tensor([[0, 2, 2, 1]])
+    whole = SegmentationEvaluator(3, NAMES)
+    whole.update(prediction, truth)
+    shards = [SegmentationEvaluator(3, NAMES) for _ in range(2)]
+    shards[0].update(prediction[:, :2], truth[:, :2])
+    shards[1].update(prediction[:, 2:], truth[:, 2:])
+    total = shards[0].confusion_matrix + shards[1].confusion_matrix
+    shards[0].combine_counts(lambda counts: total)
+    assert torch.equal(shards[0].confusion_matrix, whole.confusion_matrix)
+    assert shards[0].compute().miou == pytest.approx(whole.compute().miou)
