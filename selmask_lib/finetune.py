@@ -389,6 +389,7 @@ def _train_and_test(cfg: FinetuneConfig, run_dir: Path, splits: _Splits, model: 
         pretrain_dataset=pretrain_dataset,
         pretrain_relation=relation,
         pretrain_config_hash=None if pretrain_run is None else config_hash(pretrain_run.config),
+        pretrain_masking=None if pretrain_run is None else pretrain_run.masking,
         seed=cfg.seed,
         scores=scores,
         test_loss=test_loss,

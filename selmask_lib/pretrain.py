@@ -115,6 +115,7 @@ class PretrainRun:
     run_dir: Path
     config: PretrainConfig
     weights: Path  # pretrained.pt
+    masking: str  # "random", "selective", "random_fixed" or a user strategy's name
 
     @property
     def step_dirs(self) -> list[Path]:
@@ -151,7 +152,7 @@ def load_pretrain_run(run_dir: str | Path) -> PretrainRun:
     if info.get("status") != "complete":
         raise SelmaskError(f"{run_dir}: pretraining run is not finished (status {info.get('status')!r})")
     cfg = load_config(run_dir / CONFIG_FILE, kind="pretrain")
-    return PretrainRun(run_dir, cfg, run_dir / info["weights"])
+    return PretrainRun(run_dir, cfg, run_dir / info["weights"], info.get("masking", cfg.strategy))
 
 
 # --------------------------------------------------------------------------- training
@@ -343,15 +344,26 @@ def pretrain_selective(cfg: PretrainConfig, out_dir: str | Path | None = None, r
     return pretrain(cfg.updated(strategy="selective"), out_dir, resume, runs_root, strategy)
 
 
+def strategy_name(strategy: MaskingStrategy | str) -> str:
+    """The name that keys a masking strategy's runs and its table column: a built-in name, or a callable's
+    ``name`` attribute (else its ``__name__``)."""
+    if isinstance(strategy, str):
+        if strategy not in STRATEGY_NAMES:
+            raise SelmaskError(f"unknown masking strategy {strategy!r}; choose one of {', '.join(STRATEGY_NAMES)}")
+        return strategy
+    name = getattr(strategy, "name", getattr(strategy, "__name__", type(strategy).__name__))
+    if name == "random":  # ("selective" is left to SelectiveMasking and its subclasses)
+        raise SelmaskError("a masking strategy of your own needs a name other than 'random' (the baseline's): "
+                           "set its `name` attribute; the name keys its runs and table column")
+    return name
+
+
 def resolve_strategy(cfg: PretrainConfig, strategy: MaskingStrategy | str) -> tuple[Optional[MaskingStrategy], str]:
     """The masking strategy object of steps >= 1 and its name (random masking has none)."""
     if cfg.strategy == "random":
         return None, "random"
-    if not isinstance(strategy, str):
-        return strategy, getattr(strategy, "name", getattr(strategy, "__name__", type(strategy).__name__))
-    if strategy in STRATEGY_NAMES:
-        return STRATEGY_NAMES[strategy](cfg), strategy
-    raise SelmaskError(f"unknown masking strategy {strategy!r}; choose one of {', '.join(STRATEGY_NAMES)}")
+    name = strategy_name(strategy)
+    return (STRATEGY_NAMES[name](cfg) if isinstance(strategy, str) else strategy), name
 
 
 def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: bool = True,
@@ -368,7 +380,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
     finished = check_run_dir(run_dir, RUN_KIND, cfg, resume, identity={"masking": masking})
     if finished is not None:
         log.info("reusing finished pretraining run %s", run_dir)
-        return PretrainRun(run_dir, cfg, run_dir / finished["weights"])
+        return PretrainRun(run_dir, cfg, run_dir / finished["weights"], masking)
     pool = pretraining_pool(cfg)  # fails early, before anything is written, on a bad data root
     barrier()  # every process has checked the run directory before rank 0 writes to it
     if is_main_process():
@@ -393,7 +405,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
             _drop_resume_state(run_dir)
             log.info("finished in %.1f s", time.perf_counter() - started)
         barrier()
-    return PretrainRun(run_dir, cfg, run_dir / PRETRAINED_FILE)
+    return PretrainRun(run_dir, cfg, run_dir / PRETRAINED_FILE, masking)
 
 
 def _run_selective_steps(trainer: _Trainer, run_dir: Path, strategy: MaskingStrategy, masking: str) -> int:

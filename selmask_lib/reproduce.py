@@ -9,6 +9,11 @@ pairs"):
 - fine-tuning on D from: no pretraining, ImageNet, random-IR (self),
   selective-IR (self), selective-IR (cross).
 
+``strategies`` adds your own masking strategies (see ``selmask_lib.strategies``)
+to the comparison: each is run through the same iterative loop on D and
+fine-tuned like selective IR, in a column ``<name>_ir_self`` of its own
+(:attr:`Reproduction.extra_columns`).
+
 Every run is cached in ``runs_root`` by its config hash, so calling this again
 (from the CLI, a notebook, or after a crash) only runs what is missing. A
 column that cannot be produced (no cross partner given, no ImageNet weights
@@ -20,15 +25,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, Mapping, Optional, Union
 
 import pandas as pd
 
 from .config import finetune_preset, pretrain_preset
 from .finetune import finetune
 from .models import imagenet_weights_path
-from .pretrain import pretrain
+from .pretrain import pretrain, strategy_name
 from .results import load_results
+from .strategies import MaskingStrategy
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,7 @@ class Reproduction:
     results: pd.DataFrame
     result_files: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    extra_columns: list[str] = field(default_factory=list)  # table variants of ``strategies``, e.g. "mine_ir_self"
 
 
 def _data_root(data_roots: Mapping[str, Optional[str]], dataset: str) -> Optional[str]:
@@ -60,6 +67,7 @@ def reproduce(
     imagenet_weights: Optional[str] = None,
     pretrain_overrides: Optional[dict] = None,
     finetune_overrides: Optional[dict] = None,
+    strategies: Iterable[Union[MaskingStrategy, str]] = (),
 ) -> Reproduction:
     """Run (or reuse) the runs behind the paper's table for ``datasets``; return their results.
 
@@ -67,6 +75,8 @@ def reproduce(
     cross partner is pretrained on only if it has a data root (or is
     ``synthetic``). The ImageNet column needs torchvision's ResNet-34 weights
     at ``imagenet_weights`` or in the torch hub cache; nothing is downloaded.
+    ``strategies``: extra masking strategies (callables, or "random_fixed"),
+    each compared in a column of its own (module docstring).
     """
     data_roots = dict(data_roots or {})
     variants = list(variants)
@@ -74,10 +84,14 @@ def reproduce(
     pretrain_overrides, finetune_overrides = dict(pretrain_overrides or {}), dict(finetune_overrides or {})
     files, skipped = [], []
 
-    def pretrained_run(dataset: str, strategy: str, seed: int) -> str:
+    def pretrained_run(dataset: str, strategy: str, seed: int, masking: MaskingStrategy | str = "selective") -> str:
         cfg = pretrain_preset(preset, dataset, strategy=strategy, seed=seed,
                               data_root=_data_root(data_roots, dataset), **pretrain_overrides)
-        return str(pretrain(cfg, runs_root=runs_root).run_dir)
+        return str(pretrain(cfg, runs_root=runs_root, strategy=masking).run_dir)
+
+    # the iterative loop's strategies to compare besides the paper's, by the name that keys their runs
+    extra = {strategy_name(strategy): strategy for strategy in strategies}
+    extra_columns = [f"{name}_ir_self" for name in extra]  # their variant (results.variant_of)
 
     for seed in seeds:
         for dataset in datasets:
@@ -102,9 +116,11 @@ def reproduce(
                 else:
                     skipped.append(f"{dataset}: cross column skipped, no data root for its partner "
                                    f"{partner!r}" if partner else f"{dataset}: cross column skipped, no partner")
+            for masking in extra.values():
+                inits.append(dict(init="selective_ir", pretrained=pretrained_run(dataset, "selective", seed, masking)))
             for init in inits:
                 cfg = finetune_preset(preset, dataset, **base, **init)
                 files.append(finetune(cfg, runs_root=runs_root).results_path)
     for reason in skipped:
         log.warning(reason)
-    return Reproduction(load_results(files) if files else pd.DataFrame(), files, skipped)
+    return Reproduction(load_results(files) if files else pd.DataFrame(), files, skipped, extra_columns)

@@ -19,6 +19,8 @@ File format (JSON object, written atomically: temp file + ``os.replace``)::
     timings           {name: seconds}
     library_version   selmask_lib.__version__      (added by write_results)
     created           ISO-8601 UTC timestamp        (added unless given)
+    pretrain_masking  optional: masking strategy of the pretraining run
+                      ("random", "selective", "random_fixed", a user's name)
     val_miou, best_epoch, pixel_accuracy, ...       optional; extra keys are kept
 
 NaN anywhere becomes ``null`` (strict JSON). IoUs are stored as fractions;
@@ -30,7 +32,12 @@ downstream dataset:
 
     none, imagenet, random_ir_self, selective_ir_self, selective_ir_cross
 
-(``random_ir_cross`` exists as a variant but is not a paper column.)
+(``random_ir_cross`` exists as a variant but is not a paper column.) A
+``selective_ir`` run whose pretraining used another masking strategy of the
+iterative loop (the optional ``pretrain_masking`` field, e.g. the
+``random_fixed`` ablation or a function of your own named ``mine``) gets the
+variant ``<masking>_ir_self`` / ``_cross`` (``mine_ir_self``), so it has a
+column of its own next to the paper's: pass it in ``results_table(columns=...)``.
 """
 
 from __future__ import annotations
@@ -98,7 +105,7 @@ _KEY_ORDER = ("format", "format_version") + REQUIRED_FIELDS + (
     "val_miou", "best_epoch", "pixel_accuracy",
 )
 _BASE_COLUMNS = [
-    "dataset", "init", "pretrain_dataset", "pretrain_run", "variant", "seed", "miou",
+    "dataset", "init", "pretrain_dataset", "pretrain_run", "pretrain_masking", "variant", "seed", "miou",
     "val_miou", "best_epoch", "pixel_accuracy", "created", "library_version",
     "class_names", "run_dir", "path",
 ]
@@ -141,13 +148,21 @@ def _check_fraction(v, where: str, allow_none: bool) -> None:
         raise SelmaskError(f"results field '{where}' must be a fraction in [0, 1], got {v!r}")
 
 
-def variant_of(init: str, dataset: str | None, pretrain_dataset: str | None) -> str:
-    """Table column key of a run: ``none``, ``imagenet``, ``<ir init>_self`` / ``_cross``."""
+def variant_of(init: str, dataset: str | None, pretrain_dataset: str | None,
+               pretrain_masking: str | None = None) -> str:
+    """Table column key of a run: ``none``, ``imagenet``, ``<ir init>_self`` / ``_cross``.
+
+    A ``selective_ir`` run pretrained with another strategy of the iterative
+    loop is keyed by that strategy instead: ``<pretrain_masking>_ir_self`` / ``_cross``.
+    """
     if init not in IR_INITS:
         return init
+    prefix = init
+    if init == "selective_ir" and isinstance(pretrain_masking, str) and pretrain_masking != "selective":
+        prefix = f"{pretrain_masking}_ir"
     if pretrain_dataset is None or (isinstance(pretrain_dataset, float) and math.isnan(pretrain_dataset)):
-        return f"{init}_unknown"
-    return f"{init}_self" if str(pretrain_dataset) == str(dataset) else f"{init}_cross"
+        return f"{prefix}_unknown"
+    return f"{prefix}_self" if str(pretrain_dataset) == str(dataset) else f"{prefix}_cross"
 
 
 def _validate(data: dict, source: str) -> None:
@@ -165,8 +180,8 @@ def _validate(data: dict, source: str) -> None:
         raise SelmaskError(
             f"{source}: results field 'pretrain_dataset' is required for init={data['init']!r}"
         )
-    for key in ("pretrain_dataset", "pretrain_run"):
-        if data[key] is not None and not isinstance(data[key], str):
+    for key in ("pretrain_dataset", "pretrain_run", "pretrain_masking"):
+        if data.get(key) is not None and not isinstance(data[key], str):
             raise SelmaskError(f"{source}: results field '{key}' must be a string or null")
     if not isinstance(data["seed"], int) or isinstance(data["seed"], bool):
         raise SelmaskError(f"{source}: results field 'seed' must be an integer, got {data['seed']!r}")
@@ -303,7 +318,7 @@ def load_results(paths_or_root, on_error: str = "raise") -> pd.DataFrame:
 
     ``paths_or_root``: a directory (searched recursively for ``results.json``),
     a file, or a list of files/directories. Columns: dataset, init,
-    pretrain_dataset, pretrain_run, variant, seed, miou, val_miou, best_epoch,
+    pretrain_dataset, pretrain_run, pretrain_masking, variant, seed, miou, val_miou, best_epoch,
     pixel_accuracy, created, library_version, class_names (tuple), run_dir,
     path, ``iou/<class>`` per class (union over runs) and ``time/<name>`` per
     timing. Null values are NaN. ``on_error='skip'`` warns about and skips
@@ -327,7 +342,9 @@ def load_results(paths_or_root, on_error: str = "raise") -> pd.DataFrame:
             "init": data["init"],
             "pretrain_dataset": data["pretrain_dataset"],
             "pretrain_run": data["pretrain_run"],
-            "variant": variant_of(data["init"], data["dataset"], data["pretrain_dataset"]),
+            "pretrain_masking": data.get("pretrain_masking"),
+            "variant": variant_of(data["init"], data["dataset"], data["pretrain_dataset"],
+                                  data.get("pretrain_masking")),
             "seed": data["seed"],
             "miou": data["miou"],
             "val_miou": data.get("val_miou"),

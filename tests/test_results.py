@@ -19,6 +19,7 @@ from selmask_lib.results import (
     per_class_gain,
     read_results,
     results_table,
+    variant_of,
     write_results,
 )
 
@@ -123,6 +124,7 @@ def test_missing_required_field_is_named(tmp_path, field):
         (dict(confusion_matrix=[[1, 2], [3, 4]]), "confusion_matrix"),
         (dict(timings={"train": "slow"}), "timings.train"),
         (dict(config=object()), "config"),
+        (dict(pretrain_masking=3), "pretrain_masking"),
     ],
 )
 def test_invalid_fields_are_named(tmp_path, over, field):
@@ -266,3 +268,26 @@ def test_duplicate_seed_warns(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_results([tmp_path / "a", tmp_path / "c"])
+
+
+# ------------------------------------------------------------ other masking strategies
+def test_variant_keys_other_masking_strategies_apart():
+    assert variant_of("selective_ir", "voc", "voc") == "selective_ir_self"
+    assert variant_of("selective_ir", "voc", "voc", "selective") == "selective_ir_self"
+    assert variant_of("selective_ir", "voc", "cityscapes", "random_fixed") == "random_fixed_ir_cross"
+    assert variant_of("selective_ir", "voc", "voc", "mine") == "mine_ir_self"
+    assert variant_of("random_ir", "voc", "voc", "random") == "random_ir_self"
+    assert variant_of("none", "voc", None, None) == "none"
+
+
+def test_a_users_strategy_gets_its_own_table_column(tmp_path):
+    write_results(tmp_path / "paper", **fields(pretrain_masking="selective", miou=0.5))
+    write_results(tmp_path / "mine", **fields(pretrain_masking="mine", miou=0.6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not two runs of one variant
+        df = load_results(tmp_path)
+    assert sorted(df["pretrain_masking"]) == ["mine", "selective"]
+    table = results_table(df, columns=[*PAPER_COLUMNS, "mine_ir_self"])
+    assert table.loc["nassar", ("selective_ir_self", "mean")] == pytest.approx(50.0)
+    assert table.loc["nassar", ("mine_ir_self", "mean")] == pytest.approx(60.0)
+    assert format_table(table).loc["nassar", "mine_ir_self"] == "60.0"
