@@ -30,10 +30,11 @@ from typing import Iterable, Mapping, Optional, Union
 import pandas as pd
 
 from .config import finetune_preset, pretrain_preset
+from .errors import SelmaskError
 from .finetune import finetune
 from .models import imagenet_weights_path
 from .pretrain import pretrain, strategy_name
-from .results import load_results
+from .results import ir_variant, load_results
 from .strategies import MaskingStrategy
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,12 @@ def reproduce(
         return str(pretrain(cfg, runs_root=runs_root, strategy=masking).run_dir)
 
     # the iterative loop's strategies to compare besides the paper's, by the name that keys their runs
+    strategies = list(strategies)
     extra = {strategy_name(strategy): strategy for strategy in strategies}
-    extra_columns = [f"{name}_ir_self" for name in extra]  # their variant (results.variant_of)
+    if len(extra) < len(strategies):
+        raise SelmaskError(f"two masking strategies share a name: {[strategy_name(s) for s in strategies]}; "
+                           "give each its own `name` attribute")
+    extra_columns = [ir_variant("selective_ir", "self", name) for name in extra]
 
     for seed in seeds:
         for dataset in datasets:

@@ -69,6 +69,7 @@ __all__ = [
     "format_table",
     "per_class_gain",
     "variant_of",
+    "ir_variant",
 ]
 
 RESULTS_FILENAME = "results.json"
@@ -157,12 +158,17 @@ def variant_of(init: str, dataset: str | None, pretrain_dataset: str | None,
     """
     if init not in IR_INITS:
         return init
-    prefix = init
-    if init == "selective_ir" and isinstance(pretrain_masking, str) and pretrain_masking != "selective":
-        prefix = f"{pretrain_masking}_ir"
     if pretrain_dataset is None or (isinstance(pretrain_dataset, float) and math.isnan(pretrain_dataset)):
-        return f"{prefix}_unknown"
-    return f"{prefix}_self" if str(pretrain_dataset) == str(dataset) else f"{prefix}_cross"
+        return ir_variant(init, "unknown", pretrain_masking)
+    return ir_variant(init, "self" if str(pretrain_dataset) == str(dataset) else "cross", pretrain_masking)
+
+
+def ir_variant(init: str, relation: str, pretrain_masking: str | None = None) -> str:
+    """``<init>_<relation>`` (relation: self, cross or unknown), or ``<masking>_ir_<relation>`` for a
+    ``selective_ir`` run pretrained with a strategy other than the paper's selective masking."""
+    if init == "selective_ir" and isinstance(pretrain_masking, str) and pretrain_masking != "selective":
+        return f"{pretrain_masking}_ir_{relation}"
+    return f"{init}_{relation}"
 
 
 def _validate(data: dict, source: str) -> None:

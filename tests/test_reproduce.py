@@ -29,6 +29,8 @@ def test_strategy_names_key_runs_and_columns():
 
     with pytest.raises(SelmaskError, match="name other than 'random'"):
         strategy_name(random)
+    with pytest.raises(SelmaskError, match="two masking strategies share a name"):
+        reproduce(["synthetic"], strategies=["random_fixed", "random_fixed"])
 
 
 def test_reproduce_compares_extra_strategies_in_columns_of_their_own(small_synthetic_root, tmp_path):
