@@ -38,7 +38,7 @@ from pytorch_msssim import ssim
 from selmask_lib.masking import apply_mask, patch_grid, patch_losses, random_mask
 from selmask_lib.models import build_reconstruction_model
 from selmask_lib.strategies import score_patches
-from selmask_lib.transforms import DEFAULT_MEAN, DEFAULT_STD
+from selmask_lib.config import DEFAULT_MEAN, DEFAULT_STD
 
 SIZE = 256
 N_PATCHES = 512  # nominal; gives the 21x21 grid of 441 patches at 256 px

@@ -1,2 +1,78 @@
-"""selmask."""
+"""selmask: selective masking pretraining for semantic segmentation, as a library.
+
+The names a notebook needs, importable from the package itself::
+
+    import selmask_lib as sm
+
+    cfg = sm.pretrain_preset("demo", "synthetic")
+    run = sm.pretrain_selective(cfg)
+    ft = sm.finetune(sm.finetune_preset("demo", "synthetic", init="selective_ir", pretrained=str(run.run_dir)))
+    print(sm.format_table(sm.results_table(sm.load_results("runs"))))
+
+They are loaded lazily (PEP 562 module ``__getattr__``): ``import
+selmask_lib`` and ``selmask --help`` stay fast because torch and the models
+are imported only when a name that needs them is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    # configs
+    "pretrain_preset": "config",
+    "finetune_preset": "config",
+    "load_config": "config",
+    "save_config": "config",
+    "config_hash": "config",
+    "PretrainConfig": "config",
+    "FinetuneConfig": "config",
+    # pretraining
+    "pretrain": "pretrain",
+    "pretrain_random": "pretrain",
+    "pretrain_selective": "pretrain",
+    "load_pretrain_run": "pretrain",
+    "load_step_masks": "pretrain",
+    # fine-tuning and the paper's tables
+    "finetune": "finetune",
+    "reproduce": "reproduce",
+    "load_results": "results",
+    "read_results": "results",
+    "results_table": "tables",
+    "format_table": "tables",
+    "per_class_gain": "tables",
+    "PAPER_COLUMNS": "tables",
+    # masking
+    "patch_grid": "masking",
+    "random_mask": "masking",
+    "selective_mask": "masking",
+    "apply_mask": "masking",
+    "pixel_mask": "masking",
+    "patch_losses": "masking",
+    "score_patches": "strategies",
+    "SelectiveMasking": "strategies",
+    "FixedRandomMasking": "strategies",
+    # data, models, errors
+    "ensure_synthetic_voc": "data.synthetic",
+    "build_reconstruction_model": "models",
+    "build_segmentation_model": "models",
+    "SelmaskError": "errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'selmask_lib' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

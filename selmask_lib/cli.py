@@ -1,8 +1,10 @@
 """The ``selmask`` command: ``demo``, ``pretrain``, ``finetune``, ``reproduce`` and ``synthetic``.
 
-Each subcommand is a thin wrapper over a library function a notebook can call
-too. Mistakes a user can make (bad data, bad config) end with one line on
-stderr and exit status 2, never a traceback.
+The command line lives here alone: argument definitions, the one step that
+turns arguments into a config, error printing and exit codes. Each
+subcommand is a thin wrapper over a library function a notebook can call
+too; no library module imports this one. Mistakes a user can make (bad data,
+bad config) end with one line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,62 +14,92 @@ import logging
 import sys
 from typing import Any
 
-import yaml
-
+from .config import DATASET_NAMES, INITS, PRESET_NAMES, STRATEGIES, parse_value
 from .errors import SelmaskError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+# --------------------------------------------------------------------------- arguments -> config
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """``["epochs=3", "lr=1e-3"]`` -> ``{"epochs": 3, "lr": 0.001}`` (values read as YAML)."""
+    """``["epochs=3", "lr=3e-3"]`` -> ``{"epochs": 3, "lr": 0.003}`` (values read as YAML, like config files)."""
     overrides = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise SelmaskError(f"--set expects key=value, got {pair!r}")
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):  # YAML 1.1 reads "3e-3" as a string
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        overrides[key.strip()] = parsed
+        overrides[key] = parse_value(value, key)
     return overrides
 
 
-def add_common_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments shared by ``pretrain`` and ``finetune``."""
-    from .config import DATASET_NAMES, PRESET_NAMES
+# The options of `pretrain` / `finetune` that set one config key each; they win over --set.
+_DEDICATED_KEYS = {
+    "pretrain": ("strategy", "data_root"),
+    "finetune": ("data_root", "init", "pretrained", "imagenet_weights"),
+}
 
-    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES)
-    parser.add_argument("--data-root", default=None,
-                        help="dataset folder (default for 'synthetic': the embedded set, generated once)")
-    parser.add_argument("--preset", default="demo", choices=PRESET_NAMES)
-    parser.add_argument("--config", default=None, help="YAML config file (instead of --preset)")
-    parser.add_argument("--out", default=None, help="run directory (default: runs/<name>-<config hash>)")
-    parser.add_argument("--resume", action="store_true", help="continue an unfinished run in --out")
-    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                        help="override one config field, e.g. --set epochs=3 (repeatable)")
+
+def config_from_args(args: argparse.Namespace, kind: str):
+    """The config a ``pretrain`` or ``finetune`` command line describes.
+
+    Base: ``--config FILE`` if given, else ``--preset``; then ``--set
+    key=value`` overrides; then the dedicated options (``--strategy``,
+    ``--data-root``, ``--init``, ...), which win over ``--set``. The dataset
+    is named by ``--dataset`` only.
+    """
+    from .config import finetune_preset, load_config, pretrain_preset
+
+    overrides = parse_overrides(args.overrides)
+    if "dataset" in overrides:
+        raise SelmaskError("--set dataset=... is not allowed: name the dataset with --dataset")
+    for key in _DEDICATED_KEYS[kind]:
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    if args.config:
+        return load_config(args.config, kind=kind).updated(dataset=args.dataset, **overrides)
+    preset = pretrain_preset if kind == "pretrain" else finetune_preset
+    return preset(args.preset, args.dataset, **overrides)
+
+
+def parse_data_roots(pairs: list[str] | None) -> dict[str, str]:
+    """``["voc=/data/voc"]`` -> ``{"voc": "/data/voc"}`` (``reproduce --data-root``)."""
+    data_roots = {}
+    for pair in pairs or []:
+        name, sep, root = pair.partition("=")
+        if not sep:
+            raise SelmaskError(f"--data-root expects NAME=DIR, got {pair!r}")
+        data_roots[name] = root
+    return data_roots
+
+
+# --------------------------------------------------------------------------- subcommands
 
 
 def _pretrain_command(args: argparse.Namespace) -> int:
-    from .config import load_config, pretrain_preset
     from .distributed import is_main_process
     from .pretrain import pretrain
 
-    overrides = dict(parse_overrides(args.overrides), strategy=args.strategy)
-    if "dataset" in overrides:
-        raise SelmaskError("--set dataset=... is not allowed: name the dataset with --dataset")
-    if args.data_root is not None:
-        overrides["data_root"] = args.data_root
-    if args.config:
-        cfg = load_config(args.config, kind="pretrain").updated(dataset=args.dataset, **overrides)
-    else:
-        cfg = pretrain_preset(args.preset, args.dataset, **overrides)
-    run = pretrain(cfg, out_dir=args.out, resume=args.resume)
+    run = pretrain(config_from_args(args, "pretrain"), out_dir=args.out, resume=args.resume)
     if is_main_process():  # once, not once per torchrun process
         print(f"pretrained weights: {run.weights}")
+    return 0
+
+
+def _finetune_command(args: argparse.Namespace) -> int:
+    from .distributed import is_main_process
+    from .finetune import finetune
+
+    cfg = config_from_args(args, "finetune")
+    run = finetune(cfg, out_dir=args.out, resume=args.resume)
+    if is_main_process():
+        miou = run.results["miou"]
+        print(f"test mIoU {'n/a' if miou is None else f'{100 * miou:.1f} %'} ({cfg.init}, {cfg.dataset}); "
+              f"results: {run.results_path}")
     return 0
 
 
@@ -81,23 +113,18 @@ def _demo_command(args: argparse.Namespace) -> int:
 
 def _reproduce_command(args: argparse.Namespace) -> int:
     from .reproduce import reproduce
-    from .results import format_table, results_table
+    from .tables import format_table, results_table
 
-    data_roots = {}
-    for pair in args.data_roots or []:
-        name, sep, root = pair.partition("=")
-        if not sep:
-            raise SelmaskError(f"--data-root expects NAME=DIR, got {pair!r}")
-        data_roots[name] = root
     reproduction = reproduce(
-        args.datasets, preset=args.preset, data_roots=data_roots, seeds=args.seeds, runs_root=args.runs,
-        imagenet_weights=args.imagenet_weights,
+        args.datasets, preset=args.preset, data_roots=parse_data_roots(args.data_roots), seeds=args.seeds,
+        runs_root=args.runs, imagenet_weights=args.imagenet_weights,
         pretrain_overrides=parse_overrides(args.pretrain_overrides),
         finetune_overrides=parse_overrides(args.finetune_overrides),
+        maskings=args.maskings or (),
     )
     for reason in reproduction.skipped:
         print(f"skipped: {reason}")
-    table = format_table(results_table(reproduction.results))
+    table = format_table(results_table(reproduction.results, columns=reproduction.columns))
     print(table.to_string())
     if args.table:
         table.to_csv(args.table)
@@ -112,47 +139,73 @@ def _synthetic_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- parser
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared by ``pretrain`` and ``finetune``."""
+    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset to train on")
+    parser.add_argument("--data-root", default=None,
+                        help="dataset folder (default for 'synthetic': the embedded set, generated once)")
+    parser.add_argument("--preset", default="demo", choices=PRESET_NAMES,
+                        help="named config to start from (default: %(default)s)")
+    parser.add_argument("--config", default=None, help="YAML config file (instead of --preset)")
+    parser.add_argument("--out", default=None, help="run directory (default: runs/<name>-<config hash>)")
+    parser.add_argument("--resume", action="store_true", help="continue an unfinished run in --out")
+    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                        help="override one config field, e.g. --set epochs=3 (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selmask", description="Selective masking pretraining for segmentation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="end-to-end demo on the embedded data; writes a figure")
-    demo.add_argument("--out", default="figures", help="folder for the figure")
-    demo.add_argument("--data-root", default=None)
+    def command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        # -v after the subcommand too; SUPPRESS keeps a -v given before it
+        sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log at INFO level")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    demo = command("demo", _demo_command, "end-to-end demo on the embedded data; writes a figure")
+    demo.add_argument("--out", default="figures", help="folder for the figure (default: %(default)s)")
+    demo.add_argument("--data-root", default=None, help="synthetic dataset folder (default: the embedded set)")
     demo.add_argument("--runs", default="runs", help="folder for the demo's cached pretraining run")
-    demo.set_defaults(handler=_demo_command)
 
-    pretrain = commands.add_parser("pretrain", help="masked image reconstruction pretraining")
-    pretrain.add_argument("--strategy", required=True, choices=("random", "selective"))
-    add_common_run_arguments(pretrain)
-    pretrain.set_defaults(handler=_pretrain_command)
+    pretrain = command("pretrain", _pretrain_command, "masked image reconstruction pretraining")
+    pretrain.add_argument("--strategy", required=True, choices=STRATEGIES,
+                          help="training loop: random masking on all images, or K selective steps")
+    _add_run_arguments(pretrain)
 
-    from .finetune import add_finetune_arguments, run_finetune_command
+    finetune = command("finetune", _finetune_command, "downstream segmentation fine-tuning and test evaluation")
+    _add_run_arguments(finetune)
+    finetune.add_argument("--init", default=None, choices=INITS,
+                          help="initialisation (default: the preset's / config's, 'none')")
+    finetune.add_argument("--pretrained", default=None, metavar="RUN_DIR",
+                          help="pretraining run directory (init random_ir / selective_ir)")
+    finetune.add_argument("--imagenet-weights", default=None, metavar="FILE",
+                          help="local copy of torchvision's resnet34-b627a593.pth (init imagenet; "
+                               "default: the torch hub cache)")
 
-    finetune = commands.add_parser("finetune", help="downstream segmentation fine-tuning and test evaluation")
-    add_finetune_arguments(finetune)
-    finetune.set_defaults(handler=run_finetune_command)
-
-    from .config import DATASET_NAMES, PRESET_NAMES
-
-    reproduce = commands.add_parser("reproduce", help="run (or reuse) every run of the paper's table; print it")
+    reproduce = command("reproduce", _reproduce_command, "run (or reuse) every run of the paper's table; print it")
     reproduce.add_argument("--datasets", nargs="+", default=["synthetic"], choices=DATASET_NAMES)
     reproduce.add_argument("--data-root", dest="data_roots", action="append", metavar="NAME=DIR",
                            help="folder of one dataset, e.g. --data-root voc=/data/voc (repeatable)")
-    reproduce.add_argument("--preset", default="smoke", choices=PRESET_NAMES)
+    reproduce.add_argument("--preset", default="smoke", choices=PRESET_NAMES,
+                           help="named configs of every run (default: %(default)s)")
     reproduce.add_argument("--seeds", nargs="+", type=int, default=[3741])
     reproduce.add_argument("--runs", default="runs", help="folder of cached runs")
     reproduce.add_argument("--imagenet-weights", default=None, metavar="FILE")
+    reproduce.add_argument("--masking", dest="maskings", action="append", metavar="NAME",
+                           help="also compare this masking of the selective loop, e.g. random_fixed (repeatable)")
     reproduce.add_argument("--set-pretrain", dest="pretrain_overrides", action="append", metavar="KEY=VALUE")
     reproduce.add_argument("--set-finetune", dest="finetune_overrides", action="append", metavar="KEY=VALUE")
     reproduce.add_argument("--table", default=None, help="also write the table to this CSV file")
-    reproduce.set_defaults(handler=_reproduce_command)
 
-    synthetic = commands.add_parser("synthetic", help="generate (or find) the embedded synthetic dataset")
+    synthetic = command("synthetic", _synthetic_command, "generate (or find) the embedded synthetic dataset")
     synthetic.add_argument("--root", default=None)
     synthetic.add_argument("--seed", type=int, default=0)
-    synthetic.set_defaults(handler=_synthetic_command)
     return parser
 
 
@@ -163,11 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except SelmaskError as error:
-        print(f"selmask: error: {error}", file=sys.stderr)
+        print(f"selmask: error: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("selmask: interrupted; rerun with --resume to continue", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

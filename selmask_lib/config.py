@@ -47,7 +47,8 @@ PRESET_NAMES = ("smoke", "demo", "paper")
 STRATEGIES = ("random", "selective")
 INITS = ("none", "imagenet", "random_ir", "selective_ir")
 
-# METHOD.md: one normalisation for every dataset.
+# METHOD.md: one normalisation for every dataset (the authors' statistics of the
+# Pascal VOC pretraining images). Defined here only; transforms.py imports them.
 DEFAULT_MEAN = (0.4529, 0.4317, 0.3999)
 DEFAULT_STD = (0.4443, 0.4665, 0.4887)
 PAPER_SEED = 3741
@@ -376,6 +377,19 @@ _YamlLoader.add_implicit_resolver(
     re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+
+
+def parse_value(text: str, key: str = "value") -> Any:
+    """One value typed by a user (``--set lr=3e-3``), read as YAML exactly like a config file.
+
+    The same loader as :func:`load_config`, so ``3e-3`` is a float on the
+    command line as in a file. ``key`` names the setting in the error.
+    """
+    try:
+        return yaml.load(text, Loader=_YamlLoader)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SelmaskError(f"value {text!r} of '{key}' is not valid YAML ({problem})") from None
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:

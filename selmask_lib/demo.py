@@ -27,8 +27,10 @@ from .masking import apply_mask, patch_grid, random_mask, selective_mask  # noqa
 from .models import build_reconstruction_model  # noqa: E402
 from .plotting import masking_figure  # noqa: E402
 from .pretrain import pretrain  # noqa: E402
-from .pretrain_data import pretraining_pool, resolve_data_root, scoring_view, train_val_split  # noqa: E402
+from .data import resolve_data_root  # noqa: E402
+from .pretrain_data import pretraining_pool, scoring_view, train_val_split  # noqa: E402
 from .strategies import score_patches  # noqa: E402
+from .transforms import normalise  # noqa: E402
 
 FIGURE_NAME = "demo_selective_masking.png"
 
@@ -55,8 +57,7 @@ def run_demo(out_dir: str | Path = "figures", data_root: str | Path | None = Non
     for view in views:
         top, left = (view.shape[1] - side) // 2, (view.shape[2] - side) // 2
         crops.append(view[:, top : top + side, left : left + side])
-    mean, std = torch.tensor(cfg.mean).view(1, 3, 1, 1), torch.tensor(cfg.std).view(1, 3, 1, 1)
-    images = (torch.stack(crops) - mean) / std  # [B, 3, S, S] normalised
+    images = normalise(torch.stack(crops), cfg.mean, cfg.std)  # [B, 3, S, S]
     grid = patch_grid(side, side, cfg.n_patches)  # [P, 4]
 
     generator = epoch_generator(cfg.seed, "demo")

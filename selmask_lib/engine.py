@@ -1,21 +1,23 @@
 """The training engine shared by pretraining and fine-tuning (plain PyTorch).
 
-:func:`fit` is the whole loop: for each epoch it calls your
-``train_one_epoch(epoch) -> dict`` and optional ``evaluate(epoch) -> dict``,
-steps the schedule, appends a metrics row, and writes an atomic checkpoint.
-Called again on the same ``run_dir`` it resumes after the last checkpointed
-epoch, and a finished run is a no-op::
+Two layers. :class:`Trainer` sets up what both loops share once per run
+(device, DDP, AMP, seeded loaders, the per-epoch seeding) and runs one
+optimisation pass with :meth:`Trainer.train_one_epoch`; each loop brings
+only its data and its ``batch_loss(model, batch)``. :func:`fit` is the epoch
+loop under it: for each epoch it calls ``train_one_epoch(epoch) -> dict``
+and optional ``evaluate(epoch) -> dict``, steps the schedule, appends a
+metrics row and writes an atomic checkpoint. Called again on the same
+``run_dir`` it resumes after the last checkpointed epoch, and a finished run
+is a no-op::
 
-    model, optimizer = ..., torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = build_scheduler(optimizer, cfg.warmup_epochs, cfg.epochs, cfg.min_lr_ratio)
+    trainer = Trainer(cfg, model)
 
-    def train_one_epoch(epoch):
-        order = torch.randperm(n, generator=epoch_generator(cfg.seed, "order", epoch))
-        ...
-        return {"train_loss": loss}
+    def train_epoch(epoch, optimisation):
+        trainer.seed_torch("augment", epoch)
+        loader = trainer.loader(train_set, True, epoch)
+        return {"train_loss": trainer.train_one_epoch(loader, batch_loss, optimisation)}
 
-    fit(model, optimizer, scheduler, train_one_epoch, cfg.epochs, run_dir,
-        config_hash=config_hash(cfg))
+    trainer.fit(run_dir, train_epoch)   # fresh Adam + warm-up/cosine, resumable
 
 Files in ``run_dir``: ``last.pt`` (resumable state), ``best.pt`` (model
 weights at the best ``best_metric``, if one is chosen), ``metrics.csv`` and
@@ -38,7 +40,6 @@ import logging
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +48,20 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 import torch
 
-from .distributed import barrier, eval_shard, is_main_process, rank_key, shard_sampler
+from .device import pick_device
+from .distributed import (
+    all_reduce_mean,
+    barrier,
+    broadcast_buffers,
+    eval_shard,
+    is_main_process,
+    local_device,
+    rank_key,
+    shard_sampler,
+    wrap_model,
+)
 from .errors import SelmaskError
-from .files import atomic_write, write_text_atomic
+from .files import atomic_write, ensure_writable_dir, write_text_atomic
 
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
@@ -179,18 +191,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------
 # Files: run directories and checkpoints
 # ---------------------------------------------------------------------------
-
-
-def ensure_writable_dir(path: str | Path) -> Path:
-    """Create ``path`` (with parents) and check a file can be written in it."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise SelmaskError(f"directory {path} is not writable: {err.strerror or err}") from err
-    return path
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -394,6 +394,29 @@ def progress(iterable: Iterable, **kwargs: Any):
 
 
 @dataclass
+class Optimisation:
+    """What a resumable checkpoint saves besides the model: optimiser, schedule and AMP scaler."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler]
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def adam(cls, model: torch.nn.Module, cfg, device: str | torch.device, use_amp: bool) -> "Optimisation":
+        """The paper's recipe for both loops: Adam at ``cfg.lr``, warm-up + cosine per epoch."""
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        scheduler = build_scheduler(optimizer, cfg.warmup_epochs, cfg.epochs, cfg.min_lr_ratio)
+        return cls(optimizer, scheduler, make_grad_scaler(device, use_amp))
+
+    def step(self, loss: torch.Tensor) -> None:
+        """One optimiser step on ``loss`` (scaled on CUDA with AMP, plain elsewhere)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+
+@dataclass
 class FitResult:
     """What :func:`fit` did: where things are and the best value seen."""
 
@@ -408,8 +431,7 @@ class FitResult:
 
 def fit(
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler],
+    optimisation: Optimisation,
     train_one_epoch: Callable[[int], Optional[dict[str, Any]]],
     epochs: int,
     run_dir: str | Path,
@@ -417,46 +439,39 @@ def fit(
     evaluate: Optional[Callable[[int], dict[str, Any]]] = None,
     resume: bool = True,
     config_hash: Optional[str] = None,
-    extra_state: Any = None,
-    on_epoch_end: Optional[Callable[[int, dict[str, Any]], None]] = None,
-    scaler: Optional[torch.amp.GradScaler] = None,
     best_metric: Optional[str] = None,
     best_mode: str = "max",
     checkpoint_every: int = 1,
-    ckpt_name: str = LAST_CHECKPOINT,
-    best_name: str = BEST_CHECKPOINT,
-    is_main: bool = True,
     checkpoint_final: bool = True,
 ) -> FitResult:
     """Train for ``epochs`` epochs with checkpoints, resume and a metrics log.
 
     Each epoch: ``model.train()``; ``train_one_epoch(epoch)`` -> metrics dict
     (or None); if given, ``evaluate(epoch)`` -> metrics dict, called after
-    ``model.eval()`` under ``torch.no_grad()``; ``scheduler.step()``; a row
-    ``{"epoch", "lr", **train, **val, "seconds"}`` appended to the log; then
+    ``model.eval()`` under ``torch.no_grad()``; the schedule steps; a row
+    ``{"epoch", "lr", **train, **val, "seconds"}`` is appended to the log; then
     checkpoints. ``lr`` is the rate the epoch trained with.
 
-    Checkpoints: ``ckpt_name`` every ``checkpoint_every`` epochs, at the last
-    one and at every new best (so the two files agree), holding model, optimiser, scheduler, ``scaler``, RNG states,
-    epoch, best value, ``config_hash`` and ``extra_state`` (a dict of tensors
-    and plain values, or a callable returning one, read at save time). If
-    ``best_metric`` names a key of the row, ``best_name`` gets the model
-    weights whenever it improves (``best_mode`` "max" or "min").
+    Checkpoints: ``last.pt`` every ``checkpoint_every`` epochs, at the last
+    one and at every new best (so the two files agree), holding the model,
+    ``optimisation`` (optimiser, schedule, scaler), RNG states, epoch, best
+    value and ``config_hash``. If ``best_metric`` names a key of the row,
+    ``best.pt`` gets the model weights whenever it improves (``best_mode``
+    "max" or "min").
 
     ``checkpoint_final=False`` skips the resumable checkpoint after the last
     epoch, for callers that save the final weights themselves right after
     ``fit`` returns and have no use for the optimiser state then (pretraining:
     the next step starts a fresh Adam). It saves a ~300 MB write per loop.
 
-    ``resume=True`` continues after the epoch of an existing ``ckpt_name``
+    ``resume=True`` continues after the epoch of an existing ``last.pt``
     (its ``config_hash`` must match); ``resume=False`` starts over and
-    replaces the old log and checkpoints. ``on_epoch_end(epoch, row)`` runs
-    after the checkpoint is written.
+    replaces the old log and checkpoints.
 
-    Under torchrun every process calls ``fit``; only the one with
-    ``is_main=True`` (rank 0) writes the log and checkpoints, the others keep
-    their rows in memory (``history`` then holds only this call's epochs),
-    and all return together once the files are written.
+    Under torchrun every process calls ``fit``; only rank 0 writes the log
+    and checkpoints, the others keep their rows in memory (``history`` then
+    holds only this call's epochs), and all return together once the files
+    are written.
     """
     if epochs < 1:
         raise SelmaskError(f"epochs must be >= 1, got {epochs}")
@@ -464,19 +479,21 @@ def fit(
         raise SelmaskError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     if checkpoint_every < 1:
         raise SelmaskError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    is_main = is_main_process()
     run_dir = ensure_writable_dir(run_dir) if is_main else Path(run_dir)
-    last_path, best_path = run_dir / ckpt_name, run_dir / best_name
+    last_path, best_path = run_dir / LAST_CHECKPOINT, run_dir / BEST_CHECKPOINT
     logger = MetricsLogger(run_dir) if is_main else _UnsavedLog()
+    optimizer, scheduler, scaler = optimisation.optimizer, optimisation.scheduler, optimisation.scaler
 
     start_epoch, best_value, best_epoch = 0, None, None
-    previous = latest_checkpoint(run_dir, ckpt_name) if resume else None
+    previous = latest_checkpoint(run_dir) if resume else None
     if previous is not None:
         state = load_checkpoint(previous, expected_config_hash=config_hash)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler") is not None:
+        if state.get("scaler") is not None:
             scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
         start_epoch = state["epoch"] + 1
@@ -486,18 +503,16 @@ def fit(
     logger.truncate(start_epoch)
 
     def full_state(epoch: int) -> dict[str, Any]:
-        extra = extra_state() if callable(extra_state) else extra_state
         return {
             "epoch": epoch,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None,
+            "scaler": scaler.state_dict(),
             "rng": capture_rng_state(),
             "best_value": best_value,
             "best_epoch": best_epoch,
             "config_hash": config_hash,
-            "extra": extra,
         }
 
     for epoch in range(start_epoch, epochs):
@@ -531,8 +546,6 @@ def fit(
         due = checkpoint_final if epoch == epochs - 1 else (epoch + 1) % checkpoint_every == 0
         if is_main and (improved or due):
             save_checkpoint(last_path, full_state(epoch))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
 
     barrier()  # torchrun: the other processes wait until rank 0's files are written
     return FitResult(
@@ -544,6 +557,95 @@ def fit(
         start_epoch=start_epoch,
         history=logger.read(),
     )
+
+
+BatchLoss = Callable[[torch.nn.Module, Any], torch.Tensor]
+
+
+class Trainer:
+    """One model on one device with what pretraining and fine-tuning share.
+
+    Set up once per run: the device (cuda, then mps, then cpu), the model on
+    it (wrapped in DDP under torchrun), AMP (CUDA only), seeded loaders and
+    the config hash that guards resume. The two loops bring only what
+    differs: their data and a ``batch_loss(model, batch) -> loss``. In the
+    spirit of MAE's ``train_one_epoch(model, loader, optimizer, device,
+    epoch, loss_scaler)``::
+
+        trainer = Trainer(cfg, model)
+        def train_epoch(epoch, optimisation):
+            trainer.seed_torch("augment", epoch)
+            loader = trainer.loader(train_set, True, epoch)
+            return {"train_loss": trainer.train_one_epoch(loader, batch_loss, optimisation, f"epoch {epoch}")}
+        trainer.fit(run_dir, train_epoch)
+
+    ``cfg`` is a :class:`~selmask_lib.config.PretrainConfig` or
+    :class:`~selmask_lib.config.FinetuneConfig`: both carry the fields used
+    here (device, amp, seed, batch_size, num_workers, lr, epochs, ...).
+    """
+
+    def __init__(self, cfg, model: torch.nn.Module):
+        from .config import config_hash
+
+        self.cfg = cfg
+        self.device = local_device(pick_device(cfg.device))
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.model = model.to(self.device)
+        self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun, else self.model
+        self.config_hash = config_hash(cfg)
+
+    def loader(self, dataset, shuffle: bool, *keys: Any, batch_size: Optional[int] = None):
+        """A :func:`seeded_loader` over ``dataset`` whose order depends on ``(seed, keys)`` only."""
+        return seeded_loader(dataset, batch_size or self.cfg.batch_size, shuffle, self.cfg.seed, *keys,
+                             num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda")
+
+    def seed_torch(self, *keys: Any) -> None:
+        """Seed torch's global RNG from ``(seed, keys, rank)``.
+
+        Augmentation and dropout draw from it: seeding it per epoch makes a
+        resumed run replay exactly the epochs it lost.
+        """
+        torch.manual_seed(derive_seed(self.cfg.seed, *keys, *rank_key()))
+
+    def forward(self, model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """``model(inputs)`` on the device, under autocast with AMP; the output in float32."""
+        with autocast(self.device, self.use_amp):
+            outputs = model(inputs.to(self.device, non_blocking=True))
+        return outputs.float()
+
+    def train_one_epoch(self, loader, batch_loss: BatchLoss, optimisation: Optimisation,
+                        description: str = "") -> float:
+        """One optimisation pass over ``loader``; the mean loss per image over all processes."""
+        total, count = 0.0, 0
+        for batch in progress(loader, desc=description, leave=False):
+            loss = batch_loss(self.train_model, batch)
+            optimisation.step(loss)
+            n = len(batch[0])
+            total += float(loss.detach()) * n
+            count += n
+        broadcast_buffers(self.model)  # torchrun: every process evaluates rank 0's BatchNorm stats
+        return all_reduce_mean(total / max(count, 1), count)
+
+    @torch.no_grad()
+    def mean_loss(self, loader, batch_loss: BatchLoss, description: str = "") -> float:
+        """The mean loss per image of the current model over ``loader`` (no training)."""
+        total, count = 0.0, 0
+        for batch in progress(loader, desc=description, leave=False):
+            n = len(batch[0])
+            total += float(batch_loss(self.model, batch)) * n
+            count += n
+        return all_reduce_mean(total / max(count, 1), count)
+
+    def fit(self, run_dir: str | Path, train_epoch: Callable[[int, Optimisation], dict],
+            evaluate: Optional[Callable[[int], dict]] = None, *, resume: bool = True,
+            best_metric: Optional[str] = None, best_mode: str = "max",
+            checkpoint_final: bool = True) -> FitResult:
+        """:func:`fit` ``cfg.epochs`` epochs with a fresh Adam and warm-up + cosine schedule."""
+        optimisation = Optimisation.adam(self.model, self.cfg, self.device, self.use_amp)
+        return fit(self.model, optimisation, lambda epoch: train_epoch(epoch, optimisation), self.cfg.epochs,
+                   run_dir, evaluate=evaluate, resume=resume, config_hash=self.config_hash,
+                   best_metric=best_metric, best_mode=best_mode, checkpoint_every=self.cfg.checkpoint_every,
+                   checkpoint_final=checkpoint_final)
 
 
 @contextlib.contextmanager

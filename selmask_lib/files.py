@@ -1,4 +1,5 @@
-"""Crash-safe file writing shared by checkpoints, logs, run files and results."""
+"""Crash-safe file writing shared by checkpoints, logs, run files and results, and the
+writable-folder check every run makes before it writes anything."""
 
 from __future__ import annotations
 
@@ -7,6 +8,24 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from .errors import SelmaskError
+
+
+def ensure_writable_dir(path: str | Path) -> Path:
+    """Create ``path`` (with parents) and check a file can be written in it.
+
+    Runs call this first, so an unwritable output folder is one clear error
+    before any training, not a failure hours later at the first checkpoint.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise SelmaskError(f"directory {path} is not writable: {err.strerror or err}") from err
+    return path
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = True) -> Path:

@@ -49,46 +49,20 @@ alone writes files.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import segmentation_models_pytorch as smp
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
-from .config import FinetuneConfig, config_hash, finetune_preset, load_config
-from .data import dataset_info, load_segmentation_split
-from .device import pick_device
-from .distributed import (
-    all_reduce_mean,
-    barrier,
-    broadcast_buffers,
-    gather_confusion,
-    init_distributed,
-    is_main_process,
-    local_device,
-    main_only,
-    rank_key,
-    wrap_model,
-)
-from .engine import (
-    LAST_CHECKPOINT,
-    autocast,
-    build_scheduler,
-    derive_seed,
-    fit,
-    load_checkpoint,
-    make_grad_scaler,
-    progress,
-    run_log,
-    seed_everything,
-    seeded_loader,
-)
+from .config import FinetuneConfig, config_hash
+from .data import dataset_info, load_segmentation_split, resolve_data_root
+from .distributed import barrier, gather_confusion, init_distributed, is_main_process, main_only
+from .engine import LAST_CHECKPOINT, Optimisation, Trainer, load_checkpoint, run_log, seed_everything
 from .errors import SelmaskError
 from .metrics import SegmentationEvaluator, SegmentationScores
 from .models import (
@@ -101,7 +75,6 @@ from .models import (
     transfer_weights,
 )
 from .pretrain import PretrainRun, load_pretrain_run
-from .pretrain_data import resolve_data_root
 from .results import RESULTS_FILENAME, read_results, write_results
 from .runs import begin_run, check_run_dir, update_run_info
 from .transforms import test_transform, train_transform, val_transform
@@ -246,82 +219,50 @@ def build_initialised_model(cfg: FinetuneConfig, num_classes: int,
 # --------------------------------------------------------------------------- training and evaluation
 
 
-class _Finetuner:
-    """Device, model, loss and data of one fine-tuning run."""
-
-    def __init__(self, cfg: FinetuneConfig, splits: _Splits, model: UNet):
-        self.cfg, self.splits = cfg, splits
-        self.device = local_device(pick_device(cfg.device))
-        self.use_amp = cfg.amp and self.device.type == "cuda"
-        self.model = model.to(self.device)
-        self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun, else self.model
-        self.loss_fn = segmentation_loss(splits.ignore_index)
-        self.hash = config_hash(cfg)
-
-    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool, *keys) -> DataLoader:
-        return seeded_loader(dataset, batch_size, shuffle, self.cfg.seed, *keys,
-                             num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda")
-
-    def forward(self, images: torch.Tensor, model: Optional[torch.nn.Module] = None) -> torch.Tensor:
-        with autocast(self.device, self.use_amp):
-            logits = (self.model if model is None else model)(images.to(self.device, non_blocking=True))
-        return logits.float()
-
-    def train_epoch(self, epoch: int, optimizer, scaler) -> dict:
-        # Augmentation and dropout draw from torch's global RNG: seed it per epoch
-        # so a resumed run replays exactly the epochs it lost.
-        torch.manual_seed(derive_seed(self.cfg.seed, "augment", epoch, *rank_key()))
-        loader = self.loader(self.splits.train, self.cfg.batch_size, True, epoch)
-        total, count = 0.0, 0
-        for images, masks in progress(loader, desc=f"finetune epoch {epoch}", leave=False):
-            logits = self.forward(images, self.train_model)
-            loss = self.loss_fn(logits, masks.to(self.device, non_blocking=True))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total += float(loss.detach()) * images.shape[0]
-            count += images.shape[0]
-        broadcast_buffers(self.model)  # torchrun: every process evaluates rank 0's BatchNorm stats
-        return {"train_loss": all_reduce_mean(total / max(count, 1), count)}
-
-    @torch.no_grad()
-    def evaluate(self, dataset: Dataset, batch_size: int, description: str) -> tuple[SegmentationScores, float]:
-        """Scores and mean Jaccard loss of the current model on ``dataset`` (eval mode)."""
-        self.model.eval()
-        evaluator = SegmentationEvaluator(len(self.splits.class_names), self.splits.class_names,
-                                          ignore_index=self.splits.ignore_index)
-        total, count = 0.0, 0
-        for images, masks in progress(self.loader(dataset, batch_size, False, description),
-                                      desc=description, leave=False):
-            logits = self.forward(images)
-            masks = masks.to(self.device, non_blocking=True)
-            total += float(self.loss_fn(logits, masks)) * images.shape[0]
-            count += images.shape[0]
+def _segmentation_loss_of(trainer: Trainer, loss_fn: torch.nn.Module,
+                          evaluator: Optional[SegmentationEvaluator] = None):
+    """``batch_loss(model, (images, masks))`` for the engine; also counts pixels into ``evaluator``."""
+    def batch_loss(model: torch.nn.Module, batch) -> torch.Tensor:
+        images, masks = batch
+        logits = trainer.forward(model, images)
+        masks = masks.to(trainer.device, non_blocking=True)
+        if evaluator is not None:
             evaluator.update(logits, masks)
-        gather_confusion(evaluator)  # torchrun: sum the shards' counts so every process scores the whole split
-        try:
-            scores = evaluator.compute()
-        except SelmaskError as error:
-            raise SelmaskError(f"{description} split of dataset {self.cfg.dataset!r}: {error}") from None
-        return scores, all_reduce_mean(total / max(count, 1), count)
+        return loss_fn(logits, masks)
+    return batch_loss
 
-    def train(self, run_dir: Path, resume: bool):
-        cfg = self.cfg
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
-        scheduler = build_scheduler(optimizer, cfg.warmup_epochs, cfg.epochs, cfg.min_lr_ratio)
-        scaler = make_grad_scaler(self.device, self.use_amp)
 
-        def train_one_epoch(epoch: int) -> dict:
-            return self.train_epoch(epoch, optimizer, scaler)
+def evaluate_split(trainer: Trainer, splits: _Splits, loss_fn: torch.nn.Module, split: str,
+                   batch_size: int) -> tuple[SegmentationScores, float]:
+    """Scores and mean Jaccard loss of the current model on ``split`` ("val" or "test")."""
+    trainer.model.eval()
+    evaluator = SegmentationEvaluator(len(splits.class_names), splits.class_names,
+                                      ignore_index=splits.ignore_index)
+    loader = trainer.loader(getattr(splits, split), False, split, batch_size=batch_size)
+    loss = trainer.mean_loss(loader, _segmentation_loss_of(trainer, loss_fn, evaluator), split)
+    gather_confusion(evaluator)  # torchrun: sum the shards' counts so every process scores the whole split
+    try:
+        return evaluator.compute(), loss
+    except SelmaskError as error:
+        raise SelmaskError(f"{split} split of dataset {trainer.cfg.dataset!r}: {error}") from None
 
-        def evaluate(epoch: int) -> dict:
-            scores, loss = self.evaluate(self.splits.val, cfg.batch_size, "val")
-            return {"val_loss": loss, "val_miou": scores.miou}
 
-        return fit(self.model, optimizer, scheduler, train_one_epoch, cfg.epochs, run_dir, evaluate=evaluate,
-                   resume=resume, config_hash=self.hash, scaler=scaler, best_metric="val_miou",
-                   best_mode="max", checkpoint_every=cfg.checkpoint_every, is_main=is_main_process())
+def _train(trainer: Trainer, splits: _Splits, loss_fn: torch.nn.Module, run_dir: Path):
+    """Fine-tune ``cfg.epochs`` epochs (resumable), keeping the best val-mIoU weights in best.pt."""
+    cfg = trainer.cfg
+
+    def train_epoch(epoch: int, optimisation: Optimisation) -> dict:
+        trainer.seed_torch("augment", epoch)
+        loader = trainer.loader(splits.train, True, epoch)
+        loss = trainer.train_one_epoch(loader, _segmentation_loss_of(trainer, loss_fn), optimisation,
+                                       f"finetune epoch {epoch}")
+        return {"train_loss": loss}
+
+    def evaluate(epoch: int) -> dict:
+        scores, loss = evaluate_split(trainer, splits, loss_fn, "val", cfg.batch_size)
+        return {"val_loss": loss, "val_miou": scores.miou}
+
+    return trainer.fit(run_dir, train_epoch, evaluate, best_metric="val_miou", best_mode="max")
 
 
 # --------------------------------------------------------------------------- public entry point
@@ -365,14 +306,15 @@ def _train_and_test(cfg: FinetuneConfig, run_dir: Path, splits: _Splits, model: 
                     pretrain_run: Optional[PretrainRun]) -> FinetuneRun:
     """Train with resume, test the best checkpoint at batch 1, write results.json."""
     pretrain_dataset = None if pretrain_run is None else pretrain_run.config.dataset
-    trainer = _Finetuner(cfg, splits, model)
-    fitted = trainer.train(run_dir, resume=True)  # check_run_dir refused an unfinished run unless resume
+    trainer = Trainer(cfg, model)
+    loss_fn = segmentation_loss(splits.ignore_index)
+    fitted = _train(trainer, splits, loss_fn, run_dir)  # check_run_dir refused an unfinished run unless resume
 
     best_path = fitted.best_checkpoint or fitted.last_checkpoint
-    trainer.model.load_state_dict(load_checkpoint(best_path, expected_config_hash=trainer.hash,
+    trainer.model.load_state_dict(load_checkpoint(best_path, expected_config_hash=trainer.config_hash,
                                                   map_location=trainer.device)["model"])
     started = time.perf_counter()
-    scores, test_loss = trainer.evaluate(splits.test, 1, "test")
+    scores, test_loss = evaluate_split(trainer, splits, loss_fn, "test", batch_size=1)
     test_seconds = time.perf_counter() - started
 
     relation = None
@@ -397,7 +339,7 @@ def _train_and_test(cfg: FinetuneConfig, run_dir: Path, splits: _Splits, model: 
         best_epoch=fitted.best_epoch,
         transfer=transfer,
         config=cfg.to_dict(),
-        config_hash=trainer.hash,
+        config_hash=trainer.config_hash,
         timings={"train_seconds": round(sum(row.get("seconds", 0.0) for row in fitted.history), 3),
                  "test_seconds": round(test_seconds, 3)},
         images={"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
@@ -411,71 +353,13 @@ def _train_and_test(cfg: FinetuneConfig, run_dir: Path, splits: _Splits, model: 
     return FinetuneRun(run_dir, results_path, read_results(results_path))
 
 
-# --------------------------------------------------------------------------- command line
-
-
-def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``selmask finetune`` arguments: the shared run arguments plus the initialisation."""
-    from .cli import add_common_run_arguments
-    from .config import INITS
-
-    add_common_run_arguments(parser)
-    parser.add_argument("--init", default=None, choices=INITS,
-                        help="initialisation (default: the preset's / config's, 'none')")
-    parser.add_argument("--pretrained", default=None, metavar="RUN_DIR",
-                        help="pretraining run directory (init random_ir / selective_ir)")
-    parser.add_argument("--imagenet-weights", default=None, metavar="FILE",
-                        help=f"local copy of {IMAGENET_RESNET34_URL} (init imagenet; "
-                             f"default: the torch hub cache)")
-
-
-def finetune_config_from_args(args: argparse.Namespace) -> FinetuneConfig:
-    """The config ``selmask finetune`` arguments describe.
-
-    Base: ``--config FILE`` if given, else ``--preset``; then ``--set key=value``
-    overrides; then the dedicated options (``--data-root``, ``--init``,
-    ``--pretrained``, ``--imagenet-weights``), which win over ``--set``.
-    """
-    from .cli import parse_overrides
-
-    overrides: dict[str, Any] = parse_overrides(getattr(args, "overrides", None))
-    if "dataset" in overrides:
-        raise SelmaskError("--set dataset=... is not allowed: name the dataset with --dataset")
-    for key, value in (("data_root", args.data_root), ("init", args.init), ("pretrained", args.pretrained),
-                       ("imagenet_weights", args.imagenet_weights)):
-        if value is not None:
-            overrides[key] = value
-    if getattr(args, "config", None):
-        return load_config(args.config, kind="finetune").updated(dataset=args.dataset, **overrides)
-    return finetune_preset(args.preset, args.dataset, **overrides)
-
-
-def run_finetune_command(args: argparse.Namespace) -> int:
-    """``selmask finetune``: 0 on success; one ``selmask: error: ...`` line and exit status 2 on bad input."""
-    try:
-        cfg = finetune_config_from_args(args)
-        run = finetune(cfg, out_dir=args.out, resume=args.resume)
-    except SelmaskError as error:
-        from .cli import EXIT_USER_ERROR
-
-        print(f"selmask: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    miou = run.results["miou"]
-    if is_main_process():  # once, not once per torchrun process
-        print(f"test mIoU {'n/a' if miou is None else f'{100 * miou:.1f}'} ({cfg.init}, {cfg.dataset}); "
-              f"results: {run.results_path}")
-    return 0
-
-
 __all__ = [
     "FinetuneRun",
-    "add_finetune_arguments",
     "build_initialised_model",
     "check_pretrain_run",
     "default_run_dir",
+    "evaluate_split",
     "finetune",
-    "finetune_config_from_args",
     "load_splits",
-    "run_finetune_command",
     "segmentation_loss",
 ]

@@ -48,52 +48,37 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader
 
 from .config import PretrainConfig, config_hash, load_config
 from .data import UnlabelledImages
-from .device import pick_device
-from .distributed import (
-    all_reduce_mean,
-    barrier,
-    broadcast_buffers,
-    init_distributed,
-    is_main_process,
-    local_device,
-    main_only,
-    rank_key,
-    wrap_model,
-)
+from .distributed import barrier, init_distributed, is_main_process, main_only, rank_key
 from .engine import (
     LAST_CHECKPOINT,
-    autocast,
-    build_scheduler,
-    derive_seed,
-    ensure_writable_dir,
+    Optimisation,
+    Trainer,
     epoch_generator,
-    fit,
     load_checkpoint,
-    make_grad_scaler,
     progress,
     run_log,
     save_checkpoint,
     seed_everything,
-    seeded_loader,
 )
 from .errors import SelmaskError
+from .files import ensure_writable_dir
 from .losses import ReconstructionLoss
-from .masking import patch_grid, pixel_mask, random_mask
-from .models import UNet, build_reconstruction_model
+from .masking import patch_grid
+from .models import build_reconstruction_model
 from .pretrain_data import (
     ReconstructionDataset,
+    masked_inputs,
     partition_indices,
     pretraining_pool,
     scoring_view,
     train_val_split,
 )
 from .runs import CONFIG_FILE, RUN_INFO_FILE, begin_run, check_run_dir, read_run_info, update_run_info
-from .strategies import FixedRandomMasking, MaskingStrategy, SelectiveMasking
-from .transforms import train_transform, val_transform
+from .strategies import RANDOM_BASELINE, MaskingFunction, build_masking, masking_name
+from .transforms import normalise, train_transform, val_transform
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +86,6 @@ RUN_KIND = "pretrain"
 PRETRAINED_FILE = "pretrained.pt"
 STEP_MODEL_FILE = "model.pt"
 MASKS_FILE = "masks.pt"
-# Named strategies for steps >= 1, built from the config (a user's callable is used as given).
-STRATEGY_NAMES = {
-    "selective": lambda cfg: SelectiveMasking(cfg.n_scoring_draws),
-    "random_fixed": lambda cfg: FixedRandomMasking(),
-}
 
 
 @dataclass
@@ -115,11 +95,7 @@ class PretrainRun:
     run_dir: Path
     config: PretrainConfig
     weights: Path  # pretrained.pt
-    masking: str  # "random", "selective", "random_fixed" or a user strategy's name
-
-    @property
-    def step_dirs(self) -> list[Path]:
-        return sorted(self.run_dir.glob("step_*"))
+    masking: str  # "random", "selective", "random_fixed" or a user masking's name
 
     def load_masks(self, step: int) -> dict:
         """The saved masks artefact of selective step ``step`` (see :func:`load_step_masks`)."""
@@ -134,10 +110,10 @@ def step_name(step: int) -> str:
 
 
 def default_run_dir(cfg: PretrainConfig, runs_root: str | Path = "runs", masking: str | None = None) -> Path:
-    """``runs/pretrain-<strategy>-<dataset>-<hash>``: a run is cached under its config hash.
+    """``runs/pretrain-<strategy>[-<masking>]-<dataset>-<hash>``: a run is cached under its config hash.
 
-    A masking strategy other than the config's own (e.g. a user's function)
-    gets its name in the folder too, so it never reuses a selective run.
+    A masking other than the strategy's own (e.g. a user's function) gets
+    its name in the folder too, so it never reuses a selective run.
     """
     name = cfg.strategy if masking in (None, cfg.strategy) else f"{cfg.strategy}-{masking}"
     return Path(runs_root) / f"pretrain-{name}-{cfg.dataset}-{config_hash(cfg)}"
@@ -158,87 +134,50 @@ def load_pretrain_run(run_dir: str | Path) -> PretrainRun:
 # --------------------------------------------------------------------------- training
 
 
-class _Trainer:
-    """Everything one pretraining run shares: device, model, loss, pool, transforms."""
+def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledImages, run_dir: Path,
+              train_indices: Sequence[int], val_indices: Sequence[int],
+              patch_masks: Optional[dict[int, torch.Tensor]], step_key: tuple) -> None:
+    """E epochs of masked reconstruction on ``train_indices`` from the model's current weights.
 
-    def __init__(self, cfg: PretrainConfig, pool: UnlabelledImages):
-        self.cfg, self.pool = cfg, pool
-        self.device = local_device(pick_device(cfg.device))
-        self.use_amp = cfg.amp and self.device.type == "cuda"
-        seed_everything(cfg.seed)
-        self.model = build_reconstruction_model(cfg.dropout).to(self.device)
-        self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun, else self.model
-        self.loss_fn = ReconstructionLoss()
-        self.train_transform = train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std)
-        self.val_transform = val_transform(cfg.image_size, cfg.mean, cfg.std)
-        self.crop_grid = patch_grid(cfg.image_size, cfg.image_size, cfg.n_patches)  # [P, 4]
-        self.hash = config_hash(cfg)
+    Fresh Adam and warm-up + cosine schedule (:meth:`Trainer.fit`); resumes
+    inside the loop. ``patch_masks`` fixes each image's mask (a selective
+    step); without it every batch gets fresh random masks. ``step_key``
+    keeps each loop's random streams apart (("random",) or ("step", k)).
+    """
+    cfg = trainer.cfg
+    crop_grid = patch_grid(cfg.image_size, cfg.image_size, cfg.n_patches)  # [P, 4] of a training crop
 
-    def loader(self, dataset, shuffle: bool, *keys) -> DataLoader:
-        return seeded_loader(dataset, self.cfg.batch_size, shuffle, self.cfg.seed, *keys,
-                             num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda")
+    def dataset(indices, transform) -> ReconstructionDataset:
+        return ReconstructionDataset(pool, indices, transform, cfg.score_size, cfg.n_patches, patch_masks)
 
-    def masked_batch(self, images, pixels, generator):
-        """Fill masked pixels with the dataset mean (0 after normalisation).
+    train_set = dataset(train_indices, train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std))
+    val_set = dataset(val_indices, val_transform(cfg.image_size, cfg.mean, cfg.std))
 
-        Fixed masks arrive as pixel masks from the dataset; where a batch has
-        none (random masking), a fresh random patch mask is drawn per image.
-        """
-        if not pixels.any():
-            patches = random_mask(images.shape[0], self.crop_grid.shape[0], self.cfg.mask_ratio, generator)
-            pixels = pixel_mask(patches, self.crop_grid)  # [B, S, S]
-        return images.masked_fill(pixels.unsqueeze(1), 0.0)
+    def reconstruction_loss(mask_generator: torch.Generator):
+        def batch_loss(model: torch.nn.Module, batch) -> torch.Tensor:
+            images, pixels = batch
+            inputs = masked_inputs(images, pixels, crop_grid, cfg.mask_ratio, mask_generator)
+            return loss_fn(trainer.forward(model, inputs), images.to(trainer.device, non_blocking=True))
+        return batch_loss
 
-    def run_epoch(self, loader, generator, optimizer=None, scaler=None, description="") -> float:
-        """One pass over ``loader``; trains if an optimiser is given. Returns the mean loss (over all processes)."""
-        model = self.train_model if optimizer is not None else self.model
-        total, count = 0.0, 0
-        for images, pixels in progress(loader, desc=description, leave=False):
-            inputs = self.masked_batch(images, pixels, generator).to(self.device, non_blocking=True)
-            targets = images.to(self.device, non_blocking=True)
-            with autocast(self.device, self.use_amp):
-                reconstructions = model(inputs)
-            loss = self.loss_fn(reconstructions, targets)
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            total += float(loss.detach()) * images.shape[0]
-            count += images.shape[0]
-        return all_reduce_mean(total / max(count, 1), count)
+    def train_epoch(epoch: int, optimisation: Optimisation) -> dict:
+        trainer.seed_torch("augment", *step_key, epoch)
+        masks = epoch_generator(cfg.seed, "mask", *step_key, epoch, *rank_key())
+        loader = trainer.loader(train_set, True, *step_key, epoch)
+        loss = trainer.train_one_epoch(loader, reconstruction_loss(masks), optimisation,
+                                       f"{run_dir.name} epoch {epoch}")
+        return {"train_loss": loss}
 
-    def train(self, run_dir: Path, train_indices, val_indices, patch_masks, step_key, resume: bool):
-        """E epochs of masked reconstruction with a fresh Adam and warm-up + cosine schedule."""
-        cfg = self.cfg
-        make = lambda indices, transform: ReconstructionDataset(  # noqa: E731
-            self.pool, indices, transform, cfg.score_size, cfg.n_patches, patch_masks)
-        train_set, val_set = make(train_indices, self.train_transform), make(val_indices, self.val_transform)
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
-        scheduler = build_scheduler(optimizer, cfg.warmup_epochs, cfg.epochs, cfg.min_lr_ratio)
-        scaler = make_grad_scaler(self.device, self.use_amp)
+    def evaluate(epoch: int) -> dict:
+        if len(val_set) == 0:
+            return {}
+        trainer.seed_torch("val")
+        masks = epoch_generator(cfg.seed, "val-mask", *step_key, *rank_key())  # the same masks every epoch
+        loader = trainer.loader(val_set, False, "val")
+        return {"val_loss": trainer.mean_loss(loader, reconstruction_loss(masks), "val")}
 
-        def train_one_epoch(epoch: int) -> dict:
-            # Augmentation draws from torch's global RNG: seed it per epoch so a
-            # resumed run replays exactly the epochs it lost.
-            torch.manual_seed(derive_seed(cfg.seed, "augment", *step_key, epoch, *rank_key()))
-            masks = epoch_generator(cfg.seed, "mask", *step_key, epoch, *rank_key())
-            loader = self.loader(train_set, True, *step_key, epoch)
-            loss = self.run_epoch(loader, masks, optimizer, scaler, f"{run_dir.name} epoch {epoch}")
-            broadcast_buffers(self.model)  # torchrun: every process evaluates rank 0's BatchNorm stats
-            return {"train_loss": loss}
-
-        def evaluate(epoch: int) -> dict:
-            if len(val_set) == 0:
-                return {}
-            torch.manual_seed(derive_seed(cfg.seed, "val", *rank_key()))
-            masks = epoch_generator(cfg.seed, "val-mask", *step_key, *rank_key())  # the same masks every epoch
-            return {"val_loss": self.run_epoch(self.loader(val_set, False, "val"), masks)}
-
-        fit(self.model, optimizer, scheduler, train_one_epoch, cfg.epochs, run_dir, evaluate=evaluate,
-            resume=resume, config_hash=self.hash, scaler=scaler, checkpoint_every=cfg.checkpoint_every,
-            is_main=is_main_process(),
-            checkpoint_final=False)  # the caller saves the weights at once; a fresh Adam follows
+    trainer.fit(run_dir, train_epoch, evaluate,
+                checkpoint_final=False)  # the caller saves the weights at once; a fresh Adam follows
 
 
 # --------------------------------------------------------------------------- scoring
@@ -250,11 +189,11 @@ def select_masks(
     pool: UnlabelledImages,
     indices: Sequence[int],
     cfg: PretrainConfig,
-    strategy: MaskingStrategy,
+    masking: MaskingFunction,
     generator: torch.Generator,
     device: torch.device,
 ) -> dict:
-    """Run ``strategy`` on the scoring view of every image in ``indices``.
+    """Run ``masking`` on the scoring view of every image in ``indices``.
 
     Images of the same scoring size are batched together (``batch_size // S``
     images, so ``batch_size`` reconstructions per forward pass). Returns the
@@ -272,17 +211,12 @@ def select_masks(
                for i in range(0, len(members), per_batch)]
     for size, members in progress(batches, desc="scoring", leave=False):
         grid = patch_grid(*size, cfg.n_patches)
-        images = torch.stack([views[index] for index in members])
-        images = ((images - _column(cfg.mean)) / _column(cfg.std)).to(device)  # normalised [b, 3, h, w]
-        batch_masks, batch_scores = strategy(model, images, grid, cfg.mask_ratio, generator)
+        images = normalise(torch.stack([views[index] for index in members]), cfg.mean, cfg.std).to(device)
+        batch_masks, batch_scores = masking(model, images, grid, cfg.mask_ratio, generator)  # [b, P] each
         for row, index in enumerate(members):
             masks[index] = batch_masks[row].cpu()
             scores[index] = None if batch_scores is None else batch_scores[row].float().cpu()
     return _masks_artefact(pool, list(indices), masks, scores, views, cfg.n_patches)
-
-
-def _column(values) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
 
 
 def _masks_artefact(pool, indices, masks, scores, views, n_patches: int) -> dict:
@@ -313,7 +247,7 @@ def load_step_masks(step_dir: str | Path) -> dict:
 
     Keys: ids, indices [N], masks Bool [N, P_max], losses [N, P_max] or None,
     n_patches [N], score_sizes [N, 2], grid_by_size ("HxW" -> [P, 4]),
-    nominal_patches, step, strategy, scored_by, and ``grids`` (added here:
+    nominal_patches, step, masking, scored_by, and ``grids`` (added here:
     the [P, 4] grid of each image, in row order).
     """
     path = Path(step_dir) / MASKS_FILE
@@ -338,79 +272,62 @@ def pretrain_random(cfg: PretrainConfig, out_dir: str | Path | None = None, resu
 
 def pretrain_selective(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: bool = True,
                        runs_root: str | Path = "runs",
-                       strategy: MaskingStrategy | str = "selective") -> PretrainRun:
-    """Iterative selective-masking IR (module docstring). ``strategy`` picks the masks of steps >= 1:
+                       masking: MaskingFunction | str = "selective") -> PretrainRun:
+    """Iterative selective-masking IR (module docstring). ``masking`` picks the masks of steps >= 1:
     "selective" (the paper), "random_fixed" (ablation) or your own callable (see strategies.py)."""
-    return pretrain(cfg.updated(strategy="selective"), out_dir, resume, runs_root, strategy)
-
-
-def strategy_name(strategy: MaskingStrategy | str) -> str:
-    """The name that keys a masking strategy's runs and its table column: a built-in name, or a callable's
-    ``name`` attribute (else its ``__name__``)."""
-    if isinstance(strategy, str):
-        if strategy not in STRATEGY_NAMES:
-            raise SelmaskError(f"unknown masking strategy {strategy!r}; choose one of {', '.join(STRATEGY_NAMES)}")
-        return strategy
-    name = getattr(strategy, "name", getattr(strategy, "__name__", type(strategy).__name__))
-    if name == "random":  # ("selective" is left to SelectiveMasking and its subclasses)
-        raise SelmaskError("a masking strategy of your own needs a name other than 'random' (the baseline's): "
-                           "set its `name` attribute; the name keys its runs and table column")
-    return name
-
-
-def resolve_strategy(cfg: PretrainConfig, strategy: MaskingStrategy | str) -> tuple[Optional[MaskingStrategy], str]:
-    """The masking strategy object of steps >= 1 and its name (random masking has none)."""
-    if cfg.strategy == "random":
-        return None, "random"
-    name = strategy_name(strategy)
-    return (STRATEGY_NAMES[name](cfg) if isinstance(strategy, str) else strategy), name
+    return pretrain(cfg.updated(strategy="selective"), out_dir, resume, runs_root, masking)
 
 
 def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: bool = True,
-             runs_root: str | Path = "runs", strategy: MaskingStrategy | str = "selective") -> PretrainRun:
+             runs_root: str | Path = "runs", masking: MaskingFunction | str = "selective") -> PretrainRun:
     """Run (or resume, or reuse) the pretraining ``cfg`` describes; returns the finished run.
 
-    A finished run of the same config and masking strategy in ``out_dir``
-    (default ``runs_root/pretrain-<strategy>-<dataset>-<hash>``) is reused as it is.
-    Under torchrun every process calls this; ``cfg.batch_size`` is per process (module docstring).
+    ``cfg.strategy`` is the loop (random | selective); ``masking`` picks the
+    masks of a selective run's steps >= 1 and is ignored by random masking.
+    A finished run of the same config and masking in ``out_dir`` (default
+    :func:`default_run_dir`) is reused as it is. Under torchrun every
+    process calls this; ``cfg.batch_size`` is per process (module docstring).
     """
     init_distributed()  # no-op without torchrun
-    chosen, masking = resolve_strategy(cfg, strategy)
-    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(cfg, runs_root, masking)
-    finished = check_run_dir(run_dir, RUN_KIND, cfg, resume, identity={"masking": masking})
+    name = RANDOM_BASELINE if cfg.strategy == "random" else masking_name(masking)
+    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(cfg, runs_root, name)
+    finished = check_run_dir(run_dir, RUN_KIND, cfg, resume, identity={"masking": name})
     if finished is not None:
         log.info("reusing finished pretraining run %s", run_dir)
-        return PretrainRun(run_dir, cfg, run_dir / finished["weights"], masking)
+        return PretrainRun(run_dir, cfg, run_dir / finished["weights"], name)
     pool = pretraining_pool(cfg)  # fails early, before anything is written, on a bad data root
     barrier()  # every process has checked the run directory before rank 0 writes to it
     if is_main_process():
-        begin_run(run_dir, RUN_KIND, cfg, strategy=cfg.strategy, masking=masking, dataset=cfg.dataset)
+        begin_run(run_dir, RUN_KIND, cfg, strategy=cfg.strategy, masking=name, dataset=cfg.dataset)
     barrier()
     with main_only(run_log(run_dir)):
         log.info("pretraining %s (%s masking) on %d images, config hash %s",
-                 run_dir, masking, len(pool), config_hash(cfg))
+                 run_dir, name, len(pool), config_hash(cfg))
         started = time.perf_counter()
-        trainer = _Trainer(cfg, pool)
-        if chosen is None:
+        seed_everything(cfg.seed)  # the initial weights
+        trainer = Trainer(cfg, build_reconstruction_model(cfg.dropout))
+        loss_fn = ReconstructionLoss()
+        if cfg.strategy == "random":
             train_indices, val_indices = train_val_split(range(len(pool)), cfg.val_fraction)
-            trainer.train(run_dir, train_indices, val_indices, None, ("random",), resume=True)
+            _train_on(trainer, loss_fn, pool, run_dir, train_indices, val_indices, None, ("random",))
             steps = 1
         else:
-            steps = _run_selective_steps(trainer, run_dir, chosen, masking)
+            steps = _run_selective_steps(trainer, loss_fn, pool, run_dir, build_masking(masking, cfg), name)
         if is_main_process():
             save_checkpoint(run_dir / PRETRAINED_FILE, {"model": trainer.model.state_dict(),
-                                                        "config_hash": trainer.hash})
+                                                        "config_hash": trainer.config_hash})
             update_run_info(run_dir, status="complete", steps=steps, images=len(pool), weights=PRETRAINED_FILE,
                             seconds=round(time.perf_counter() - started, 3), device=str(trainer.device))
             _drop_resume_state(run_dir)
             log.info("finished in %.1f s", time.perf_counter() - started)
         barrier()
-    return PretrainRun(run_dir, cfg, run_dir / PRETRAINED_FILE, masking)
+    return PretrainRun(run_dir, cfg, run_dir / PRETRAINED_FILE, name)
 
 
-def _run_selective_steps(trainer: _Trainer, run_dir: Path, strategy: MaskingStrategy, masking: str) -> int:
+def _run_selective_steps(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledImages, run_dir: Path,
+                         masking: MaskingFunction, name: str) -> int:
     """Steps 0..K-1 of selective masking; resumes inside an interrupted step without re-scoring."""
-    cfg, pool = trainer.cfg, trainer.pool
+    cfg = trainer.cfg
     partitions = partition_indices(len(pool), cfg.n_partitions)
     for step, partition in enumerate(partitions):
         step_dir = ensure_writable_dir(run_dir / step_name(step)) if is_main_process() else run_dir / step_name(step)
@@ -426,9 +343,9 @@ def _run_selective_steps(trainer: _Trainer, run_dir: Path, strategy: MaskingStra
                 # trainer.model holds the step k-1 weights here (trained or resumed below)
                 generator = epoch_generator(cfg.seed, "score", step)
                 scoring_started = time.perf_counter()
-                artefact = select_masks(trainer.model, pool, partition, cfg, strategy, generator, trainer.device)
-                artefact.update(step=step, nominal_patches=cfg.n_patches, config_hash=trainer.hash,
-                                strategy=masking, scored_by=step - 1)
+                artefact = select_masks(trainer.model, pool, partition, cfg, masking, generator, trainer.device)
+                artefact.update(step=step, nominal_patches=cfg.n_patches, config_hash=trainer.config_hash,
+                                masking=name, scored_by=step - 1)
                 save_checkpoint(masks_path, artefact)
                 log.info("step %d: scored %d images with the step %d model in %.1f s",
                          step, len(partition), step - 1, time.perf_counter() - scoring_started)
@@ -437,10 +354,10 @@ def _run_selective_steps(trainer: _Trainer, run_dir: Path, strategy: MaskingStra
             barrier()
             patch_masks = _patch_masks_by_index(load_step_masks(step_dir))
         train_indices, val_indices = train_val_split(partition, cfg.val_fraction)
-        trainer.train(step_dir, train_indices, val_indices, patch_masks, ("step", step), resume=True)
+        _train_on(trainer, loss_fn, pool, step_dir, train_indices, val_indices, patch_masks, ("step", step))
         if is_main_process():
             save_checkpoint(step_dir / STEP_MODEL_FILE, {"model": trainer.model.state_dict(), "step": step,
-                                                         "config_hash": trainer.hash})
+                                                         "config_hash": trainer.config_hash})
             _drop_resume_state(step_dir)
     return len(partitions)
 

@@ -9,7 +9,6 @@ mask moves with the image (METHOD.md).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -18,20 +17,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from .config import PretrainConfig
-from .data import UnlabelledImages, load_pretraining_images
+from .data import UnlabelledImages, load_pretraining_images, resolve_data_root
 from .errors import SelmaskError
-from .masking import patch_grid, pixel_mask
-
-
-def resolve_data_root(dataset: str, data_root: str | None) -> Path:
-    """The dataset folder; the embedded synthetic set is generated (once) when no root is given."""
-    if data_root is not None:
-        return Path(data_root)
-    if dataset == "synthetic":
-        from .data.synthetic import ensure_synthetic_voc
-
-        return ensure_synthetic_voc()
-    raise SelmaskError(f"data_root is required for dataset {dataset!r} (pass --data-root DIR)")
+from .masking import patch_grid, pixel_mask, random_mask
 
 
 def pretraining_pool(cfg: PretrainConfig) -> UnlabelledImages:
@@ -113,3 +101,18 @@ class ReconstructionDataset(Dataset):
             pixels = pixel_mask(self.patch_masks[index][None], grid)[0]  # [h, w]
         image, pixels = self.transform(tv_tensors.Image(image), tv_tensors.Mask(pixels))
         return image.as_subclass(torch.Tensor), pixels.as_subclass(torch.Tensor).bool()
+
+
+def masked_inputs(images: torch.Tensor, pixel_masks: torch.Tensor, crop_grid: torch.Tensor, mask_ratio: float,
+                  generator: torch.Generator) -> torch.Tensor:
+    """The network's input: ``images [B, 3, S, S]`` with masked pixels set to the dataset mean (0 here).
+
+    Fixed masks arrive as ``pixel_masks [B, S, S]`` from a
+    :class:`ReconstructionDataset`; a batch without any (random masking)
+    gets a fresh random patch mask per image on ``crop_grid``, drawn from
+    ``generator``.
+    """
+    if not pixel_masks.any():
+        patches = random_mask(images.shape[0], crop_grid.shape[0], mask_ratio, generator)  # [B, P]
+        pixel_masks = pixel_mask(patches, crop_grid)  # [B, S, S]
+    return images.masked_fill(pixel_masks.unsqueeze(1), 0.0)

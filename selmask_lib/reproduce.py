@@ -9,9 +9,10 @@ pairs"):
 - fine-tuning on D from: no pretraining, ImageNet, random-IR (self),
   selective-IR (self), selective-IR (cross).
 
-``strategies`` adds your own masking strategies (see ``selmask_lib.strategies``)
-to the comparison: each is run through the same iterative loop on D and
-fine-tuned like selective IR, in a column ``<name>_ir_self`` of its own
+``maskings`` adds other maskings of the selective loop (``"random_fixed"``,
+or functions of your own, see ``selmask_lib.strategies``) to the comparison:
+each is run through the same iterative loop on D and fine-tuned like
+selective IR, in a column ``<name>_ir_self`` of its own
 (:attr:`Reproduction.extra_columns`).
 
 Every run is cached in ``runs_root`` by its config hash, so calling this again
@@ -33,14 +34,15 @@ from .config import finetune_preset, pretrain_preset
 from .errors import SelmaskError
 from .finetune import finetune
 from .models import imagenet_weights_path
-from .pretrain import pretrain, strategy_name
+from .pretrain import pretrain
 from .results import ir_variant, load_results
-from .strategies import MaskingStrategy
+from .strategies import MaskingFunction, masking_name
+from .tables import PAPER_COLUMNS
 
 log = logging.getLogger(__name__)
 
 PAPER_CROSS_PAIRS = {"voc": "cityscapes", "cityscapes": "voc", "nassar": "sugarbeets", "sugarbeets": "nassar"}
-VARIANTS = ("none", "imagenet", "random_ir_self", "selective_ir_self", "selective_ir_cross")
+VARIANTS = tuple(PAPER_COLUMNS)  # the paper's table columns, in order
 
 
 @dataclass
@@ -50,7 +52,12 @@ class Reproduction:
     results: pd.DataFrame
     result_files: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    extra_columns: list[str] = field(default_factory=list)  # table variants of ``strategies``, e.g. "mine_ir_self"
+    extra_columns: list[str] = field(default_factory=list)  # table variants of ``maskings``, e.g. "mine_ir_self"
+
+    @property
+    def columns(self) -> list[str]:
+        """The table columns of this reproduction: the paper's, then one per extra masking."""
+        return [*PAPER_COLUMNS, *self.extra_columns]
 
 
 def _data_root(data_roots: Mapping[str, Optional[str]], dataset: str) -> Optional[str]:
@@ -68,7 +75,7 @@ def reproduce(
     imagenet_weights: Optional[str] = None,
     pretrain_overrides: Optional[dict] = None,
     finetune_overrides: Optional[dict] = None,
-    strategies: Iterable[Union[MaskingStrategy, str]] = (),
+    maskings: Iterable[Union[MaskingFunction, str]] = (),
 ) -> Reproduction:
     """Run (or reuse) the runs behind the paper's table for ``datasets``; return their results.
 
@@ -76,8 +83,8 @@ def reproduce(
     cross partner is pretrained on only if it has a data root (or is
     ``synthetic``). The ImageNet column needs torchvision's ResNet-34 weights
     at ``imagenet_weights`` or in the torch hub cache; nothing is downloaded.
-    ``strategies``: extra masking strategies (callables, or "random_fixed"),
-    each compared in a column of its own (module docstring).
+    ``maskings``: other maskings of the selective loop (callables, or
+    "random_fixed"), each compared in a column of its own (module docstring).
     """
     data_roots = dict(data_roots or {})
     variants = list(variants)
@@ -85,16 +92,16 @@ def reproduce(
     pretrain_overrides, finetune_overrides = dict(pretrain_overrides or {}), dict(finetune_overrides or {})
     files, skipped = [], []
 
-    def pretrained_run(dataset: str, strategy: str, seed: int, masking: MaskingStrategy | str = "selective") -> str:
+    def pretrained_run(dataset: str, strategy: str, seed: int, masking: MaskingFunction | str = "selective") -> str:
         cfg = pretrain_preset(preset, dataset, strategy=strategy, seed=seed,
                               data_root=_data_root(data_roots, dataset), **pretrain_overrides)
-        return str(pretrain(cfg, runs_root=runs_root, strategy=masking).run_dir)
+        return str(pretrain(cfg, runs_root=runs_root, masking=masking).run_dir)
 
-    # the iterative loop's strategies to compare besides the paper's, by the name that keys their runs
-    strategies = list(strategies)
-    extra = {strategy_name(strategy): strategy for strategy in strategies}
-    if len(extra) < len(strategies):
-        raise SelmaskError(f"two masking strategies share a name: {[strategy_name(s) for s in strategies]}; "
+    # the selective loop's maskings to compare besides the paper's, by the name that keys their runs
+    maskings = list(maskings)
+    extra = {masking_name(masking): masking for masking in maskings}
+    if len(extra) < len(maskings):
+        raise SelmaskError(f"two maskings share a name: {[masking_name(m) for m in maskings]}; "
                            "give each its own `name` attribute")
     extra_columns = [ir_variant("selective_ir", "self", name) for name in extra]
 

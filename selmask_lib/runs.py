@@ -17,9 +17,8 @@ from typing import Optional
 
 from . import __version__
 from .config import Config, config_hash, save_config
-from .engine import ensure_writable_dir
 from .errors import SelmaskError
-from .files import write_text_atomic
+from .files import ensure_writable_dir, write_text_atomic
 
 CONFIG_FILE = "config.yaml"
 RUN_INFO_FILE = "run.json"

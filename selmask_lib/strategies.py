@@ -1,8 +1,11 @@
-"""Masking strategies for the iterative pretraining loop: given a model and images, return masks.
+"""Maskings for the iterative pretraining loop: given a model and images, return masks.
 
-A strategy is any callable with this signature::
+Two words, two ideas: the *strategy* (config key ``strategy``, random |
+selective) is the training loop, one pass over all images or K steps over
+partitions; the *masking* is how the loop picks the masks of steps 1..K-1.
+A masking is any callable with this signature::
 
-    strategy(model, images, grid, mask_ratio, generator) -> (masks, scores)
+    masking(model, images, grid, mask_ratio, generator) -> (masks, scores)
 
 - ``model``: the reconstruction U-Net of the previous step, in eval mode;
 - ``images``: ``[B, 3, h, w]`` normalised images of the partition to mask,
@@ -13,18 +16,20 @@ A strategy is any callable with this signature::
 
 :class:`SelectiveMasking` is the paper's method; :class:`FixedRandomMasking`
 is the ablation that fixes *random* masks per step. Pass your own callable to
-``pretrain_selective(..., strategy=...)`` to compare it in the same tables.
+``pretrain_selective(..., masking=...)`` to compare it in the same tables; its
+name (:func:`masking_name`) keys its runs and its table column.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
+from .errors import SelmaskError
 from .masking import apply_mask, patch_losses, random_mask, selective_mask
 
-MaskingStrategy = Callable[
+MaskingFunction = Callable[
     [torch.nn.Module, torch.Tensor, torch.Tensor, float, torch.Generator],
     tuple[torch.Tensor, Optional[torch.Tensor]],
 ]
@@ -75,3 +80,35 @@ class FixedRandomMasking:
 
     def __call__(self, model, images, grid, mask_ratio, generator):
         return random_mask(images.shape[0], grid.shape[0], mask_ratio, generator), None
+
+
+#: The maskings a config can name, built from its settings (a user's callable is used as given).
+NAMED_MASKINGS: dict[str, Callable[..., MaskingFunction]] = {
+    "selective": lambda cfg: SelectiveMasking(cfg.n_scoring_draws),
+    "random_fixed": lambda cfg: FixedRandomMasking(),
+}
+#: The random-masking baseline's name: it draws fresh masks every batch and needs no masking function.
+RANDOM_BASELINE = "random"
+
+
+def masking_name(masking: Union[MaskingFunction, str]) -> str:
+    """The name that keys a masking's runs and table column.
+
+    A name of :data:`NAMED_MASKINGS`, or a callable's ``name`` attribute
+    (else its ``__name__``). "random" is the baseline's and cannot be taken.
+    """
+    if isinstance(masking, str):
+        if masking not in NAMED_MASKINGS:
+            raise SelmaskError(f"unknown masking {masking!r}; choose one of {', '.join(NAMED_MASKINGS)} "
+                               "or pass a function of your own")
+        return masking
+    name = getattr(masking, "name", getattr(masking, "__name__", type(masking).__name__))
+    if name == RANDOM_BASELINE:  # ("selective" is left to SelectiveMasking and its subclasses)
+        raise SelmaskError("a masking of your own needs a name other than 'random' (the baseline's): "
+                           "set its `name` attribute; the name keys its runs and table column")
+    return name
+
+
+def build_masking(masking: Union[MaskingFunction, str], cfg) -> MaskingFunction:
+    """The callable a masking name stands for, set up from ``cfg`` (a callable is returned as it is)."""
+    return NAMED_MASKINGS[masking_name(masking)](cfg) if isinstance(masking, str) else masking

@@ -32,10 +32,7 @@ from typing import Sequence
 import torch
 from torchvision.transforms import v2
 
-# Dataset statistics used for every dataset in the paper (computed by the
-# authors on the Pascal VOC pretraining images), METHOD.md "Augmentation".
-DEFAULT_MEAN = (0.4529, 0.4317, 0.3999)
-DEFAULT_STD = (0.4443, 0.4665, 0.4887)
+from .config import DEFAULT_MEAN, DEFAULT_STD
 
 
 def _to_normalised_float(mean: Sequence[float], std: Sequence[float]) -> list:
@@ -91,9 +88,19 @@ def normalise_transform(
     return v2.Compose(_to_normalised_float(mean, std))
 
 
+def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """A batch of float [0, 1] images ``[B, 3, H, W]`` normalised like the transforms above.
+
+    For images that bypass a transform, e.g. the scoring views selective
+    masking feeds straight to the model.
+    """
+    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - mean_t) / std_t
+
+
 __all__ = [
-    "DEFAULT_MEAN",
-    "DEFAULT_STD",
+    "normalise",
     "train_transform",
     "val_transform",
     "test_transform",

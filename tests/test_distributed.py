@@ -114,23 +114,23 @@ WORKER = textwrap.dedent('''
     seen["miou"] = run.results["miou"]
 
     # A crash inside selective step 1 on every rank, then a resume: the weights of an uninterrupted run.
-    import selmask_lib.pretrain as P
+    from selmask_lib.engine import Trainer
     resumable = pretrain_preset("smoke", "synthetic", data_root=str(data_root), epochs=2, checkpoint_every=1)
     uninterrupted = pretrain(resumable, out_dir=out / "uninterrupted")
-    run_epoch = P._Trainer.run_epoch
+    train_one_epoch = Trainer.train_one_epoch
 
-    def crash_in_step_1_epoch_1(self, loader, generator, optimizer=None, scaler=None, description=""):
-        if optimizer is not None and description.startswith("step_01 epoch 1"):
+    def crash_in_step_1_epoch_1(self, loader, batch_loss, optimisation, description=""):
+        if description.startswith("step_01 epoch 1"):
             raise RuntimeError("simulated crash")
-        return run_epoch(self, loader, generator, optimizer, scaler, description)
+        return train_one_epoch(self, loader, batch_loss, optimisation, description)
 
-    P._Trainer.run_epoch = crash_in_step_1_epoch_1
+    Trainer.train_one_epoch = crash_in_step_1_epoch_1
     try:
         pretrain(resumable, out_dir=out / "resumed")
     except RuntimeError as error:
         seen["crash"] = str(error)
     finally:
-        P._Trainer.run_epoch = run_epoch
+        Trainer.train_one_epoch = train_one_epoch
     D.barrier()
     seen["left_by_crash"] = sorted(str(p.relative_to(out / "resumed")) for p in (out / "resumed").rglob("*.pt"))
     D.barrier()

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+import selmask_lib.engine as engine
 from selmask_lib.engine import (
     MetricsLogger,
     autocast,
     build_scheduler,
+    Optimisation,
     capture_rng_state,
-    ensure_writable_dir,
     epoch_generator,
     fit,
     latest_checkpoint,
@@ -26,6 +27,7 @@ from selmask_lib.engine import (
     warmup_cosine_lambda,
 )
 from selmask_lib.errors import SelmaskError
+from selmask_lib.files import ensure_writable_dir
 
 # --- schedule ---------------------------------------------------------------
 
@@ -237,7 +239,7 @@ def _training(crash_at=None):
 
 def _run(run_dir, crash_at=None, config_hash="cfg", best_metric="val_loss", **kwargs):
     model, optimizer, scheduler, train_one_epoch, evaluate, calls = _training(crash_at)
-    result = fit(model, optimizer, scheduler, train_one_epoch, EPOCHS, run_dir,
+    result = fit(model, Optimisation(optimizer, scheduler, make_grad_scaler("cpu")), train_one_epoch, EPOCHS, run_dir,
                  evaluate=evaluate, config_hash=config_hash, best_metric=best_metric,
                  best_mode="min", **kwargs)
     return model, result, calls
@@ -308,15 +310,6 @@ def test_resume_false_starts_over(tmp_path):
     assert load_checkpoint(result.last_checkpoint)["config_hash"] == "new"
 
 
-def test_extra_state_and_epoch_end_hook(tmp_path):
-    seen = []
-    _, result, _ = _run(tmp_path, extra_state=lambda: {"step": 3, "mask": torch.ones(2, dtype=torch.bool)},
-                        on_epoch_end=lambda epoch, row: seen.append((epoch, "lr" in row)))
-    assert seen == [(e, True) for e in range(EPOCHS)]
-    extra = load_checkpoint(result.last_checkpoint)["extra"]
-    assert extra["step"] == 3 and extra["mask"].dtype == torch.bool
-
-
 def test_logged_lr_follows_the_schedule(tmp_path):
     _, result, _ = _run(tmp_path)
     expected = [0.05 * warmup_cosine_lambda(1, EPOCHS, 0.01)(e) for e in range(EPOCHS)]
@@ -324,9 +317,16 @@ def test_logged_lr_follows_the_schedule(tmp_path):
     assert math.isclose(result.history[1]["lr"], 0.05)
 
 
-def test_checkpoint_final_false_skips_only_the_last_epochs_checkpoint(tmp_path):
+def test_checkpoint_final_false_skips_only_the_last_epochs_checkpoint(tmp_path, monkeypatch):
     saved = []
-    _run(tmp_path, best_metric=None, checkpoint_every=1, checkpoint_final=False,
-         on_epoch_end=lambda epoch, row: saved.append(load_checkpoint(tmp_path / "last.pt")["epoch"]))
-    # epochs 0..2 write their own checkpoint; after the last one the file still holds epoch 2
-    assert saved == [0, 1, 2, 2]
+    real_save = engine.save_checkpoint
+
+    def recording_save(path, state):
+        saved.append(state["epoch"])
+        return real_save(path, state)
+
+    monkeypatch.setattr(engine, "save_checkpoint", recording_save)
+    _run(tmp_path, best_metric=None, checkpoint_every=1, checkpoint_final=False)
+    # epochs 0..2 write their own checkpoint; the last epoch writes none
+    assert saved == [0, 1, 2]
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2

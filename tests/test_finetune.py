@@ -7,7 +7,6 @@ thread here: on 2 cores shared with other jobs, 2 OpenMP threads were 10-30x slo
 
 from __future__ import annotations
 
-import argparse
 import json
 import urllib.error
 
@@ -15,7 +14,9 @@ import pytest
 import torch
 
 import fake_datasets as fake
+import selmask_lib.engine as engine
 import selmask_lib.finetune as ft
+from selmask_lib import cli
 from selmask_lib.config import config_hash, finetune_preset, pretrain_preset
 from selmask_lib.data.synthetic import SMALL, ensure_synthetic_voc
 from selmask_lib.engine import load_checkpoint
@@ -92,7 +93,7 @@ class FitSpy:
         self.crash_at = crash_at
         self.initial_states, self.results = [], []
 
-    def __call__(self, model, optimizer, scheduler, train_one_epoch, *args, **kwargs):
+    def __call__(self, model, optimisation, train_one_epoch, *args, **kwargs):
         self.initial_states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
 
         def train(epoch):
@@ -100,7 +101,7 @@ class FitSpy:
                 raise SimulatedCrash(f"crash in epoch {epoch}")
             return train_one_epoch(epoch)
 
-        result = REAL_FIT(model, optimizer, scheduler, train, *args, **kwargs)
+        result = REAL_FIT(model, optimisation, train, *args, **kwargs)
         self.results.append(result)
         return result
 
@@ -109,14 +110,14 @@ class SimulatedCrash(RuntimeError):
     pass
 
 
-REAL_FIT = ft.fit
+REAL_FIT = engine.fit
 
 
 @pytest.fixture
 def spy(monkeypatch):
     def install(crash_at=None):
         fit_spy = FitSpy(crash_at)
-        monkeypatch.setattr(ft, "fit", fit_spy)
+        monkeypatch.setattr(engine, "fit", fit_spy)  # what Trainer.fit calls
         return fit_spy
     return install
 
@@ -339,9 +340,7 @@ def test_pretraining_run_dir_is_not_a_finetune_output(pretrain_runs, synthetic_r
 
 
 def run_cli(argv):
-    parser = argparse.ArgumentParser(prog="selmask finetune")
-    ft.add_finetune_arguments(parser)
-    return ft.run_finetune_command(parser.parse_args(argv))
+    return cli.main(["finetune", *argv])
 
 
 def test_cli_writes_results_and_reuses_them(synthetic_root, tmp_path, capsys):

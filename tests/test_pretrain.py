@@ -10,8 +10,8 @@ from selmask_lib.config import pretrain_preset
 from selmask_lib.engine import load_checkpoint
 from selmask_lib.errors import SelmaskError
 from selmask_lib.masking import patch_grid, pixel_mask, selective_mask
+from selmask_lib.engine import Trainer
 from selmask_lib.pretrain import (
-    _Trainer,
     load_step_masks,
     pretrain,
     pretrain_random,
@@ -19,12 +19,14 @@ from selmask_lib.pretrain import (
 )
 from selmask_lib.pretrain_data import (
     ReconstructionDataset,
+    masked_inputs,
     partition_indices,
     pretraining_pool,
     scoring_view,
     train_val_split,
 )
 from selmask_lib.strategies import SelectiveMasking
+from selmask_lib.transforms import val_transform
 
 
 @pytest.fixture(scope="module")
@@ -73,18 +75,23 @@ def test_fixed_masks_move_with_a_horizontal_flip(data_root):
 def test_fixed_masks_stay_fixed_while_random_masks_change_every_load(data_root):
     cfg = smoke(data_root)
     pool = pretraining_pool(cfg)
-    trainer = _Trainer(cfg, pool)
+    transform = val_transform(cfg.image_size, cfg.mean, cfg.std)
     view = scoring_view(pool, 1, cfg.score_size)
     grid = patch_grid(*view.shape[-2:], cfg.n_patches)
     fixed = {1: torch.arange(grid.shape[0]) < grid.shape[0] // 2}
-    dataset = ReconstructionDataset(pool, [1], trainer.val_transform, cfg.score_size, cfg.n_patches, fixed)
+    dataset = ReconstructionDataset(pool, [1], transform, cfg.score_size, cfg.n_patches, fixed)
     assert torch.equal(dataset[0][1], dataset[0][1])
-    random_set = ReconstructionDataset(pool, [1, 1], trainer.val_transform, cfg.score_size, cfg.n_patches)
+    crop_grid = patch_grid(cfg.image_size, cfg.image_size, cfg.n_patches)
+    image, pixels = dataset[0]
+    assert pixels.any()
+    fixed_input = masked_inputs(image[None], pixels[None], crop_grid, cfg.mask_ratio, torch.Generator())[0]
+    assert torch.equal(fixed_input == 0, pixels.expand_as(image) | (image == 0))  # exactly the fixed pixels
+    random_set = ReconstructionDataset(pool, [1, 1], transform, cfg.score_size, cfg.n_patches)
     images = torch.stack([random_set[0][0], random_set[1][0]])
     no_mask = torch.zeros(2, *images.shape[-2:], dtype=torch.bool)
     generator = torch.Generator().manual_seed(0)
-    first = trainer.masked_batch(images, no_mask, generator)
-    second = trainer.masked_batch(images, no_mask, generator)
+    first = masked_inputs(images, no_mask, crop_grid, cfg.mask_ratio, generator)
+    second = masked_inputs(images, no_mask, crop_grid, cfg.mask_ratio, generator)
     assert not torch.equal(first, second)  # a fresh mask on every load
     assert not torch.equal(first[0], first[1])  # and per image
     assert (first == 0).float().mean() > 0.4  # about half of the pixels are masked
@@ -105,10 +112,10 @@ class SpyStrategy(SelectiveMasking):
 def test_selective_run_scores_partition_k_with_step_k_minus_1_weights(data_root, tmp_path):
     cfg = smoke(data_root, n_partitions=3, epochs=1)
     spy = SpyStrategy(cfg.n_scoring_draws)
-    run = pretrain_selective(cfg, out_dir=tmp_path / "run", strategy=spy)
+    run = pretrain_selective(cfg, out_dir=tmp_path / "run", masking=spy)
     pool = pretraining_pool(cfg)
     partitions = partition_indices(len(pool), 3)
-    assert [d.name for d in run.step_dirs] == ["step_00", "step_01", "step_02"]
+    assert [d.name for d in sorted(run.run_dir.glob("step_*"))] == ["step_00", "step_01", "step_02"]
     assert not (run.run_dir / "step_00" / "masks.pt").exists()  # step 0: random masking
     for step in (1, 2):
         artefact = load_step_masks(run.run_dir / f"step_{step:02d}")
@@ -157,25 +164,27 @@ class Crash(Exception):
     pass
 
 
+REAL_TRAIN_ONE_EPOCH = Trainer.train_one_epoch
+
+
+def crash_in(description_part):
+    """A Trainer.train_one_epoch that crashes on the epoch whose progress label contains ``description_part``."""
+    def crashing(self, loader, batch_loss, optimisation, description=""):
+        if description_part in description:
+            raise Crash("simulated crash")
+        return REAL_TRAIN_ONE_EPOCH(self, loader, batch_loss, optimisation, description)
+    return crashing
+
+
 def test_resume_after_a_crash_mid_step_gives_the_same_weights(data_root, tmp_path, monkeypatch):
     cfg = smoke(data_root, epochs=2, n_partitions=2)
     reference = pretrain(cfg, out_dir=tmp_path / "reference")
 
-    import selmask_lib.pretrain as pretrain_module
-
-    original = pretrain_module._Trainer.run_epoch
-    state = {"calls": 0}
-
-    def crashing(self, loader, generator, optimizer=None, scaler=None, description=""):
-        if optimizer is not None and "step_01 epoch 1" in description:
-            raise Crash("simulated crash")
-        return original(self, loader, generator, optimizer, scaler, description)
-
-    monkeypatch.setattr(pretrain_module._Trainer, "run_epoch", crashing)
+    monkeypatch.setattr(Trainer, "train_one_epoch", crash_in("step_01 epoch 1"))
     with pytest.raises(Crash):
         pretrain(cfg, out_dir=tmp_path / "crashed")
     masks_before = (tmp_path / "crashed" / "step_01" / "masks.pt").stat().st_mtime_ns
-    monkeypatch.setattr(pretrain_module._Trainer, "run_epoch", original)
+    monkeypatch.undo()
 
     with pytest.raises(SelmaskError, match="--resume"):
         pretrain(cfg, out_dir=tmp_path / "crashed", resume=False)
@@ -216,23 +225,14 @@ def test_bad_inputs_are_clear_errors_and_destroy_nothing(data_root, tmp_path):
 
 
 def test_checkpoint_from_a_different_config_is_rejected(data_root, tmp_path, monkeypatch):
-    import selmask_lib.pretrain as pretrain_module
-
-    original = pretrain_module._Trainer.run_epoch
-
-    def crash_in_epoch_1(self, loader, generator, optimizer=None, scaler=None, description=""):
-        if optimizer is not None and description.endswith("epoch 1"):
-            raise Crash("simulated crash")
-        return original(self, loader, generator, optimizer, scaler, description)
-
-    monkeypatch.setattr(pretrain_module._Trainer, "run_epoch", crash_in_epoch_1)
+    monkeypatch.setattr(Trainer, "train_one_epoch", crash_in("epoch 1"))
     cfg = smoke(data_root, strategy="random", epochs=2)
     for config, folder in ((cfg, "run"), (smoke(data_root, strategy="random", epochs=2, lr=1e-3), "other")):
         with pytest.raises(Crash):
             pretrain(config, out_dir=tmp_path / folder)
     # the unfinished run now holds the other config's resumable checkpoint
     shutil.copy(tmp_path / "other" / "last.pt", tmp_path / "run" / "last.pt")
-    monkeypatch.setattr(pretrain_module._Trainer, "run_epoch", original)
+    monkeypatch.undo()
     with pytest.raises(SelmaskError, match="different config"):
         pretrain(cfg, out_dir=tmp_path / "run", resume=True)
 

@@ -1,52 +1,53 @@
-"""Batch reproduction: a user's masking strategy compared with the paper's in the same table."""
+"""Batch reproduction: a user's masking compared with the paper's in the same table."""
 
 import pytest
 import torch
 
 from selmask_lib.errors import SelmaskError
 from selmask_lib.masking import random_mask
-from selmask_lib.pretrain import load_pretrain_run, strategy_name
+from selmask_lib.pretrain import load_pretrain_run
 from selmask_lib.reproduce import reproduce
-from selmask_lib.results import PAPER_COLUMNS, results_table
+from selmask_lib.strategies import masking_name
+from selmask_lib.tables import results_table
 
 
 def first_patches(model, images, grid, mask_ratio, generator):
-    """A user's strategy: always mask the first half of the patches (no scores)."""
+    """A user's masking: always mask the first half of the patches (no scores)."""
     n_masked = int(mask_ratio * grid.shape[0])
     masks = torch.zeros(images.shape[0], grid.shape[0], dtype=torch.bool)
     masks[:, :n_masked] = True
     return masks, None
 
 
-def test_strategy_names_key_runs_and_columns():
-    assert strategy_name("random_fixed") == "random_fixed"
-    assert strategy_name(first_patches) == "first_patches"
-    with pytest.raises(SelmaskError, match="unknown masking strategy 'bogus'"):
-        strategy_name("bogus")
+def test_masking_names_key_runs_and_columns():
+    assert masking_name("random_fixed") == "random_fixed"
+    assert masking_name(first_patches) == "first_patches"
+    with pytest.raises(SelmaskError, match="unknown masking 'bogus'"):
+        masking_name("bogus")
 
     def random(model, images, grid, mask_ratio, generator):
         return random_mask(images.shape[0], grid.shape[0], mask_ratio, generator), None
 
     with pytest.raises(SelmaskError, match="name other than 'random'"):
-        strategy_name(random)
-    with pytest.raises(SelmaskError, match="two masking strategies share a name"):
-        reproduce(["synthetic"], strategies=["random_fixed", "random_fixed"])
+        masking_name(random)
+    with pytest.raises(SelmaskError, match="two maskings share a name"):
+        reproduce(["synthetic"], maskings=["random_fixed", "random_fixed"])
 
 
-def test_reproduce_compares_extra_strategies_in_columns_of_their_own(small_synthetic_root, tmp_path):
+def test_reproduce_compares_extra_maskings_in_columns_of_their_own(small_synthetic_root, tmp_path):
     reproduction = reproduce(["synthetic"], preset="smoke", data_roots={"synthetic": str(small_synthetic_root)},
                              runs_root=tmp_path, variants=("selective_ir_self",),
-                             strategies=["random_fixed", first_patches])
+                             maskings=["random_fixed", first_patches])
     assert reproduction.extra_columns == ["random_fixed_ir_self", "first_patches_ir_self"]
     df = reproduction.results
     assert sorted(df["variant"]) == ["first_patches_ir_self", "random_fixed_ir_self", "selective_ir_self"]
-    for _, row in df.iterrows():  # each fine-tuning read the pretraining run of its own strategy
+    for _, row in df.iterrows():  # each fine-tuning read the pretraining run of its own masking
         assert load_pretrain_run(row["pretrain_run"]).masking == row["pretrain_masking"]
     masks = load_pretrain_run(df.set_index("variant").loc["first_patches_ir_self", "pretrain_run"]).load_masks(1)
     n_masked = masks["masks"].sum(1)
     assert all(bool(row[:n].all()) for row, n in zip(masks["masks"], n_masked.tolist()))  # first patches only
 
-    table = results_table(df, columns=[*PAPER_COLUMNS, *reproduction.extra_columns])
+    table = results_table(df, columns=reproduction.columns)
     for column in ["selective_ir_self", *reproduction.extra_columns]:
         assert table.loc["synthetic", (column, "n")] == 1
         assert 0 <= table.loc["synthetic", (column, "mean")] <= 100

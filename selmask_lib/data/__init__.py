@@ -69,6 +69,21 @@ def _existing_root(root: Path | str) -> Path:
     return root
 
 
+def resolve_data_root(dataset: str, data_root: str | Path | None) -> Path:
+    """The folder of ``dataset``; the embedded synthetic set is generated (once) when no root is given.
+
+    Every dataset but ``synthetic`` lives where the user put it, so a missing
+    root is an error that says which option to pass.
+    """
+    if data_root is not None:
+        return Path(data_root)
+    if dataset == "synthetic":
+        from selmask_lib.data.synthetic import ensure_synthetic_voc
+
+        return ensure_synthetic_voc()
+    raise SelmaskError(f"data_root is required for dataset {dataset!r} (pass --data-root DIR)")
+
+
 def dataset_info(name: str, root: Path | str) -> DatasetInfo:
     return get_dataset(name).info(_existing_root(root))
 
@@ -109,4 +124,5 @@ __all__ = [
     "get_dataset",
     "load_pretraining_images",
     "load_segmentation_split",
+    "resolve_data_root",
 ]
