@@ -97,14 +97,15 @@ import numpy as np
 import yaml
 from PIL import Image
 from skimage import draw
+from skimage.morphology import dilation
 
 from selmask_lib import __version__ as _SELMASK_VERSION
+from selmask_lib.data.base import IGNORE_INDEX, palette_colors
 from selmask_lib.errors import SelmaskError
 
 # Bump when the drawing code changes, so cached trees are regenerated.
 GENERATOR_VERSION = 1
 
-IGNORE_INDEX = 255
 INFO_FILE = "SYNTHETIC_INFO.json"
 CLASSES_FILE = "classes.yaml"
 
@@ -116,26 +117,6 @@ SMALL: dict = dict(n_train=12, n_val=4, n_test=4, n_unlabelled=24, image_size=(4
 # Split codes seed the per-image generators; they must never change.
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "unlabelled": 3}
 _ID_PREFIX = {"train": "train", "val": "val", "test": "test", "unlabelled": "unl"}
-
-
-# --------------------------------------------------------------------------- palette
-def voc_palette() -> list[tuple[int, int, int]]:
-    """The 256-entry Pascal VOC colour map (index 255 -> (224, 224, 192)).
-
-    Real VOC labels use this palette, so the synthetic labels look the same in
-    any viewer and tools that decode VOC colours work unchanged.
-    """
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        palette.append((r, g, b))
-    return palette
 
 
 # --------------------------------------------------------------------------- sources
@@ -351,37 +332,25 @@ def _smooth_curve(rng: np.random.Generator, start: tuple[float, float], length: 
     return np.stack([ys, xs], axis=1)
 
 
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation with a (2r+1) square, by OR-ing shifted copies.
-
-    Plain numpy keeps the module free of heavier morphology dependencies and is
-    fast for the radii used here (1-2 px).
-    """
-    if radius <= 0:
-        return mask.copy()
-    h, w = mask.shape
-    padded = np.pad(mask, radius)
-    out = np.zeros_like(mask)
-    for dy in range(2 * radius + 1):
-        for dx in range(2 * radius + 1):
-            out |= padded[dy:dy + h, dx:dx + w]
-    return out
-
-
 def shape_wire(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """1-2 px wide smooth curve: the thinnest class, hard at low resolution."""
     m = min(h, w)
     points = _smooth_curve(rng, _centre(rng, h, w, margin=0.2), m * rng.uniform(0.4, 0.9), wiggle=0.08)
     mask = _polyline(points, h, w)
-    return _shift_or(mask) if rng.random() < 0.6 else mask
+    return _thicken(mask) if rng.random() < 0.6 else mask
 
 
-def _shift_or(mask: np.ndarray) -> np.ndarray:
-    """Mask OR its copy shifted one pixel down-right: thickens a line to 2 px."""
-    out = mask.copy()
-    out[1:, 1:] |= mask[:-1, :-1]
-    out[1:, :] |= mask[:-1, :]
-    return out
+# A pixel of the thick wire is set when it, the pixel above or the pixel above-left
+# is set on the thin one. skimage's dilation does not mirror a footprint, and
+# mode="ignore" keeps pixels outside the image out of it.
+_THICKEN = np.array([[1, 1, 0],
+                     [0, 1, 0],
+                     [0, 0, 0]], bool)
+
+
+def _thicken(mask: np.ndarray) -> np.ndarray:
+    """Thicken a 1 px line to 2 px (the line plus its copies shifted down and down-right)."""
+    return dilation(mask, _THICKEN, mode="ignore")
 
 
 def shape_speck(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -449,7 +418,7 @@ _OBJECT_CLASSES: tuple[ClassSpec, ...] = (
 CLASS_NAMES: list[str] = ["background"] + [spec.name for spec in _OBJECT_CLASSES]
 NUM_CLASSES: int = len(CLASS_NAMES)
 #: RGB label colours in index order (the VOC palette entries 0..NUM_CLASSES-1).
-CLASS_COLORS: list[tuple[int, int, int]] = voc_palette()[:NUM_CLASSES]
+CLASS_COLORS: tuple[tuple[int, int, int], ...] = palette_colors(NUM_CLASSES)
 
 
 # --------------------------------------------------------------------------- one sample
@@ -492,11 +461,11 @@ def draw_sample(seed: int, split: str, index: int,
         instance_map[mask] = k
     class_of = np.array([0] + [cls for cls, _ in instances], np.uint8)
     label = class_of[instance_map]
-    label[_void_band(instance_map, len(instances), _band_width(h, w))] = IGNORE_INDEX
+    label[_void_band(instance_map, _band_width(h, w))] = IGNORE_INDEX
     return (np.clip(image * 255.0 + 0.5, 0, 255)).astype(np.uint8), label
 
 
-def _void_band(instance_map: np.ndarray, n_instances: int, width: int) -> np.ndarray:
+def _void_band(instance_map: np.ndarray, width: int) -> np.ndarray:
     """Pixels to mark void: a ``width`` px band outside every visible object boundary.
 
     The band lies on the far side of each visible edge (over the background or
@@ -505,13 +474,15 @@ def _void_band(instance_map: np.ndarray, n_instances: int, width: int) -> np.nda
     surroundings. Where a band covers the edge of an object behind, that
     object's own band adds to it, so void can reach 2 x ``width`` from the
     nearest labelled object pixel, as in cluttered VOC scenes.
+
+    Instances are numbered in drawing order, so a pixel is void exactly when an
+    instance drawn later lies within ``width`` px: when the largest instance
+    number in its neighbourhood (a grey dilation) exceeds its own. The
+    neighbourhood is a square, not a disk, because the band has always been
+    square-shaped and cached datasets must keep their bytes.
     """
-    void = np.zeros(instance_map.shape, bool)
-    for k in range(1, n_instances + 1):
-        visible = instance_map == k
-        if visible.any():
-            void |= _dilate(visible, width) & (instance_map < k)
-    return void
+    square = np.ones((2 * width + 1, 2 * width + 1), bool)
+    return dilation(instance_map, square, mode="ignore") > instance_map
 
 
 # --------------------------------------------------------------------------- writing
@@ -552,7 +523,7 @@ def _write_tree(out: Path, params: dict) -> dict:
     for year in (voc12, voc07):
         for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
             (year / sub).mkdir(parents=True, exist_ok=True)
-    palette_bytes = bytes(v for rgb in voc_palette() for v in rgb)
+    palette_bytes = bytes(v for rgb in palette_colors(256) for v in rgb)
 
     lists: dict[str, list[str]] = {}
     train_counts = np.zeros(256, np.int64)
@@ -738,5 +709,5 @@ def class_frequencies(root: str | os.PathLike, split: str = "train") -> dict[str
 __all__ = [
     "CLASS_NAMES", "CLASS_COLORS", "NUM_CLASSES", "IGNORE_INDEX", "DEFAULTS", "SMALL",
     "GENERATOR_VERSION", "ensure_synthetic_voc", "generate_synthetic_voc", "default_root",
-    "draw_sample", "class_frequencies", "class_pixel_counts", "voc_palette",
+    "draw_sample", "class_frequencies", "class_pixel_counts",
 ]
