@@ -58,10 +58,7 @@ __all__ = [
     "SegmentationScores",
     "iou_from_confusion",
     "mean_iou",
-    "format_iou",
 ]
-
-NA = "n/a"
 
 
 def iou_from_confusion(confusion) -> torch.Tensor:
@@ -89,14 +86,6 @@ def mean_iou(per_class_iou) -> float:
     return float(defined.mean()) if defined.numel() else float("nan")
 
 
-def format_iou(value, decimals: int = 1, percent: bool = True) -> str:
-    """Table cell for an IoU: ``'n/a'`` for None/NaN, else e.g. ``'72.3'`` (percent)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return NA
-    v = float(value) * (100.0 if percent else 1.0)
-    return f"{v:.{decimals}f}"
-
-
 @dataclass
 class SegmentationScores:
     """Scores of one evaluated split. IoUs and accuracy are fractions in [0, 1].
@@ -113,25 +102,9 @@ class SegmentationScores:
     num_pixels: int = 0
     class_names: list[str] = field(default_factory=list)
 
-    @property
-    def absent_classes(self) -> list[str]:
-        """Classes with undefined IoU (absent from truth and prediction)."""
-        return [name for name, v in self.per_class_iou.items() if v is None]
-
     def to_dict(self) -> dict:
         """JSON-ready dict (None for undefined IoUs)."""
         return asdict(self)
-
-    def format_table(self, decimals: int = 1, percent: bool = True) -> str:
-        """Plain-text per-class table; undefined IoUs print as ``n/a``."""
-        unit = " (%)" if percent else ""
-        width = max([len("pixel acc")] + [len(n) for n in self.per_class_iou])
-        lines = [f"{'class':<{width}}  IoU{unit}"]
-        for name, v in self.per_class_iou.items():
-            lines.append(f"{name:<{width}}  {format_iou(v, decimals, percent)}")
-        lines.append(f"{'mIoU':<{width}}  {format_iou(self.miou, decimals, percent)}")
-        lines.append(f"{'pixel acc':<{width}}  {format_iou(self.pixel_accuracy, decimals, percent)}")
-        return "\n".join(lines)
 
 
 class SegmentationEvaluator:

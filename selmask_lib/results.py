@@ -1,4 +1,4 @@
-"""One ``results.json`` per downstream run, and the tables built from many of them.
+"""The ``results.json`` file format: one file per downstream run, and loading many into a DataFrame.
 
 File format (JSON object, written atomically: temp file + ``os.replace``)::
 
@@ -23,12 +23,11 @@ File format (JSON object, written atomically: temp file + ``os.replace``)::
                       ("random", "selective", "random_fixed", a user's name)
     val_miou, best_epoch, pixel_accuracy, ...       optional; extra keys are kept
 
-NaN anywhere becomes ``null`` (strict JSON). IoUs are stored as fractions;
-the tables default to percent (the paper's "points").
+NaN anywhere becomes ``null`` (strict JSON). IoUs are stored as fractions.
 
-Table columns (the paper's comparison, per downstream dataset) are keyed by a
-*variant* derived from ``init`` and whether the pretraining dataset equals the
-downstream dataset:
+:func:`load_results` keys each run by a *variant* (the column of the paper's
+comparison it belongs to, see :mod:`selmask_lib.tables`), derived from
+``init`` and whether the pretraining dataset equals the downstream dataset:
 
     none, imagenet, random_ir_self, selective_ir_self, selective_ir_cross
 
@@ -37,7 +36,8 @@ downstream dataset:
 iterative loop (the optional ``pretrain_masking`` field, e.g. the
 ``random_fixed`` ablation or a function of your own named ``mine``) gets the
 variant ``<masking>_ir_self`` / ``_cross`` (``mine_ir_self``), so it has a
-column of its own next to the paper's: pass it in ``results_table(columns=...)``.
+column of its own next to the paper's: pass it in
+``selmask_lib.tables.results_table(columns=...)``.
 """
 
 from __future__ import annotations
@@ -49,25 +49,21 @@ import os
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
+from .config import INITS
 from .errors import SelmaskError
 from .files import write_text_atomic
 
 __all__ = [
     "RESULTS_FILENAME",
-    "INITS",
-    "PAPER_COLUMNS",
     "REQUIRED_FIELDS",
     "write_results",
     "read_results",
     "load_results",
-    "results_table",
-    "format_table",
-    "per_class_gain",
     "variant_of",
     "ir_variant",
 ]
@@ -76,26 +72,8 @@ RESULTS_FILENAME = "results.json"
 FORMAT = "selmask-results"
 FORMAT_VERSION = 1
 
-INITS = ("none", "imagenet", "random_ir", "selective_ir")
-IR_INITS = ("random_ir", "selective_ir")
-
-#: Paper table columns, in order: variant key -> human label.
-PAPER_COLUMNS: dict[str, str] = {
-    "none": "No pretraining",
-    "imagenet": "ImageNet",
-    "random_ir_self": "Random IR (self)",
-    "selective_ir_self": "Selective IR (self)",
-    "selective_ir_cross": "Selective IR (cross)",
-}
-_VARIANT_ALIASES = {
-    "random_ir": "random_ir_self",
-    "selective_ir": "selective_ir_self",
-    "scratch": "none",
-}
-#: Preferred row order; other datasets follow alphabetically.
-_DATASET_ORDER = (
-    "voc", "pascal_voc", "cityscapes", "nassar", "nassar2020", "sugarbeets", "sugarbeets2016",
-)
+#: The inits that load in-domain reconstruction (IR) pretrained weights.
+IR_INITS = tuple(init for init in INITS if init.endswith("_ir"))
 
 REQUIRED_FIELDS = (
     "dataset", "init", "pretrain_run", "pretrain_dataset", "seed", "miou",
@@ -389,119 +367,13 @@ def load_results(paths_or_root, on_error: str = "raise") -> pd.DataFrame:
     return df
 
 
-# ----------------------------------------------------------------------- tables
-def _resolve_variant(name: str) -> str:
-    return _VARIANT_ALIASES.get(name, name)
+# TODO(main): import from .tables -- cli.py, tests/test_reproduce.py and README.md's examples
+# still import these names from here. A lazy lookup (PEP 562), because tables.py imports this module.
+_MOVED_TO_TABLES = ("PAPER_COLUMNS", "format_table", "results_table")
 
 
-def _dataset_order(datasets: Iterable[str]) -> list[str]:
-    uniq = list(dict.fromkeys(datasets))
-    pref = [d for d in _DATASET_ORDER if d in uniq]
-    return pref + sorted(d for d in uniq if d not in pref)
-
-
-def _require_columns(df: pd.DataFrame, cols: Sequence[str], fn: str) -> None:
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise SelmaskError(f"{fn}: DataFrame lacks column(s) {missing}; use load_results()")
-
-
-def results_table(
-    df: pd.DataFrame,
-    metric: str = "miou",
-    columns: Sequence[str] = tuple(PAPER_COLUMNS),
-    datasets: Sequence[str] | None = None,
-    percent: bool = True,
-) -> pd.DataFrame:
-    """The paper's layout: rows = downstream dataset, columns = initialisation.
-
-    Returns a numeric DataFrame indexed by dataset with MultiIndex columns
-    ``(variant, stat)``, stat in ``mean``, ``std`` (over seeds; NaN with one
-    seed) and ``n`` (number of runs). Variants default to the five paper
-    columns (``none, imagenet, random_ir_self, selective_ir_self,
-    selective_ir_cross``); ``metric`` may be any numeric column, e.g.
-    ``val_miou`` or ``iou/weed``. Missing combinations are NaN (n = 0).
-    Use :func:`format_table` for "mean ± std" strings.
-    """
-    _require_columns(df, ["dataset", "variant", metric], "results_table")
-    columns = [_resolve_variant(c) for c in columns]
-    if datasets is None:
-        datasets = _dataset_order(df["dataset"])
-    scale = 100.0 if percent else 1.0
-    values = pd.to_numeric(df[metric], errors="coerce").astype(float) * scale
-    grouped = (
-        pd.DataFrame({"dataset": df["dataset"], "variant": df["variant"], "v": values})
-        .groupby(["dataset", "variant"])["v"]
-        .agg(mean="mean", std="std", n="count")
-    )
-    index = pd.Index(list(datasets), name="dataset")
-    mi = pd.MultiIndex.from_product([columns, ["mean", "std", "n"]], names=["variant", "stat"])
-    out = pd.DataFrame(np.nan, index=index, columns=mi)
-    for (ds, var), stats in grouped.iterrows():
-        if ds in index and var in columns:
-            for stat in ("mean", "std", "n"):
-                out.loc[ds, (var, stat)] = stats[stat]
-    for var in columns:
-        out[(var, "n")] = out[(var, "n")].fillna(0).astype(int)
-    return out
-
-
-def format_table(table: pd.DataFrame, decimals: int = 1, labels: bool = True) -> pd.DataFrame:
-    """Strings from :func:`results_table`: ``"72.3 ± 0.4"`` (n > 1), ``"72.3"`` (n = 1), ``"n/a"``."""
-    variants = list(dict.fromkeys(table.columns.get_level_values(0)))
-    out = pd.DataFrame(index=table.index)
-    for var in variants:
-        cells = []
-        for ds in table.index:
-            mean, std, n = (table.loc[ds, (var, s)] for s in ("mean", "std", "n"))
-            if pd.isna(mean):
-                cells.append("n/a")
-            elif n > 1 and not pd.isna(std):
-                cells.append(f"{mean:.{decimals}f} ± {std:.{decimals}f}")
-            else:
-                cells.append(f"{mean:.{decimals}f}")
-        out[PAPER_COLUMNS.get(var, var) if labels else var] = cells
-    return out
-
-
-def per_class_gain(
-    df: pd.DataFrame,
-    dataset: str,
-    baseline: str = "random_ir",
-    method: str = "selective_ir_self",
-    percent: bool = True,
-) -> pd.DataFrame:
-    """Per-class IoU of ``method`` minus ``baseline`` on one downstream dataset.
-
-    ``baseline`` / ``method`` are variant keys (``random_ir`` means
-    ``random_ir_self``, ``selective_ir`` means ``selective_ir_self``). IoUs are
-    averaged over seeds (undefined IoUs skipped). Returns a DataFrame indexed
-    by class with columns ``baseline``, ``method``, ``gain`` sorted by baseline
-    IoU ascending (lowest-performing classes first; NaN last), to check the
-    paper's claim that the largest gains are on the weakest classes. Missing
-    runs give NaN, never an error.
-    """
-    _require_columns(df, ["dataset", "variant"], "per_class_gain")
-    baseline, method = _resolve_variant(baseline), _resolve_variant(method)
-    sub = df[df["dataset"] == dataset]
-    if "class_names" in sub.columns and len(sub):
-        names = list(dict.fromkeys(n for names in sub["class_names"] for n in names))
-    else:
-        names = [c[4:] for c in sub.columns if c.startswith("iou/") and sub[c].notna().any()]
-    scale = 100.0 if percent else 1.0
-
-    def mean_iou_of(variant: str) -> pd.Series:
-        rows = sub[sub["variant"] == variant]
-        vals = {}
-        for name in names:
-            col = f"iou/{name}"
-            vals[name] = (pd.to_numeric(rows[col], errors="coerce").mean() * scale
-                          if col in rows.columns and len(rows) else np.nan)
-        return pd.Series(vals, index=names, dtype=float)
-
-    out = pd.DataFrame({"baseline": mean_iou_of(baseline), "method": mean_iou_of(method)},
-                       index=pd.Index(names, name="class"))
-    out["gain"] = out["method"] - out["baseline"]
-    out = out.sort_values("baseline", ascending=True, na_position="last", kind="stable")
-    out.attrs.update(dataset=dataset, baseline=baseline, method=method)
-    return out
+def __getattr__(name: str):
+    if name in _MOVED_TO_TABLES:
+        from . import tables
+        return getattr(tables, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

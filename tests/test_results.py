@@ -1,57 +1,24 @@
-"""Tests for selmask_lib.results: results.json round trip, loading, paper tables."""
+"""Tests for selmask_lib.results: results.json round trip, validation, loading into a DataFrame."""
 
 import json
 import math
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 import selmask_lib
+from fake_results import NAMES, fields, make_runs_tree, write_run
+from selmask_lib import config, results
 from selmask_lib.errors import SelmaskError
 from selmask_lib.metrics import SegmentationEvaluator
 from selmask_lib.results import (
-    PAPER_COLUMNS,
-    format_table,
     load_results,
-    per_class_gain,
     read_results,
-    results_table,
     variant_of,
     write_results,
 )
-
-NAMES = ["background", "crop", "weed"]
-
-
-def fields(**over):
-    base = dict(
-        dataset="nassar",
-        init="selective_ir",
-        pretrain_run="runs/pre/nassar_selective",
-        pretrain_dataset="nassar",
-        seed=1,
-        miou=0.5,
-        per_class_iou={"background": 0.9, "crop": 0.4, "weed": 0.2},
-        confusion_matrix=[[9, 1, 0], [1, 4, 1], [0, 2, 1]],
-        class_names=list(NAMES),
-        config={"epochs": 2, "lr": 3e-3, "note": "ids [1,2]", "sizes": [256, 128]},
-        timings={"train": 1.5, "test": 0.25},
-    )
-    base.update(over)
-    return base
-
-
-def run(root, name, dataset, init, pretrain_dataset, seed, ious, miou=None):
-    ious = dict(zip(NAMES, ious))
-    defined = [v for v in ious.values() if v is not None]
-    m = miou if miou is not None else sum(defined) / len(defined)
-    return write_results(
-        root / name, **fields(dataset=dataset, init=init, pretrain_dataset=pretrain_dataset,
-                              pretrain_run=None if pretrain_dataset is None else f"pre/{pretrain_dataset}",
-                              seed=seed, per_class_iou=ious, miou=m))
 
 
 # ------------------------------------------------------------------ round trip
@@ -149,19 +116,7 @@ def test_read_results_names_file_and_field(tmp_path):
 # ------------------------------------------------------------------ DataFrame
 @pytest.fixture
 def tree(tmp_path):
-    root = tmp_path / "runs"
-    # nassar: none, imagenet, random_ir self (2 seeds), selective self (2 seeds), selective cross
-    run(root, "nassar/none/s1", "nassar", "none", None, 1, [0.90, 0.30, 0.10])
-    run(root, "nassar/imagenet/s1", "nassar", "imagenet", None, 1, [0.92, 0.40, 0.15])
-    run(root, "nassar/random/s1", "nassar", "random_ir", "nassar", 1, [0.95, 0.50, 0.20])
-    run(root, "nassar/random/s2", "nassar", "random_ir", "nassar", 2, [0.93, 0.60, 0.10])
-    run(root, "nassar/sel_self/s1", "nassar", "selective_ir", "nassar", 1, [0.96, 0.55, 0.30])
-    run(root, "nassar/sel_self/s2", "nassar", "selective_ir", "nassar", 2, [0.94, 0.61, 0.26])
-    run(root, "nassar/sel_cross/s1", "nassar", "selective_ir", "sugarbeets", 1, [0.95, 0.52, None])
-    # sugarbeets: only random-IR self and selective-IR cross (from nassar)
-    run(root, "deep/er/sb/random", "sugarbeets", "random_ir", "sugarbeets", 1, [0.8, 0.7, 0.6])
-    run(root, "sb/cross", "sugarbeets", "selective_ir", "nassar", 1, [0.81, 0.72, 0.65])
-    return root
+    return make_runs_tree(tmp_path / "runs")
 
 
 def test_load_results_tree(tree):
@@ -194,77 +149,12 @@ def test_load_results_bad_file_raise_or_skip(tree):
     assert len(df) == 9
 
 
-def test_results_table_layout_and_self_cross_split(tree):
-    df = load_results(tree)
-    t = results_table(df)
-    assert list(t.index) == ["nassar", "sugarbeets"]
-    assert list(dict.fromkeys(t.columns.get_level_values(0))) == list(PAPER_COLUMNS)
-    assert list(PAPER_COLUMNS) == ["none", "imagenet", "random_ir_self", "selective_ir_self",
-                                   "selective_ir_cross"]
-    # random IR self on nassar: two seeds, mIoU 0.55 and 0.54333.. -> percent mean/std
-    r = [np.mean([0.95, 0.50, 0.20]) * 100, np.mean([0.93, 0.60, 0.10]) * 100]
-    assert t.loc["nassar", ("random_ir_self", "mean")] == pytest.approx(np.mean(r))
-    assert t.loc["nassar", ("random_ir_self", "std")] == pytest.approx(np.std(r, ddof=1))
-    assert t.loc["nassar", ("random_ir_self", "n")] == 2
-    # self vs cross for selective IR
-    assert t.loc["nassar", ("selective_ir_self", "n")] == 2
-    assert t.loc["nassar", ("selective_ir_cross", "n")] == 1
-    assert t.loc["nassar", ("selective_ir_cross", "mean")] == pytest.approx((0.95 + 0.52) / 2 * 100)
-    assert math.isnan(t.loc["nassar", ("selective_ir_cross", "std")])  # single seed
-    assert t.loc["sugarbeets", ("selective_ir_cross", "n")] == 1
-    assert t.loc["sugarbeets", ("selective_ir_self", "n")] == 0
-    # missing combinations are NaN, not errors
-    assert math.isnan(t.loc["sugarbeets", ("none", "mean")])
-    assert math.isnan(t.loc["sugarbeets", ("selective_ir_self", "mean")])
-    # fractions, other metrics, explicit datasets incl. an unknown one
-    tf = results_table(df, metric="iou/weed", percent=False, datasets=["voc", "nassar"])
-    assert tf.loc["nassar", ("none", "mean")] == pytest.approx(0.10)
-    assert tf.loc["nassar", ("selective_ir_cross", "n")] == 0  # its weed IoU is null
-    assert tf.loc["voc"].drop(index="n", level="stat").isna().all()
-
-    txt = format_table(t)
-    assert list(txt.columns) == list(PAPER_COLUMNS.values())
-    assert " ± " in txt.loc["nassar", "Random IR (self)"]
-    assert "±" not in txt.loc["nassar", "Selective IR (cross)"]
-    assert txt.loc["sugarbeets", "No pretraining"] == "n/a"
-    assert list(format_table(t, labels=False).columns) == list(PAPER_COLUMNS)
-
-
-def test_empty_results_do_not_crash(tmp_path):
-    df = load_results(tmp_path)
-    assert df.empty and "miou" in df.columns
-    t = results_table(df, datasets=["voc"])
-    assert t.loc["voc"].drop(index="n", level="stat").isna().all()
-    g = per_class_gain(df, "voc")
-    assert g.empty and list(g.columns) == ["baseline", "method", "gain"]
-
-
-def test_per_class_gain_sorted_by_baseline(tree):
-    df = load_results(tree)
-    g = per_class_gain(df, "nassar")  # random_ir (self) -> selective_ir_self
-    assert list(g.index) == ["weed", "crop", "background"]  # lowest baseline IoU first
-    assert g.loc["weed", "baseline"] == pytest.approx(15.0)
-    assert g.loc["weed", "method"] == pytest.approx(28.0)
-    assert g.loc["weed", "gain"] == pytest.approx(13.0)
-    assert g.loc["crop", "gain"] == pytest.approx(3.0)
-    assert g.loc["background", "gain"] == pytest.approx(1.0)
-    # the cross run has a null weed IoU -> NaN method and gain for weed
-    gc = per_class_gain(df, "nassar", baseline="imagenet", method="selective_ir_cross",
-                        percent=False)
-    assert list(gc.index) == ["weed", "crop", "background"]
-    assert math.isnan(gc.loc["weed", "method"]) and math.isnan(gc.loc["weed", "gain"])
-    assert gc.loc["crop", "gain"] == pytest.approx(0.12)
-    # missing method: NaN, no crash
-    gm = per_class_gain(df, "sugarbeets", method="selective_ir_self")
-    assert gm["method"].isna().all() and gm["baseline"].notna().all()
-
-
 def test_duplicate_seed_warns(tmp_path):
-    run(tmp_path, "a", "voc", "none", None, 1, [0.1, 0.2, 0.3])
-    run(tmp_path, "b", "voc", "none", None, 1, [0.1, 0.2, 0.3])
+    write_run(tmp_path, "a", "voc", "none", None, 1, [0.1, 0.2, 0.3])
+    write_run(tmp_path, "b", "voc", "none", None, 1, [0.1, 0.2, 0.3])
     with pytest.warns(UserWarning, match="share"):
         load_results(tmp_path)
-    run(tmp_path, "c", "voc", "none", None, 2, [0.1, 0.2, 0.3])
+    write_run(tmp_path, "c", "voc", "none", None, 2, [0.1, 0.2, 0.3])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_results([tmp_path / "a", tmp_path / "c"])
@@ -280,14 +170,6 @@ def test_variant_keys_other_masking_strategies_apart():
     assert variant_of("none", "voc", None, None) == "none"
 
 
-def test_a_users_strategy_gets_its_own_table_column(tmp_path):
-    write_results(tmp_path / "paper", **fields(pretrain_masking="selective", miou=0.5))
-    write_results(tmp_path / "mine", **fields(pretrain_masking="mine", miou=0.6))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # not two runs of one variant
-        df = load_results(tmp_path)
-    assert sorted(df["pretrain_masking"]) == ["mine", "selective"]
-    table = results_table(df, columns=[*PAPER_COLUMNS, "mine_ir_self"])
-    assert table.loc["nassar", ("selective_ir_self", "mean")] == pytest.approx(50.0)
-    assert table.loc["nassar", ("mine_ir_self", "mean")] == pytest.approx(60.0)
-    assert format_table(table).loc["nassar", "mine_ir_self"] == "60.0"
+def test_ir_inits_come_from_the_config():
+    assert results.IR_INITS == ("random_ir", "selective_ir")
+    assert set(results.IR_INITS) < set(config.INITS)

@@ -1,4 +1,4 @@
-"""Tests for the embedded synthetic VOC-style dataset (small parameter set, tmp dirs only)."""
+"""Tests for the embedded synthetic dataset: its scenes and the VOC tree written (small parameter set, tmp dirs only)."""
 
 import hashlib
 import json
@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from skimage.morphology import dilation
 
-from selmask_lib.data import synthetic
+from selmask_lib.data import synthetic, synthetic_scenes
+from selmask_lib.data.base import palette_colors
+from selmask_lib.data.synthetic_scenes import CLASS_NAMES, NUM_CLASSES
 from selmask_lib.errors import SelmaskError
 
 SMALL = synthetic.SMALL
@@ -19,6 +22,11 @@ def _digests(root: Path) -> dict[str, str]:
     """md5 of every file under root, keyed by relative path."""
     return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _grow(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``mask`` grown by ``radius`` px in every direction (a square neighbourhood)."""
+    return dilation(mask, np.ones((2 * radius + 1, 2 * radius + 1), bool), mode="ignore")
 
 
 def _ids(root: Path, year: str, split: str) -> list[str]:
@@ -40,10 +48,24 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(tree, tmp_path):
 
 
 def test_draw_sample_is_pure():
-    img1, lab1 = synthetic.draw_sample(3, "train", 5, (48, 64))
-    img2, lab2 = synthetic.draw_sample(3, "train", 5, (48, 64))
+    img1, lab1 = synthetic_scenes.draw_sample(3, "train", 5, (48, 64))
+    img2, lab2 = synthetic_scenes.draw_sample(3, "train", 5, (48, 64))
     assert np.array_equal(img1, img2) and np.array_equal(lab1, lab2)
     assert img1.dtype == np.uint8 and img1.shape[:2] == lab1.shape and img1.shape[2] == 3
+    with pytest.raises(SelmaskError, match="split"):
+        synthetic_scenes.draw_sample(3, "validation", 5)
+
+
+def test_labels_keep_the_bytes_cached_datasets_were_made_with():
+    """Seed 0 labels as the generator has always drawn them (1 and 2 px void bands, 2 px wires).
+
+    Cached trees are reused while GENERATOR_VERSION is unchanged: if this digest
+    has to change, bump GENERATOR_VERSION with it.
+    """
+    digest = hashlib.md5()
+    for index in range(8):
+        digest.update(synthetic_scenes.draw_sample(0, "train", index, (64, 128))[1].tobytes())
+    assert digest.hexdigest() == "a47921dfd962c59acd1a204207a79777"
 
 
 def test_tree_layout(tree):
@@ -59,10 +81,10 @@ def test_tree_layout(tree):
             assert (base / "SegmentationClass" / f"{image_id}.png").is_file()
 
     classes = yaml.safe_load((tree / "classes.yaml").read_text())
-    assert [c["name"] for c in classes["classes"]] == synthetic.CLASS_NAMES
+    assert [c["name"] for c in classes["classes"]] == CLASS_NAMES
     assert [tuple(c["color"]) for c in classes["classes"]] == [tuple(c) for c in synthetic.CLASS_COLORS]
     assert classes["ignore_index"] == 255
-    assert synthetic.CLASS_NAMES[0] == "background" and 7 <= synthetic.NUM_CLASSES <= 11
+    assert CLASS_NAMES[0] == "background" and 7 <= NUM_CLASSES <= 11
 
     info = json.loads((tree / "SYNTHETIC_INFO.json").read_text())
     assert info["params"]["seed"] == 0 and info["params"]["n_train"] == SMALL["n_train"]
@@ -71,20 +93,21 @@ def test_tree_layout(tree):
 
 def test_labels_are_voc_palette_pngs_with_void_borders(tree):
     v12 = tree / "VOCdevkit" / "VOC2012"
-    allowed = set(range(synthetic.NUM_CLASSES)) | {255}
+    allowed = set(range(NUM_CLASSES)) | {255}
     for image_id in _ids(tree, "VOC2012", "trainval"):
         with Image.open(v12 / "SegmentationClass" / f"{image_id}.png") as label:
             assert label.mode == "P"
             palette = label.getpalette()
             values = np.asarray(label)
         assert tuple(palette[3:6]) == synthetic.CLASS_COLORS[1] == (128, 0, 0)   # VOC colour map
+        assert palette[:768] == [v for color in palette_colors(256) for v in color]
         assert set(np.unique(values)) <= allowed
         assert (values == 255).any(), f"{image_id}: no void band"
         # the void band hugs objects: 1 px bands at this size, stacked at most 3 deep in clutter
         objects = (values != 0) & (values != 255)
-        assert np.all(synthetic._dilate(objects, 3)[values == 255])
+        assert np.all(_grow(objects, 3)[values == 255])
         assert (values == 255).mean() < 0.25
-        assert not np.all(values[synthetic._dilate(objects, 1) & ~objects] == 0)
+        assert not np.all(values[_grow(objects, 1) & ~objects] == 0)
 
 
 def test_image_sizes_vary_within_range_and_match_labels(tree):
@@ -118,14 +141,14 @@ def test_pretraining_pool_is_larger_than_labelled_split(tree):
 
 def test_class_frequencies_show_strong_imbalance(tree):
     freq = synthetic.class_frequencies(tree, "train")
-    assert list(freq) == synthetic.CLASS_NAMES
+    assert list(freq) == CLASS_NAMES
     assert sum(freq.values()) == pytest.approx(1.0)
     assert all(v > 0 for v in freq.values()), freq             # every class in the train split
-    objects = [freq[n] for n in synthetic.CLASS_NAMES[1:]]
+    objects = [freq[n] for n in CLASS_NAMES[1:]]
     assert min(objects) < max(objects) / 10
     assert freq["background"] == max(freq.values())
     counts = synthetic.class_pixel_counts(tree, "test")
-    assert counts["void"] > 0 and set(counts) == set(synthetic.CLASS_NAMES) | {"void"}
+    assert counts["void"] > 0 and set(counts) == set(CLASS_NAMES) | {"void"}
 
 
 def test_ensure_caches_and_regenerates_only_on_change(tmp_path, monkeypatch):

@@ -4,49 +4,15 @@ Why it exists
 -------------
 The paper's datasets (Pascal VOC, Cityscapes, Nassar 2020, Sugarbeets 2016) are
 large downloads. Every command of the kit must also run out of the box, on one
-CPU core, in seconds. This module draws a small dataset from a seed that is a
-fair miniature of the paper's setting, and writes it exactly like Pascal VOC so
-the ordinary VOC loader (``selmask_lib.data.voc``) reads it with no special
-case.
+CPU core, in seconds. This module writes a small dataset, drawn from a seed,
+that is a fair miniature of the paper's setting, exactly like Pascal VOC so the
+ordinary VOC loader (``selmask_lib.data.voc``) reads it with no special case.
 
-What the images look like
--------------------------
-Each image is 64-128 px on each side (height and width drawn independently per
-image). The background is a random crop of a real photograph shipped with
-scikit-image (astronaut, coffee, chelsea, rocket, camera, clock, Hubble deep
-field, immunohistochemistry, retina), rescaled and colour-shifted, often blended
-with a grass texture. Objects are pasted on top, each filled with a crop of a
-real texture from ``skimage.data`` (gravel, brick, moon, coins, text, page, cell,
-camera), tinted with a class colour and jittered per instance, with a soft
-lighting gradient. Larger objects are drawn first, so small ones stay visible.
-
-Classes (index order, background first)
----------------------------------------
-====  ==========  ================================================  ==========
- idx  name        shape / texture                                   frequency
-====  ==========  ================================================  ==========
- 0    background  photo crop (+ grass)                              ~72 %
- 1    ellipse     large filled ellipse, brown gravel                ~10 %
- 2    slab        large rotated quadrilateral, blue-grey brick      ~11 %
- 3    ring        annulus, cyan moon craters                        ~2.7 %
- 4    star        5-8 pointed star, yellow coins                    ~1.7 %
- 5    stripes     3-6 parallel 2-3 px bars, magenta text            ~1.1 %
- 6    wire        1-2 px wide smooth curve, white camera crop       ~0.6 %
- 7    speck       cluster of 4-9 tiny diamonds, red page            ~0.3 %
- 8    fern        1 px stem with alternating 1 px leaflets, green   ~0.4 %
-====  ==========  ================================================  ==========
-
-Frequencies are shares of the labelled (non-void) pixels of the default train
-split (seed 0); about 10 % of all pixels are void. The imbalance is strong:
-the rarest classes have ~1/30 of the pixels of the common ones, and they are
-small, thin and detail-rich, like the classes the paper reports the largest
-gains on. :func:`class_frequencies` measures them on any tree. The label map
-carries a 1 px (images shorter than 96 px) or 2 px band of 255 = void drawn
-just outside every object's boundary, as VOC does, and is saved as a palette
-('P') PNG with the VOC colour map.
-
-Every split that has at least 8 images contains every object class: image ``i``
-of a split always holds at least one instance of object class ``1 + i % 8``.
+What is drawn
+-------------
+:mod:`selmask_lib.data.synthetic_scenes` draws each image and its label map
+(the classes, their shapes and frequencies are listed there). Labels are saved
+as palette ('P') PNGs with the VOC colour map, 255 = void.
 
 Tree written
 ------------
@@ -76,35 +42,32 @@ Generation goes to a temporary sibling directory that is renamed into place
 only when complete, so an interrupted run never leaves a tree that looks
 finished.
 
-Determinism: every image is drawn by its own ``numpy.random.default_rng((seed,
-split, index))``; no global random state is used. The same seed gives
+Determinism: every image is a pure function of (seed, split, index), see
+:func:`selmask_lib.data.synthetic_scenes.draw_sample`. The same seed gives
 byte-identical label PNGs and JPEGs (with the same Pillow/zlib/libjpeg).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import yaml
 from PIL import Image
-from skimage import draw
 
 from selmask_lib import __version__ as _SELMASK_VERSION
+from selmask_lib.data.base import IGNORE_INDEX, palette_colors
+from selmask_lib.data.synthetic_scenes import CLASS_NAMES, NUM_CLASSES, draw_sample
 from selmask_lib.errors import SelmaskError
 
-# Bump when the drawing code changes, so cached trees are regenerated.
+# Bump when the drawing code (synthetic_scenes.py) changes, so cached trees are regenerated.
 GENERATOR_VERSION = 1
 
-IGNORE_INDEX = 255
 INFO_FILE = "SYNTHETIC_INFO.json"
 CLASSES_FILE = "classes.yaml"
 
@@ -113,405 +76,10 @@ DEFAULTS: dict = dict(n_train=120, n_val=40, n_test=40, n_unlabelled=400, image_
 #: Tiny parameter set for tests: ``ensure_synthetic_voc(tmp_path, **SMALL)``.
 SMALL: dict = dict(n_train=12, n_val=4, n_test=4, n_unlabelled=24, image_size=(48, 64))
 
-# Split codes seed the per-image generators; they must never change.
-_SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "unlabelled": 3}
 _ID_PREFIX = {"train": "train", "val": "val", "test": "test", "unlabelled": "unl"}
 
-
-# --------------------------------------------------------------------------- palette
-def voc_palette() -> list[tuple[int, int, int]]:
-    """The 256-entry Pascal VOC colour map (index 255 -> (224, 224, 192)).
-
-    Real VOC labels use this palette, so the synthetic labels look the same in
-    any viewer and tools that decode VOC colours work unchanged.
-    """
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        palette.append((r, g, b))
-    return palette
-
-
-# --------------------------------------------------------------------------- sources
-# Background photographs; all ship inside scikit-image (no pooch download).
-_BACKGROUND_PHOTOS = (
-    "astronaut", "coffee", "chelsea", "rocket", "camera", "clock",
-    "hubble_deep_field", "immunohistochemistry", "retina",
-)
-
-
-@functools.lru_cache(maxsize=None)
-def _source(name: str, mode: str = "RGB") -> Image.Image:
-    """Load one ``skimage.data`` image as a PIL image in ``mode``, once per process.
-
-    Only functions whose files are bundled with scikit-image are used; the
-    ones that need a pooch download (eagle, lily, skin, ...) are avoided
-    because the kit must work offline.
-    """
-    import skimage.data
-
-    array = getattr(skimage.data, name)()
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    return Image.fromarray(np.ascontiguousarray(array[..., :3]).astype(np.uint8), "RGB").convert(mode)
-
-
-def _random_crop(rng: np.random.Generator, name: str, h: int, w: int,
-                 zoom: tuple[float, float] = (0.7, 3.0), mode: str = "RGB") -> np.ndarray:
-    """Random crop of source ``name`` rescaled to ``h x w``, float32 in [0, 1].
-
-    The crop is ``zoom`` times the output size (clamped to the source), so the
-    same source gives fine and coarse versions of its texture. A random
-    horizontal flip doubles the variety for free.
-    """
-    src = _source(name, mode)
-    sw, sh = src.size
-    s = min(rng.uniform(*zoom), sw / w, sh / h)
-    cw, ch = max(1, int(round(w * s))), max(1, int(round(h * s)))
-    x0 = int(rng.integers(0, sw - cw + 1))
-    y0 = int(rng.integers(0, sh - ch + 1))
-    crop = src.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.BILINEAR)
-    array = np.asarray(crop, dtype=np.float32) / 255.0
-    if rng.random() < 0.5:
-        array = array[:, ::-1]
-    return array
-
-
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A cluttered, textured background: photo crop, colour shift, maybe grass.
-
-    Real photographs give the background natural image statistics (edges,
-    shading, clutter), so reconstruction pretraining has something to learn.
-    """
-    photo = _BACKGROUND_PHOTOS[int(rng.integers(len(_BACKGROUND_PHOTOS)))]
-    image = _random_crop(rng, photo, h, w)
-    gain = rng.uniform(0.7, 1.2, size=3).astype(np.float32)
-    offset = rng.uniform(-0.08, 0.08, size=3).astype(np.float32)
-    image = image * gain + offset
-    if rng.random() < 0.5:
-        grass = _random_crop(rng, "grass", h, w, mode="L")[..., None]
-        tint = rng.uniform(0.3, 0.7, size=3).astype(np.float32)
-        alpha = np.float32(rng.uniform(0.25, 0.6))
-        image = (1 - alpha) * image + alpha * grass * tint * 1.6
-    return np.clip(image, 0.0, 1.0)
-
-
-def _texture(rng: np.random.Generator, source: str, tint: tuple[float, float, float],
-             h: int, w: int) -> np.ndarray:
-    """Class texture (float32 [h, w, 3]): grey detail of ``source`` modulating the class colour.
-
-    The tint carries the class identity (with a per-instance jitter so colour
-    alone is not a perfect cue); the source crop carries fine texture; a linear
-    lighting gradient adds the shading real objects have. ``h x w`` is the
-    object's bounding box, so the cost scales with the object, not the image.
-    """
-    grey = _random_crop(rng, source, h, w, zoom=(0.5, 2.0), mode="L")
-    detail = (grey - grey.mean()) / (grey.std() + 0.05)
-    colour = np.asarray(tint, np.float32) + rng.uniform(-0.08, 0.08, size=3).astype(np.float32)
-    contrast = rng.uniform(0.2, 0.4)
-    angle = rng.uniform(0, 2 * np.pi)
-    ramp = (np.cos(angle) * np.arange(w, dtype=np.float32)[None, :] / max(w, 8)
-            + np.sin(angle) * np.arange(h, dtype=np.float32)[:, None] / max(h, 8))
-    light = 1.0 + rng.uniform(0.1, 0.35) * (ramp - ramp.mean())
-    texture = colour[None, None, :] * ((1.0 + contrast * detail) * light)[..., None]
-    return np.clip(texture, 0.0, 1.0).astype(np.float32)
-
-
-def _paste(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, spec: "ClassSpec") -> None:
-    """Fill ``mask`` in ``image`` (in place) with a fresh texture of class ``spec``."""
-    rows, cols = np.nonzero(mask)
-    y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    texture = _texture(rng, spec.texture, spec.tint, int(y1 - y0), int(x1 - x0))
-    local = mask[y0:y1, x0:x1]
-    image[y0:y1, x0:x1][local] = texture[local]
-
-
-# --------------------------------------------------------------------------- shapes
-# Every shape function takes (rng, h, w) and returns a boolean [h, w] mask.
-# Sizes are relative to m = min(h, w) so small and large images look alike.
-
-def _mask_from(rr: np.ndarray, cc: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Boolean mask from pixel coordinates, dropping those outside the image."""
-    mask = np.zeros((h, w), bool)
-    keep = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-    mask[rr[keep], cc[keep]] = True
-    return mask
-
-
-def _polyline(points: np.ndarray, h: int, w: int) -> np.ndarray:
-    """1 px wide, 8-connected polyline through ``points`` (rows, cols)."""
-    mask = np.zeros((h, w), bool)
-    pts = np.round(points).astype(int)
-    for (r0, c0), (r1, c1) in zip(pts[:-1], pts[1:]):
-        rr, cc = draw.line(r0, c0, r1, c1)
-        mask |= _mask_from(rr, cc, h, w)
-    return mask
-
-
-def _centre(rng: np.random.Generator, h: int, w: int, margin: float = 0.1) -> tuple[float, float]:
-    """Object centre, kept away from the border so objects are mostly visible."""
-    return rng.uniform(margin * h, (1 - margin) * h), rng.uniform(margin * w, (1 - margin) * w)
-
-
-def _rotated_rect(cy: float, cx: float, half_len: float, half_wid: float, angle: float,
-                  h: int, w: int) -> np.ndarray:
-    """Filled rectangle of the given half sizes, rotated by ``angle``."""
-    u = np.array([np.sin(angle), np.cos(angle)])           # (row, col) direction of length
-    v = np.array([np.cos(angle), -np.sin(angle)])          # perpendicular
-    corners = [np.array([cy, cx]) + a * half_len * u + b * half_wid * v
-               for a, b in ((1, 1), (1, -1), (-1, -1), (-1, 1))]
-    corners = np.array(corners)
-    rr, cc = draw.polygon(corners[:, 0], corners[:, 1], shape=(h, w))
-    return _mask_from(rr, cc, h, w)
-
-
-def shape_ellipse(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Large filled ellipse: the common, easy, blob-like class."""
-    m = min(h, w)
-    cy, cx = _centre(rng, h, w)
-    rr, cc = draw.ellipse(cy, cx, m * rng.uniform(0.15, 0.33), m * rng.uniform(0.15, 0.33),
-                          shape=(h, w), rotation=rng.uniform(-np.pi, np.pi))
-    return _mask_from(rr, cc, h, w)
-
-
-def shape_slab(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Large rotated quadrilateral with jittered corners: common, straight edges."""
-    m = min(h, w)
-    cy, cx = _centre(rng, h, w)
-    a, b = m * rng.uniform(0.18, 0.38), m * rng.uniform(0.1, 0.22)
-    angle = rng.uniform(0, np.pi)
-    u = np.array([np.sin(angle), np.cos(angle)])
-    v = np.array([np.cos(angle), -np.sin(angle)])
-    corners = np.array([np.array([cy, cx]) + sa * a * u + sb * b * v
-                        for sa, sb in ((1, 1), (1, -1), (-1, -1), (-1, 1))])
-    corners += rng.normal(0, 0.06 * m, size=corners.shape)
-    rr, cc = draw.polygon(corners[:, 0], corners[:, 1], shape=(h, w))
-    return _mask_from(rr, cc, h, w)
-
-
-def shape_ring(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Annulus: a hole in the middle, so the class is not just a filled blob."""
-    m = min(h, w)
-    cy, cx = _centre(rng, h, w, margin=0.15)
-    r_out = m * rng.uniform(0.11, 0.22)
-    squash = rng.uniform(0.75, 1.0)
-    rot = rng.uniform(-np.pi, np.pi)
-    r_in = r_out * rng.uniform(0.5, 0.72)
-    outer = _mask_from(*draw.ellipse(cy, cx, r_out * squash, r_out, shape=(h, w), rotation=rot), h, w)
-    inner = _mask_from(*draw.ellipse(cy, cx, r_in * squash, r_in, shape=(h, w), rotation=rot), h, w)
-    return outer & ~inner
-
-
-def shape_star(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """5-8 pointed star: sharp concave corners a blurry model rounds off."""
-    m = min(h, w)
-    cy, cx = _centre(rng, h, w, margin=0.15)
-    points = int(rng.integers(5, 9))
-    r_out = m * rng.uniform(0.11, 0.2)
-    r_in = r_out * rng.uniform(0.35, 0.5)
-    angles = rng.uniform(0, 2 * np.pi) + np.arange(2 * points) * np.pi / points
-    radii = np.where(np.arange(2 * points) % 2 == 0, r_out, r_in)
-    rr, cc = draw.polygon(cy + radii * np.sin(angles), cx + radii * np.cos(angles), shape=(h, w))
-    return _mask_from(rr, cc, h, w)
-
-
-def shape_stripes(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """3-6 parallel thin bars: a thin, periodic structure (rare class)."""
-    m = min(h, w)
-    cy, cx = _centre(rng, h, w, margin=0.2)
-    bars = int(rng.integers(3, 7))
-    half_wid = rng.uniform(0.75, 1.5)
-    pitch = 2 * half_wid + rng.uniform(2.5, 4.0)
-    half_len = m * rng.uniform(0.08, 0.18)
-    angle = rng.uniform(0, np.pi)
-    normal = np.array([np.cos(angle), -np.sin(angle)])
-    mask = np.zeros((h, w), bool)
-    for k in range(bars):
-        oy, ox = (k - (bars - 1) / 2) * pitch * normal
-        mask |= _rotated_rect(cy + oy, cx + ox, half_len, half_wid, angle, h, w)
-    return mask
-
-
-def _smooth_curve(rng: np.random.Generator, start: tuple[float, float], length: float,
-                  wiggle: float) -> np.ndarray:
-    """Points (1 px apart) of a curve whose heading drifts smoothly."""
-    steps = max(2, int(length))
-    heading = rng.uniform(0, 2 * np.pi)
-    freq, phase = rng.uniform(0.02, 0.08), rng.uniform(0, 2 * np.pi)
-    turn = wiggle * np.sin(freq * 2 * np.pi * np.arange(steps) + phase)
-    headings = heading + np.cumsum(turn)
-    ys = start[0] + np.concatenate([[0.0], np.cumsum(np.sin(headings[:-1]))])
-    xs = start[1] + np.concatenate([[0.0], np.cumsum(np.cos(headings[:-1]))])
-    return np.stack([ys, xs], axis=1)
-
-
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation with a (2r+1) square, by OR-ing shifted copies.
-
-    Plain numpy keeps the module free of heavier morphology dependencies and is
-    fast for the radii used here (1-2 px).
-    """
-    if radius <= 0:
-        return mask.copy()
-    h, w = mask.shape
-    padded = np.pad(mask, radius)
-    out = np.zeros_like(mask)
-    for dy in range(2 * radius + 1):
-        for dx in range(2 * radius + 1):
-            out |= padded[dy:dy + h, dx:dx + w]
-    return out
-
-
-def shape_wire(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """1-2 px wide smooth curve: the thinnest class, hard at low resolution."""
-    m = min(h, w)
-    points = _smooth_curve(rng, _centre(rng, h, w, margin=0.2), m * rng.uniform(0.4, 0.9), wiggle=0.08)
-    mask = _polyline(points, h, w)
-    return _shift_or(mask) if rng.random() < 0.6 else mask
-
-
-def _shift_or(mask: np.ndarray) -> np.ndarray:
-    """Mask OR its copy shifted one pixel down-right: thickens a line to 2 px."""
-    out = mask.copy()
-    out[1:, 1:] |= mask[:-1, :-1]
-    out[1:, :] |= mask[:-1, :]
-    return out
-
-
-def shape_speck(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Cluster of 3-7 tiny diamonds: small, scattered objects (rare class)."""
-    m = min(h, w)
-    cy, cx = _centre(rng, h, w, margin=0.12)
-    spread = m * 0.08
-    mask = np.zeros((h, w), bool)
-    for _ in range(int(rng.integers(4, 10))):
-        y, x = cy + rng.normal(0, spread), cx + rng.normal(0, spread)
-        r = rng.uniform(1.5, 3.0)
-        rr, cc = draw.polygon([y - r, y, y + r, y], [x, x + r, x, x - r], shape=(h, w))
-        mask |= _mask_from(rr, cc, h, w)
-    return mask
-
-
-def shape_fern(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """1 px stem with alternating 1 px leaflets: branched, thin, detail-rich."""
-    m = min(h, w)
-    stem = _smooth_curve(rng, _centre(rng, h, w, margin=0.2), m * rng.uniform(0.25, 0.45), wiggle=0.03)
-    mask = _polyline(stem, h, w)
-    spacing = int(rng.integers(3, 6))
-    leaf_max = m * rng.uniform(0.07, 0.12)
-    spread = rng.uniform(0.8, 1.2)                         # leaflet angle from the stem, radians
-    n = len(stem)
-    for k, i in enumerate(range(spacing, n - 1, spacing)):
-        direction = stem[i + 1] - stem[i - 1]
-        heading = np.arctan2(direction[0], direction[1])
-        side = 1 if k % 2 == 0 else -1
-        length = leaf_max * (1.0 - 0.7 * i / n)            # leaflets shrink toward the tip
-        a = heading + side * spread
-        tip = stem[i] + length * np.array([np.sin(a), np.cos(a)])
-        mask |= _polyline(np.stack([stem[i], tip]), h, w)
-    return mask
-
-
-# --------------------------------------------------------------------------- classes
-@dataclass(frozen=True)
-class ClassSpec:
-    """How one object class is drawn.
-
-    ``rate`` is the mean number of instances per image (Poisson): together with
-    the shape size it sets how common the class is.
-    """
-
-    name: str
-    shape: Callable[[np.random.Generator, int, int], np.ndarray]
-    texture: str
-    tint: tuple[float, float, float]
-    rate: float
-
-
-_OBJECT_CLASSES: tuple[ClassSpec, ...] = (
-    ClassSpec("ellipse", shape_ellipse, "gravel", (0.62, 0.45, 0.30), 0.9),
-    ClassSpec("slab", shape_slab, "brick", (0.35, 0.45, 0.70), 0.9),
-    ClassSpec("ring", shape_ring, "moon", (0.15, 0.72, 0.78), 0.6),
-    ClassSpec("star", shape_star, "coins", (0.88, 0.80, 0.18), 0.6),
-    ClassSpec("stripes", shape_stripes, "text", (0.85, 0.20, 0.75), 0.35),
-    ClassSpec("wire", shape_wire, "camera", (0.95, 0.95, 0.92), 0.6),
-    ClassSpec("speck", shape_speck, "page", (0.92, 0.12, 0.10), 0.4),
-    ClassSpec("fern", shape_fern, "cell", (0.20, 0.85, 0.25), 0.45),
-)
-
-#: Class names in label-index order, background first.
-CLASS_NAMES: list[str] = ["background"] + [spec.name for spec in _OBJECT_CLASSES]
-NUM_CLASSES: int = len(CLASS_NAMES)
 #: RGB label colours in index order (the VOC palette entries 0..NUM_CLASSES-1).
-CLASS_COLORS: list[tuple[int, int, int]] = voc_palette()[:NUM_CLASSES]
-
-
-# --------------------------------------------------------------------------- one sample
-def _band_width(h: int, w: int) -> int:
-    """Void band width: VOC's band is ~1 % of the image side, so 1 px below 96 px, else 2."""
-    return 1 if min(h, w) < 96 else 2
-
-
-def draw_sample(seed: int, split: str, index: int,
-                image_size: tuple[int, int] = (64, 128)) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one image and its label map; a pure function of its arguments.
-
-    Returns ``image`` uint8 [H, W, 3] and ``label`` uint8 [H, W] with values in
-    ``range(NUM_CLASSES)`` and 255 for the void band. Each sample has its own
-    generator, so samples do not depend on how many others are drawn.
-    """
-    if split not in _SPLIT_CODES:
-        raise SelmaskError(f"synthetic dataset: unknown split {split!r}; use one of {sorted(_SPLIT_CODES)}")
-    rng = np.random.default_rng([seed, _SPLIT_CODES[split], index])
-    lo, hi = image_size
-    h, w = (int(v) for v in rng.integers(lo, hi + 1, size=2))
-    image = _background(rng, h, w)
-
-    forced = 1 + index % len(_OBJECT_CLASSES)   # guarantees every class appears in every split
-    instances = []
-    for cls, spec in enumerate(_OBJECT_CLASSES, start=1):
-        count = min(int(rng.poisson(spec.rate)), 3)
-        if cls == forced:
-            count = max(count, 1)
-        for _ in range(count):
-            mask = spec.shape(rng, h, w)
-            if mask.any():
-                instances.append((cls, mask))
-    # Painter's order: large objects behind, small and thin ones in front.
-    instances.sort(key=lambda item: -int(item[1].sum()))
-
-    instance_map = np.zeros((h, w), np.int32)       # 0 = background, k = k-th drawn instance
-    for k, (cls, mask) in enumerate(instances, start=1):
-        _paste(rng, image, mask, _OBJECT_CLASSES[cls - 1])
-        instance_map[mask] = k
-    class_of = np.array([0] + [cls for cls, _ in instances], np.uint8)
-    label = class_of[instance_map]
-    label[_void_band(instance_map, len(instances), _band_width(h, w))] = IGNORE_INDEX
-    return (np.clip(image * 255.0 + 0.5, 0, 255)).astype(np.uint8), label
-
-
-def _void_band(instance_map: np.ndarray, n_instances: int, width: int) -> np.ndarray:
-    """Pixels to mark void: a ``width`` px band outside every visible object boundary.
-
-    The band lies on the far side of each visible edge (over the background or
-    an object drawn earlier), so the front object keeps all its pixels: a 1 px
-    wire stays labelled, while the void still separates it from its
-    surroundings. Where a band covers the edge of an object behind, that
-    object's own band adds to it, so void can reach 2 x ``width`` from the
-    nearest labelled object pixel, as in cluttered VOC scenes.
-    """
-    void = np.zeros(instance_map.shape, bool)
-    for k in range(1, n_instances + 1):
-        visible = instance_map == k
-        if visible.any():
-            void |= _dilate(visible, width) & (instance_map < k)
-    return void
+CLASS_COLORS: tuple[tuple[int, int, int], ...] = palette_colors(NUM_CLASSES)
 
 
 # --------------------------------------------------------------------------- writing
@@ -552,7 +120,7 @@ def _write_tree(out: Path, params: dict) -> dict:
     for year in (voc12, voc07):
         for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
             (year / sub).mkdir(parents=True, exist_ok=True)
-    palette_bytes = bytes(v for rgb in voc_palette() for v in rgb)
+    palette_bytes = bytes(v for rgb in palette_colors(256) for v in rgb)
 
     lists: dict[str, list[str]] = {}
     train_counts = np.zeros(256, np.int64)
@@ -736,7 +304,6 @@ def class_frequencies(root: str | os.PathLike, split: str = "train") -> dict[str
 
 
 __all__ = [
-    "CLASS_NAMES", "CLASS_COLORS", "NUM_CLASSES", "IGNORE_INDEX", "DEFAULTS", "SMALL",
-    "GENERATOR_VERSION", "ensure_synthetic_voc", "generate_synthetic_voc", "default_root",
-    "draw_sample", "class_frequencies", "class_pixel_counts", "voc_palette",
+    "CLASS_COLORS", "DEFAULTS", "SMALL", "GENERATOR_VERSION", "ensure_synthetic_voc",
+    "generate_synthetic_voc", "default_root", "class_frequencies", "class_pixel_counts",
 ]
