@@ -37,6 +37,8 @@ _EXPORTS = {
     "pretrain_selective": "pretrain",
     "load_pretrain_run": "pretrain",
     "load_step_masks": "pretrain",
+    "pretraining_pool": "pretrain_data",
+    "scoring_view": "pretrain_data",
     # fine-tuning and the paper's tables
     "finetune": "finetune",
     "reproduce": "reproduce",
@@ -56,6 +58,10 @@ _EXPORTS = {
     "score_patches": "strategies",
     "SelectiveMasking": "strategies",
     "FixedRandomMasking": "strategies",
+    # figures
+    "masked_views_figure": "plotting",
+    "per_class_gain_figure": "plotting",
+    "masking_figure": "plotting",
     # data, models, errors
     "ensure_synthetic_voc": "data.synthetic",
     "build_reconstruction_model": "models",

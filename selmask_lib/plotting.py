@@ -110,7 +110,7 @@ def masked_views_figure(
 def per_class_gain_figure(gain, title: str | None = None) -> "matplotlib.figure.Figure":
     """Per-class IoU of baseline and method (left) and their difference (right).
 
-    ``gain`` is :func:`selmask_lib.results.per_class_gain`'s table: classes
+    ``gain`` is :func:`selmask_lib.tables.per_class_gain`'s table: classes
     sorted from the weakest baseline IoU, columns baseline / method / gain.
     """
     import pandas as pd

@@ -365,15 +365,3 @@ def load_results(paths_or_root, on_error: str = "raise") -> pd.DataFrame:
             stacklevel=2,
         )
     return df
-
-
-# TODO(main): import from .tables -- cli.py, tests/test_reproduce.py and README.md's examples
-# still import these names from here. A lazy lookup (PEP 562), because tables.py imports this module.
-_MOVED_TO_TABLES = ("PAPER_COLUMNS", "format_table", "results_table")
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_TABLES:
-        from . import tables
-        return getattr(tables, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -54,14 +54,14 @@ def test_notebook_runs_with_stored_defaults(path, runs_root, tmp_path, monkeypat
     assert errors == []
 
 
-def test_reproduce_notebook_compares_injected_strategies(runs_root, tmp_path, monkeypatch):
-    # papermill -p extra_strategies '["random_fixed"]': one more column, the paper's runs reused from above
+def test_reproduce_notebook_compares_injected_maskings(runs_root, tmp_path, monkeypatch):
+    # papermill -p extra_maskings '["random_fixed"]': one more column, the paper's runs reused from above
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("SELMASK_NO_PROGRESS", "1")
     path = next(p for p in NOTEBOOKS if p.name.startswith("02_"))
     output = tmp_path / path.name
     papermill.execute_notebook(str(path), str(output),
-                               parameters={"runs_root": str(runs_root), "extra_strategies": ["random_fixed"]},
+                               parameters={"runs_root": str(runs_root), "extra_maskings": ["random_fixed"]},
                                kernel_name="python3", progress_bar=False, cwd=str(path.parent))
     tables = [out["data"]["text/plain"] for cell in json.loads(output.read_text())["cells"]
               for out in cell.get("outputs", []) if out.get("output_type") == "execute_result"]
