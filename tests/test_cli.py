@@ -33,7 +33,8 @@ OLD_MTIME_NS = 1_000_000_000 * 10**9  # 2001-09-09: any rewrite after this test 
 
 def snapshot(run_dir):
     """Every file and folder under ``run_dir``: its bytes (None for a folder) and mtime_ns."""
-    return {path.relative_to(run_dir).as_posix(): (None if path.is_dir() else path.read_bytes(), path.stat().st_mtime_ns)
+    return {path.relative_to(run_dir).as_posix():
+            (None if path.is_dir() else path.read_bytes(), path.stat().st_mtime_ns)
             for path in sorted(run_dir.rglob("*"))}
 
 
