@@ -1,9 +1,12 @@
 """The `selmask` command: the demo runs, bad input is one line and exit status 2."""
 
+import json
+import os
 import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from selmask_lib.cli import main, parse_overrides
@@ -25,12 +28,43 @@ def test_demo_writes_the_figure(data_root, tmp_path):
         assert image.width > 600 and image.height > 250  # 5 panels per row, 2 rows
 
 
-def test_pretrain_command_runs_and_reuses(data_root, tmp_path, capsys):
+OLD_MTIME_NS = 1_000_000_000 * 10**9  # 2001-09-09: any rewrite after this test starts moves it
+
+
+def snapshot(run_dir):
+    """Every file and folder under ``run_dir``: its bytes (None for a folder) and mtime_ns."""
+    return {path.relative_to(run_dir).as_posix():
+            (None if path.is_dir() else path.read_bytes(), path.stat().st_mtime_ns)
+            for path in sorted(run_dir.rglob("*"))}
+
+
+def test_pretrain_command_runs_and_reuses(data_root, tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
     args = ["pretrain", "--strategy", "random", "--dataset", "synthetic", "--data-root", str(data_root),
-            "--preset", "smoke", "--out", str(tmp_path / "run")]
+            "--preset", "smoke", "--out", str(run_dir)]
     assert main(args) == 0
-    assert "pretrained weights" in capsys.readouterr().out
-    assert main(args) == 0  # a finished run of the same config is reused
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "complete"
+    weights = run_dir / info["weights"]
+    assert weights.is_file()
+    first_out = capsys.readouterr().out
+    assert f"pretrained weights: {weights}" in first_out
+
+    # A finished run of the same config is reused: nothing in the run folder is written again (every file
+    # keeps its bytes and its back-dated mtime, none appears or goes) and no network runs at all.
+    for path in [run_dir, *run_dir.rglob("*")]:
+        os.utime(path, ns=(OLD_MTIME_NS, OLD_MTIME_NS))
+    before = snapshot(run_dir)
+    assert {"run.json", info["weights"]} <= set(before)
+
+    def no_forward_pass(module, *args, **kwargs):
+        raise AssertionError(f"a finished run was reused, yet {type(module).__name__} ran")
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", no_forward_pass)
+    assert main(args) == 0
+    assert snapshot(run_dir) == before
+    assert run_dir.stat().st_mtime_ns == OLD_MTIME_NS
+    assert f"pretrained weights: {weights}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,9 @@ from PIL import Image
 
 import fake_datasets as fake
 from selmask_lib import data
+from selmask_lib.config import DEFAULT_MEAN, DEFAULT_STD
 from selmask_lib.data import base, cityscapes, nassar, sugarbeets
 from selmask_lib.errors import SelmaskError
-from selmask_lib.config import DEFAULT_MEAN, DEFAULT_STD
 from selmask_lib.transforms import train_transform
 
 FORMATS = {

@@ -7,7 +7,9 @@ thread here: on 2 cores shared with other jobs, 2 OpenMP threads were 10-30x slo
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import urllib.error
 
 import pytest
@@ -216,10 +218,20 @@ def test_selective_ir_starts_from_the_pretrained_weights(pretrain_runs, syntheti
     assert cross.run_dir.name.startswith("finetune-voc-selective_ir-synthetic-")
 
 
-def test_random_ir_accepts_a_random_run(pretrain_runs, synthetic_root, tmp_path):
-    cfg = smoke("synthetic", synthetic_root, init="random_ir", pretrained=str(pretrain_runs["random"].run_dir))
+def test_random_ir_accepts_a_random_run(pretrain_runs, synthetic_root, tmp_path, spy):
+    pretrained = pretrain_runs["random"]
+    source = load_checkpoint(pretrained.weights)["model"]
+    fit_spy = spy()
+    cfg = smoke("synthetic", synthetic_root, init="random_ir", pretrained=str(pretrained.run_dir))
     run = ft.finetune(cfg, out_dir=tmp_path / "run")
+    (transferred,) = fit_spy.initial_states
+    body = [name for name in transferred if not name.startswith(HEAD_PREFIX)]
+    assert len(body) > 200
+    for name in body:  # the random-masking run's weights, not a fresh network
+        assert torch.equal(transferred[name], source[name]), name
     check_results(run.results, "synthetic", 9, init="random_ir")
+    assert run.results["pretrain_run"] == str(pretrained.run_dir)
+    assert run.results["transfer"]["copied"] == len(body) and run.results["transfer"]["missing"] == 0
 
 
 @pytest.mark.parametrize("init, strategy", [("selective_ir", "random"), ("random_ir", "selective")])
@@ -343,7 +355,7 @@ def run_cli(argv):
     return cli.main(["finetune", *argv])
 
 
-def test_cli_writes_results_and_reuses_them(synthetic_root, tmp_path, capsys):
+def test_cli_writes_results_and_reuses_them(synthetic_root, tmp_path, capsys, spy):
     out = tmp_path / "cli"
     argv = ["--dataset", "synthetic", "--data-root", str(synthetic_root), "--init", "none",
             "--preset", "smoke", "--out", str(out), "--set", "epochs=1", "--set", "max_train_images=4"]
@@ -351,7 +363,23 @@ def test_cli_writes_results_and_reuses_them(synthetic_root, tmp_path, capsys):
     results = read_results(out / "results.json")
     assert results["config"]["epochs"] == 1 and results["config"]["image_size"] == 64
     assert str(out / "results.json") in capsys.readouterr().out
-    assert run_cli(argv) == 0  # reused
+
+    # reused: no training, and every file of the run keeps its content and its back-dated mtime
+    old_ns = 1_000_000_000 * 10**9
+    for path in [out, *out.rglob("*")]:
+        os.utime(path, ns=(old_ns, old_ns))
+
+    def snapshot():
+        return {p.relative_to(out).as_posix(): (p.is_dir() or hashlib.sha256(p.read_bytes()).hexdigest(),
+                                                 p.stat().st_mtime_ns)
+                for p in [out, *out.rglob("*")]}
+
+    before = snapshot()
+    fit_spy = spy()
+    assert run_cli(argv) == 0
+    assert fit_spy.initial_states == []
+    assert snapshot() == before
+    assert str(out / "results.json") in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("problem", ["missing data root", "missing split list", "bad key", "no pretrained"])

@@ -1,5 +1,6 @@
 """Random and selective masking pretraining (selmask_lib.pretrain), on the small synthetic set."""
 
+import os
 import shutil
 
 import pytest
@@ -206,10 +207,17 @@ def test_bad_inputs_are_clear_errors_and_destroy_nothing(data_root, tmp_path):
         pretrain(smoke(data_root, max_images=3, n_partitions=5), out_dir=tmp_path / "b")
     # a run directory of another config is refused and left as it was
     first = pretrain(smoke(data_root, strategy="random"), out_dir=tmp_path / "run")
-    before = {p: p.stat().st_mtime_ns for p in first.run_dir.rglob("*")}
+    for path in [first.run_dir, *first.run_dir.rglob("*")]:  # back-dated: a rewrite moves the mtime
+        os.utime(path, ns=(10**18, 10**18))
+
+    def state():
+        return {p: (p.is_dir() or p.read_bytes(), p.stat().st_mtime_ns)
+                for p in [first.run_dir, *first.run_dir.rglob("*")]}
+
+    before = state()
     with pytest.raises(SelmaskError, match="different config"):
         pretrain(smoke(data_root, strategy="random", lr=1e-3), out_dir=tmp_path / "run")
-    assert {p: p.stat().st_mtime_ns for p in first.run_dir.rglob("*")} == before
+    assert state() == before
     # a folder that is not a run is not written into
     stranger = tmp_path / "stranger"
     stranger.mkdir()

@@ -8,6 +8,7 @@ import torch
 from torchvision import tv_tensors
 
 from selmask_lib import transforms as T
+from selmask_lib.config import DEFAULT_MEAN, DEFAULT_STD
 
 
 def image_and_mask(height=40, width=48, seed=0):
@@ -18,14 +19,44 @@ def image_and_mask(height=40, width=48, seed=0):
     return image, mask
 
 
+# METHOD.md's normalisation, written out here rather than read from the library, so that the
+# expected values below do not move with the constants they check.
+METHOD_MEAN = (0.4529, 0.4317, 0.3999)
+METHOD_STD = (0.4443, 0.4665, 0.4887)
+
+
 def normalise(image_uint8):
-    mean, std = torch.tensor(T.DEFAULT_MEAN)[:, None, None], torch.tensor(T.DEFAULT_STD)[:, None, None]
+    mean, std = torch.tensor(METHOD_MEAN)[:, None, None], torch.tensor(METHOD_STD)[:, None, None]
     return (image_uint8.as_subclass(torch.Tensor).float() / 255 - mean) / std
 
 
-def test_method_normalisation_constants():
-    assert T.DEFAULT_MEAN == (0.4529, 0.4317, 0.3999)
-    assert T.DEFAULT_STD == (0.4443, 0.4665, 0.4887)
+def test_config_defaults_are_the_method_constants():
+    assert DEFAULT_MEAN == METHOD_MEAN
+    assert DEFAULT_STD == METHOD_STD
+
+
+DEFAULT_NORMALISATION_TRANSFORMS = {
+    "train": lambda: T.train_transform(size=16, scale=(1.0, 1.0), color_jitter=0),
+    "val": lambda: T.val_transform(size=16),
+    "test": lambda: T.test_transform(size=16),
+    "normalise": lambda: T.normalise_transform(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULT_NORMALISATION_TRANSFORMS))
+def test_default_transforms_normalise_with_the_method_constants(name):
+    transform = DEFAULT_NORMALISATION_TRANSFORMS[name]
+    # a uniform image of value v per channel becomes (v / 255 - mean) / std, whatever the geometry does
+    values = (51, 128, 230)
+    image = tv_tensors.Image(torch.tensor(values, dtype=torch.uint8)[:, None, None].repeat(1, 20, 24))
+    mask = tv_tensors.Mask(torch.zeros(20, 24, dtype=torch.int64))
+    torch.manual_seed(0)
+    out_image, _ = transform()(image, mask)
+    assert out_image.shape[0] == 3 and out_image.dtype == torch.float32
+    for channel, value in enumerate(values):
+        expected = (value / 255 - METHOD_MEAN[channel]) / METHOD_STD[channel]
+        torch.testing.assert_close(out_image[channel], torch.full_like(out_image[channel], expected),
+                                   atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("size", [16, 24])
