@@ -45,7 +45,10 @@ from .errors import SelmaskError
 DATASET_NAMES = ("voc", "cityscapes", "nassar", "sugarbeets", "folder", "synthetic")
 PRESET_NAMES = ("smoke", "demo", "paper")
 STRATEGIES = ("random", "selective")
-INITS = ("none", "imagenet", "random_ir", "selective_ir")
+# The initialisations that load a pretraining run, and the strategy of the run each one needs.
+IR_INIT_STRATEGY = {f"{strategy}_ir": strategy for strategy in STRATEGIES}  # random_ir, selective_ir
+IR_INITS = tuple(IR_INIT_STRATEGY)
+INITS = ("none", "imagenet", *IR_INITS)
 
 # METHOD.md: one normalisation for every dataset (the authors' statistics of the
 # Pascal VOC pretraining images). Defined here only; transforms.py imports them.
@@ -246,7 +249,7 @@ class FinetuneConfig(_ConfigBase):
     def _check_values(self) -> None:
         self._check_common()
         _check_choice("init", self.init, INITS)
-        if self.init in ("random_ir", "selective_ir") and self.pretrained is None:
+        if self.init in IR_INITS and self.pretrained is None:
             raise SelmaskError(
                 f"config key 'pretrained' must name a pretraining run directory "
                 f"when init is '{self.init}'"
@@ -258,7 +261,7 @@ class FinetuneConfig(_ConfigBase):
         fields = super()._result_fields()
         if self.dataset == "folder":
             fields["data_root"] = self.data_root
-        if self.init not in ("random_ir", "selective_ir"):
+        if self.init not in IR_INITS:
             fields.pop("pretrained")
         if self.init != "imagenet":
             fields.pop("imagenet_weights")

@@ -59,7 +59,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .config import FinetuneConfig, config_hash
+from .config import IR_INIT_STRATEGY, FinetuneConfig, config_hash
 from .data import dataset_info, load_segmentation_split, resolve_data_root
 from .distributed import barrier, gather_confusion, init_distributed, is_main_process, main_only
 from .engine import LAST_CHECKPOINT, Optimisation, Trainer, load_checkpoint, run_log, seed_everything
@@ -82,7 +82,6 @@ from .transforms import test_transform, train_transform, val_transform
 log = logging.getLogger(__name__)
 
 RUN_KIND = "finetune"
-IR_STRATEGY = {"random_ir": "random", "selective_ir": "selective"}  # init -> pretraining strategy it needs
 
 
 @dataclass
@@ -117,7 +116,7 @@ def default_run_dir(cfg: FinetuneConfig, runs_root: str | Path = "runs",
                     pretrain_dataset: Optional[str] = None) -> Path:
     """``runs/finetune-<dataset>-<init>[-<pretrain dataset>]-<hash>``."""
     parts = ["finetune", cfg.dataset, cfg.init]
-    if cfg.init in IR_STRATEGY and pretrain_dataset is not None:
+    if cfg.init in IR_INIT_STRATEGY and pretrain_dataset is not None:
         parts.append(pretrain_dataset)
     return Path(runs_root) / f"{'-'.join(parts)}-{config_hash(cfg)}"
 
@@ -153,12 +152,12 @@ def load_splits(cfg: FinetuneConfig) -> _Splits:
 
 def check_pretrain_run(cfg: FinetuneConfig) -> Optional[PretrainRun]:
     """The finished pretraining run an IR init names, checked to be of the right strategy; None otherwise."""
-    if cfg.init not in IR_STRATEGY:
+    if cfg.init not in IR_INIT_STRATEGY:
         return None
     run = load_pretrain_run(cfg.pretrained)
-    needed, found = IR_STRATEGY[cfg.init], run.config.strategy
+    needed, found = IR_INIT_STRATEGY[cfg.init], run.config.strategy
     if found != needed:
-        other = next(init for init, strategy in IR_STRATEGY.items() if strategy == found)
+        other = next(init for init, strategy in IR_INIT_STRATEGY.items() if strategy == found)
         raise SelmaskError(
             f"init '{cfg.init}' needs a {needed}-masking pretraining run, but {run.run_dir} was pretrained "
             f"with {found} masking; pass a {needed}-masking run as 'pretrained' (or use init '{other}')"

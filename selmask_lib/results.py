@@ -54,7 +54,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .config import INITS
+from .config import INITS, IR_INITS
 from .errors import SelmaskError
 from .files import write_text_atomic
 
@@ -71,9 +71,6 @@ __all__ = [
 RESULTS_FILENAME = "results.json"
 FORMAT = "selmask-results"
 FORMAT_VERSION = 1
-
-#: The inits that load in-domain reconstruction (IR) pretrained weights.
-IR_INITS = tuple(init for init in INITS if init.endswith("_ir"))
 
 REQUIRED_FIELDS = (
     "dataset", "init", "pretrain_run", "pretrain_dataset", "seed", "miou",

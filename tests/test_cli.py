@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from selmask_lib.cli import main, parse_overrides
+from selmask_lib.cli import build_parser, config_from_args, main, parse_overrides
+from selmask_lib.config import load_config
 from selmask_lib.demo import run_demo
 from selmask_lib.errors import SelmaskError
 
@@ -103,3 +104,33 @@ def test_parse_overrides_reads_yaml_values():
         "epochs": 3, "lr": 0.003, "crop_scale": [0.5, 1.0], "data_root": None}
     with pytest.raises(SelmaskError):
         parse_overrides(["=3"])
+    with pytest.raises(SelmaskError, match="'crop_scale' is not valid YAML"):
+        parse_overrides(["crop_scale=[0.5"])
+
+
+def test_command_line_and_config_file_read_numbers_alike(tmp_path):
+    # one YAML reader for --set and config files: 3e-3 is a float in both (plain YAML 1.1 says string)
+    (tmp_path / "c.yaml").write_text("kind: pretrain\ndataset: voc\nlr: 3e-3\n")
+    assert load_config(tmp_path / "c.yaml").lr == parse_overrides(["lr=3e-3"])["lr"] == 0.003
+
+
+@pytest.mark.parametrize("argv, verbose", [(["synthetic"], False), (["-v", "synthetic"], True),
+                                           (["synthetic", "-v"], True)])
+def test_verbose_flag_before_or_after_the_subcommand(argv, verbose):
+    assert build_parser().parse_args(argv).verbose is verbose
+
+
+def test_one_args_to_config_step_dedicated_options_win_over_set():
+    pretrain_args = build_parser().parse_args(
+        ["pretrain", "--strategy", "random", "--dataset", "voc", "--data-root", "/d", "--preset", "smoke",
+         "--set", "strategy=selective", "--set", "epochs=3"])
+    cfg = config_from_args(pretrain_args, "pretrain")
+    assert (cfg.strategy, cfg.data_root, cfg.epochs, cfg.image_size) == ("random", "/d", 3, 64)
+    finetune_args = build_parser().parse_args(
+        ["finetune", "--dataset", "voc", "--preset", "smoke", "--init", "selective_ir", "--pretrained", "runs/x",
+         "--set", "init=none"])
+    cfg = config_from_args(finetune_args, "finetune")
+    assert (cfg.init, cfg.pretrained, cfg.epochs) == ("selective_ir", "runs/x", 2)
+    with pytest.raises(SelmaskError, match="--dataset"):
+        config_from_args(build_parser().parse_args(
+            ["finetune", "--dataset", "voc", "--set", "dataset=cityscapes"]), "finetune")
