@@ -211,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    # What a run decides on its own (e.g. the SSIM fallback) goes to its run.log; on stderr only with -v.
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.INFO if args.verbose else logging.CRITICAL + 1)
     try:
         return args.handler(args)
     except SelmaskError as error:

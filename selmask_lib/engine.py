@@ -60,7 +60,7 @@ from .distributed import (
     shard_sampler,
     wrap_model,
 )
-from .errors import SelmaskError
+from .errors import DivergenceError, SelmaskError
 from .files import atomic_write, ensure_writable_dir, write_text_atomic
 
 LAST_CHECKPOINT = "last.pt"
@@ -393,6 +393,29 @@ def progress(iterable: Iterable, **kwargs: Any):
 # ---------------------------------------------------------------------------
 
 
+# A mixed-precision loss scale this small means thousands of consecutive overflowing steps were skipped
+# (it halves on each, from 2**16): the run is not recovering.
+MIN_LOSS_SCALE = 2.0 ** -24
+
+
+def require_finite_weights(model: torch.nn.Module, what: str) -> None:
+    """Raise :class:`DivergenceError` if any weight or buffer of ``model`` is NaN or infinite.
+
+    Called before weights are saved as a checkpoint or a run's result, so a
+    broken model is never written where a later step or run would load it.
+    """
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise DivergenceError(f"{what}: weight {name!r} is not finite (NaN or infinite)")
+
+
+def _require_finite_losses(row: dict[str, Any], what: str) -> None:
+    """Raise :class:`DivergenceError` if a loss of an epoch's metrics row is NaN or infinite."""
+    for key, value in row.items():
+        if key.endswith("_loss") and value is not None and not math.isfinite(float(value)):
+            raise DivergenceError(f"{what}: epoch {row['epoch']} {key} is {value} (lr {row['lr']:g})")
+
+
 @dataclass
 class Optimisation:
     """What a resumable checkpoint saves besides the model: optimiser, schedule and AMP scaler."""
@@ -524,6 +547,10 @@ def fit(
             model.eval()
             with torch.no_grad():
                 row.update(evaluate(epoch) or {})
+        _require_finite_losses(row, str(run_dir))  # a diverged epoch is neither logged nor saved
+        if scaler.is_enabled() and scaler.get_scale() < MIN_LOSS_SCALE:
+            raise DivergenceError(f"{run_dir}: epoch {epoch}: the mixed-precision loss scale fell to "
+                                  f"{scaler.get_scale():g}, every step overflows (lr {lr:g})")
         if scheduler is not None:
             scheduler.step()
         row["seconds"] = round(time.perf_counter() - started, 3)
@@ -537,13 +564,15 @@ def fit(
         )
         if improved:
             best_value, best_epoch = value, epoch
+        due = checkpoint_final if epoch == epochs - 1 else (epoch + 1) % checkpoint_every == 0
+        if is_main and (improved or due):
+            require_finite_weights(model, f"{run_dir}: epoch {epoch}")
         if improved and is_main:
             save_checkpoint(best_path, {
                 "epoch": epoch, "model": model.state_dict(), "best_metric": best_metric,
                 "best_value": value, "config_hash": config_hash, "metrics": logger.read()[-1],
             })
         # After a new best, also save the resumable state so the two agree.
-        due = checkpoint_final if epoch == epochs - 1 else (epoch + 1) % checkpoint_every == 0
         if is_main and (improved or due):
             save_checkpoint(last_path, full_state(epoch))
 
@@ -615,13 +644,22 @@ class Trainer:
 
     def train_one_epoch(self, loader, batch_loss: BatchLoss, optimisation: Optimisation,
                         description: str = "") -> float:
-        """One optimisation pass over ``loader``; the mean loss per image over all processes."""
+        """One optimisation pass over ``loader``; the mean loss per image over all processes.
+
+        Divergence guard: a NaN or infinite loss stops the run before it
+        reaches the weights (:class:`DivergenceError`). The check reads the
+        loss value the step reads anyway, so it costs no extra sync.
+        """
         total, count = 0.0, 0
-        for batch in progress(loader, desc=description, leave=False):
+        for batch_index, batch in enumerate(progress(loader, desc=description, leave=False)):
             loss = batch_loss(self.train_model, batch)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                lr = optimisation.optimizer.param_groups[0]["lr"]
+                raise DivergenceError(f"{description}: training loss is {value} at batch {batch_index} (lr {lr:g})")
             optimisation.step(loss)
             n = len(batch[0])
-            total += float(loss.detach()) * n
+            total += value * n
             count += n
         broadcast_buffers(self.model)  # torchrun: every process evaluates rank 0's BatchNorm stats
         return all_reduce_mean(total / max(count, 1), count)

@@ -9,3 +9,12 @@ one clear line instead of a traceback from deep inside torch.
 
 class SelmaskError(ValueError):
     """A problem with the user's data, configuration or arguments."""
+
+
+class DivergenceError(SelmaskError):
+    """Training produced a non-finite loss or weights.
+
+    The run stops at once: nothing non-finite is ever saved, the last good
+    checkpoint is kept, and the run is marked ``failed`` so that no cache
+    reuses it. Usually the learning rate is too high for this setting.
+    """

@@ -62,8 +62,16 @@ from torch.utils.data import Dataset, Subset
 from .config import IR_INIT_STRATEGY, FinetuneConfig, config_hash
 from .data import dataset_info, load_segmentation_split, resolve_data_root
 from .distributed import barrier, gather_confusion, init_distributed, is_main_process, main_only
-from .engine import LAST_CHECKPOINT, Optimisation, Trainer, load_checkpoint, run_log, seed_everything
-from .errors import SelmaskError
+from .engine import (
+    LAST_CHECKPOINT,
+    Optimisation,
+    Trainer,
+    load_checkpoint,
+    require_finite_weights,
+    run_log,
+    seed_everything,
+)
+from .errors import DivergenceError, SelmaskError
 from .metrics import SegmentationEvaluator, SegmentationScores
 from .models import (
     HEAD_PREFIX,
@@ -76,7 +84,7 @@ from .models import (
 )
 from .pretrain import PretrainRun, load_pretrain_run
 from .results import RESULTS_FILENAME, read_results, write_results
-from .runs import begin_run, check_run_dir, update_run_info
+from .runs import begin_run, check_run_dir, mark_failed, update_run_info
 from .transforms import test_transform, train_transform, val_transform
 
 log = logging.getLogger(__name__)
@@ -209,6 +217,7 @@ def build_initialised_model(cfg: FinetuneConfig, num_classes: int,
             f"{pretrain_run.weights}: does not match the segmentation U-Net "
             f"({report.summary()}; e.g. {not_copied[0]!r}); was it written by another model version?"
         )
+    require_finite_weights(model, f"pretrained weights {pretrain_run.weights}")  # e.g. a run saved before the guard
     log.info("init %s from %s: %s", cfg.init, pretrain_run.weights, report.summary())
     return model, {"source": str(pretrain_run.weights), "copied": len(report.copied),
                    "skipped": len(report.skipped), "missing": len(report.missing),
@@ -307,7 +316,14 @@ def _train_and_test(cfg: FinetuneConfig, run_dir: Path, splits: _Splits, model: 
     pretrain_dataset = None if pretrain_run is None else pretrain_run.config.dataset
     trainer = Trainer(cfg, model)
     loss_fn = segmentation_loss(splits.ignore_index)
-    fitted = _train(trainer, splits, loss_fn, run_dir)  # check_run_dir refused an unfinished run unless resume
+    try:
+        fitted = _train(trainer, splits, loss_fn, run_dir)  # check_run_dir refused an unfinished run unless resume
+    except DivergenceError as error:
+        if is_main_process():
+            mark_failed(run_dir, error)
+            log.info("fine-tuning failed: %s", error)
+        raise DivergenceError(f"fine-tuning diverged in {run_dir} ({error}); no results are written and the run "
+                              f"is marked failed: change the config (e.g. a lower lr), which makes a new run") from None
 
     best_path = fitted.best_checkpoint or fitted.last_checkpoint
     trainer.model.load_state_dict(load_checkpoint(best_path, expected_config_hash=trainer.config_hash,

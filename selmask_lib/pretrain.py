@@ -59,11 +59,12 @@ from .engine import (
     epoch_generator,
     load_checkpoint,
     progress,
+    require_finite_weights,
     run_log,
     save_checkpoint,
     seed_everything,
 )
-from .errors import SelmaskError
+from .errors import DivergenceError, SelmaskError
 from .files import ensure_writable_dir
 from .losses import ReconstructionLoss
 from .masking import patch_grid
@@ -76,7 +77,7 @@ from .pretrain_data import (
     scoring_view,
     train_val_split,
 )
-from .runs import CONFIG_FILE, RUN_INFO_FILE, begin_run, check_run_dir, read_run_info, update_run_info
+from .runs import CONFIG_FILE, RUN_INFO_FILE, begin_run, check_run_dir, mark_failed, read_run_info, update_run_info
 from .strategies import RANDOM_BASELINE, MaskingFunction, build_masking, masking_name
 from .transforms import normalise, train_transform, val_transform
 
@@ -307,12 +308,21 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
         seed_everything(cfg.seed)  # the initial weights
         trainer = Trainer(cfg, build_reconstruction_model(cfg.dropout))
         loss_fn = ReconstructionLoss()
-        if cfg.strategy == "random":
-            train_indices, val_indices = train_val_split(range(len(pool)), cfg.val_fraction)
-            _train_on(trainer, loss_fn, pool, run_dir, train_indices, val_indices, None, ("random",))
-            steps = 1
-        else:
-            steps = _run_selective_steps(trainer, loss_fn, pool, run_dir, build_masking(masking, cfg), name)
+        try:
+            if cfg.strategy == "random":
+                train_indices, val_indices = train_val_split(range(len(pool)), cfg.val_fraction)
+                _train_on(trainer, loss_fn, pool, run_dir, train_indices, val_indices, None, ("random",))
+                steps = 1
+            else:
+                steps = _run_selective_steps(trainer, loss_fn, pool, run_dir, build_masking(masking, cfg), name)
+            require_finite_weights(trainer.model, f"{run_dir}: pretrained weights")
+        except DivergenceError as error:
+            if is_main_process():
+                mark_failed(run_dir, error)
+                log.info("pretraining failed: %s", error)
+            raise DivergenceError(f"pretraining diverged in {run_dir} ({error}); checkpoints written before are "
+                                  f"kept and the run is marked failed: change the config (e.g. a lower lr), "
+                                  f"which makes a new run") from None
         if is_main_process():
             save_checkpoint(run_dir / PRETRAINED_FILE, {"model": trainer.model.state_dict(),
                                                         "config_hash": trainer.config_hash})
@@ -355,6 +365,7 @@ def _run_selective_steps(trainer: Trainer, loss_fn: ReconstructionLoss, pool: Un
             patch_masks = _patch_masks_by_index(load_step_masks(step_dir))
         train_indices, val_indices = train_val_split(partition, cfg.val_fraction)
         _train_on(trainer, loss_fn, pool, step_dir, train_indices, val_indices, patch_masks, ("step", step))
+        require_finite_weights(trainer.model, f"{step_dir}: the step's weights")  # step k+1 would start from them
         if is_main_process():
             save_checkpoint(step_dir / STEP_MODEL_FILE, {"model": trainer.model.state_dict(), "step": step,
                                                          "config_hash": trainer.config_hash})

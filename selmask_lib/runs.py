@@ -2,10 +2,12 @@
 
 A run directory holds ``config.yaml`` and ``run.json``; ``run.json`` says
 what kind of run it is, the hash of its config (the cache key), and whether
-it is ``running`` or ``complete``. Before writing anything, a run checks the
+it is ``running``, ``complete`` or ``failed`` (it diverged: see
+:class:`~selmask_lib.errors.DivergenceError`). Before writing anything, a run checks the
 directory with :func:`check_run_dir`: a finished run of the same config is
 reused, another config's run or unrelated files are refused (nothing is
-destroyed), and an unfinished run is continued only when asked to resume.
+destroyed), an unfinished run is continued only when asked to resume, and a
+failed run is refused with what to change.
 """
 
 from __future__ import annotations
@@ -78,9 +80,18 @@ def check_run_dir(run_dir: str | Path, kind: str, cfg: Config, resume: bool,
                            f"choose another output directory")
     if info.get("status") == "complete":
         return info
+    if info.get("status") == "failed":  # never reused, never resumed: it would fail the same way
+        raise SelmaskError(f"{run_dir} holds a {kind_name} run of this config that failed ({info.get('error')}); "
+                           f"resuming it would fail again: change the config (e.g. a lower --set lr=...), "
+                           f"which makes a new run, or delete {run_dir} to start over")
     if not resume:
         raise SelmaskError(f"{run_dir} holds an unfinished run of this config: pass --resume to continue it")
     return None
+
+
+def mark_failed(run_dir: str | Path, error: Exception) -> None:
+    """Record in ``run.json`` that the run failed and why, so no cache or resume takes it for a good run."""
+    update_run_info(run_dir, status="failed", error=" ".join(str(error).split()))
 
 
 def begin_run(run_dir: str | Path, kind: str, cfg: Config, **fields) -> Path:
