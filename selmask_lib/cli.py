@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from .config import DATASET_NAMES, INITS, PRESET_NAMES, STRATEGIES, parse_value
-from .errors import SelmaskError
+from .errors import SelmaskError, one_line_message
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except SelmaskError as error:
-        print(f"selmask: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"selmask: error: {one_line_message(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("selmask: interrupted; rerun with --resume to continue", file=sys.stderr)

@@ -11,6 +11,24 @@ class SelmaskError(ValueError):
     """A problem with the user's data, configuration or arguments."""
 
 
+_WORKER_HEADER = "in DataLoader worker process"
+
+
+def one_line_message(error: BaseException) -> str:
+    """The message of ``error`` on one line, as the CLI prints it.
+
+    A data error raised inside a DataLoader worker (``num_workers > 0``)
+    reaches the main process re-raised by torch with the worker's whole
+    traceback as its message; the user's message is its last line
+    (``selmask_lib.errors.SelmaskError: <message>``), so that is kept.
+    """
+    text = str(error)
+    if _WORKER_HEADER in text.split("\n", 1)[0]:
+        last = text.rstrip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())
+
+
 class DivergenceError(SelmaskError):
     """Training produced a non-finite loss or weights.
 

@@ -61,6 +61,7 @@ from torch.utils.data import Dataset, Subset
 
 from .config import IR_INIT_STRATEGY, FinetuneConfig, config_hash
 from .data import dataset_info, load_segmentation_split, resolve_data_root
+from .device import pick_device
 from .distributed import barrier, gather_confusion, init_distributed, is_main_process, main_only
 from .engine import (
     LAST_CHECKPOINT,
@@ -300,6 +301,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path | None = None, resume: boo
         return FinetuneRun(run_dir, run_dir / RESULTS_FILENAME, read_results(run_dir / RESULTS_FILENAME))
 
     splits = load_splits(cfg)
+    pick_device(cfg.device)  # an unavailable device fails before anything is written
     model, transfer = build_initialised_model(cfg, len(splits.class_names), pretrain_run)
     barrier()  # every process has checked the run directory before rank 0 writes to it
     if is_main_process():

@@ -51,6 +51,7 @@ import torch
 
 from .config import PretrainConfig, config_hash, load_config
 from .data import UnlabelledImages
+from .device import pick_device
 from .distributed import barrier, init_distributed, is_main_process, main_only, rank_key
 from .engine import (
     LAST_CHECKPOINT,
@@ -297,6 +298,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
         log.info("reusing finished pretraining run %s", run_dir)
         return PretrainRun(run_dir, cfg, run_dir / finished["weights"], name)
     pool = pretraining_pool(cfg)  # fails early, before anything is written, on a bad data root
+    pick_device(cfg.device)  # and on a device this machine does not have
     barrier()  # every process has checked the run directory before rank 0 writes to it
     if is_main_process():
         begin_run(run_dir, RUN_KIND, cfg, strategy=cfg.strategy, masking=name, dataset=cfg.dataset)

@@ -134,3 +134,41 @@ def test_one_args_to_config_step_dedicated_options_win_over_set():
     with pytest.raises(SelmaskError, match="--dataset"):
         config_from_args(build_parser().parse_args(
             ["finetune", "--dataset", "voc", "--set", "dataset=cityscapes"]), "finetune")
+
+
+def test_worker_errors_are_unwrapped_to_the_users_message():
+    from selmask_lib.errors import one_line_message
+
+    wrapped = SelmaskError("Caught SelmaskError in DataLoader worker process 1.\nOriginal Traceback (most recent "
+                           "call last):\n  File \"x.py\", line 3, in f\n    g()\nselmask_lib.errors.SelmaskError: "
+                           "/data/a.jpg: cannot read image: the file is corrupt\n")
+    assert one_line_message(wrapped) == "/data/a.jpg: cannot read image: the file is corrupt"
+    assert one_line_message(SelmaskError("two\n  lines")) == "two lines"
+
+
+def test_a_corrupt_image_read_by_loader_workers_is_one_line(data_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    images = sorted((root / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("*.jpg"))
+    images[3].write_bytes(b"not a jpeg")
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "selmask_lib.cli", "pretrain", "--strategy", "random",
+                             "--dataset", "synthetic", "--data-root", str(root), "--preset", "smoke",
+                             "--out", str(out), "--set", "num_workers=2"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "SELMASK_NO_PROGRESS": "1"})
+    assert result.returncode == 2
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("selmask: error:") and str(images[3]) in err and "corrupt" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_an_unavailable_device_is_one_line_before_anything_is_written(data_root, tmp_path, capsys):
+    args = ["pretrain", "--strategy", "random", "--dataset", "synthetic", "--data-root", str(data_root),
+            "--preset", "smoke", "--out", str(tmp_path / "run"), "--set", "device=cuda"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'device' is 'cuda' but no CUDA GPU is available" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
