@@ -1,4 +1,4 @@
-"""The ``selmask`` command: ``demo``, ``pretrain``, ``finetune``, ``reproduce`` and ``synthetic``.
+"""The ``selmask`` command: ``demo``, ``pretrain``, ``finetune``, ``reproduce``, ``config`` and ``synthetic``.
 
 The command line lives here alone: argument definitions, the one step that
 turns arguments into a config, error printing and exit codes. Each
@@ -10,6 +10,7 @@ bad config) end with one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from typing import Any
@@ -132,6 +133,26 @@ def _reproduce_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_command(args: argparse.Namespace) -> int:
+    from .config import describe_keys
+
+    rows = describe_keys(args.kind, args.dataset)
+    columns = ["key", "type", *PRESET_NAMES]
+    def cell(row: dict, column: str) -> str:
+        value = row[column]
+        text = value if isinstance(value, str) else json.dumps(value)  # YAML spelling: null, true, [..]
+        return text + (" *" if column == "key" and not row["hashed"] else "")
+
+    cells = [[cell(row, column) for column in columns] for row in rows]
+    widths = [max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
+    print(f"{args.kind} config keys and their preset values for dataset {args.dataset!r} "
+          f"(set any with --set KEY=VALUE):")
+    for line in [columns, *cells]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    print("* not part of the run's identity (config hash): changes speed or place, not results")
+    return 0
+
+
 def _synthetic_command(args: argparse.Namespace) -> int:
     from .data.synthetic import ensure_synthetic_voc
 
@@ -148,12 +169,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None,
                         help="dataset folder (default for 'synthetic': the embedded set, generated once)")
     parser.add_argument("--preset", default="demo", choices=PRESET_NAMES,
-                        help="named config to start from (default: %(default)s)")
+                        help="named config to start from: smoke (seconds), demo (CPU minutes), paper "
+                             "(the paper's recipe); default: %(default)s")
     parser.add_argument("--config", default=None, help="YAML config file (instead of --preset)")
     parser.add_argument("--out", default=None, help="run directory (default: runs/<name>-<config hash>)")
     parser.add_argument("--resume", action="store_true", help="continue an unfinished run in --out")
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                        help="override one config field, e.g. --set epochs=3 (repeatable)")
+                        help="override one config key, e.g. --set epochs=3 (repeatable); "
+                             "`selmask config KIND` lists every key with its preset values")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo", _demo_command, "end-to-end demo on the embedded data; writes a figure")
     demo.add_argument("--out", default="figures", help="folder for the figure (default: %(default)s)")
     demo.add_argument("--data-root", default=None, help="synthetic dataset folder (default: the embedded set)")
-    demo.add_argument("--runs", default="runs", help="folder for the demo's cached pretraining run")
+    demo.add_argument("--runs", default="runs", help="folder for the demo's cached pretraining run (default: %(default)s)")
 
     pretrain = command("pretrain", _pretrain_command, "masked image reconstruction pretraining")
     pretrain.add_argument("--strategy", required=True, choices=STRATEGIES,
@@ -189,23 +212,34 @@ def build_parser() -> argparse.ArgumentParser:
                                "default: the torch hub cache)")
 
     reproduce = command("reproduce", _reproduce_command, "run (or reuse) every run of the paper's table; print it")
-    reproduce.add_argument("--datasets", nargs="+", default=["synthetic"], choices=DATASET_NAMES)
+    reproduce.add_argument("--datasets", nargs="+", default=["synthetic"], choices=DATASET_NAMES,
+                           help="downstream datasets, the table's rows (default: synthetic)")
     reproduce.add_argument("--data-root", dest="data_roots", action="append", metavar="NAME=DIR",
                            help="folder of one dataset, e.g. --data-root voc=/data/voc (repeatable)")
     reproduce.add_argument("--preset", default="smoke", choices=PRESET_NAMES,
                            help="named configs of every run (default: %(default)s)")
-    reproduce.add_argument("--seeds", nargs="+", type=int, default=[3741])
-    reproduce.add_argument("--runs", default="runs", help="folder of cached runs")
-    reproduce.add_argument("--imagenet-weights", default=None, metavar="FILE")
+    reproduce.add_argument("--seeds", nargs="+", type=int, default=[3741],
+                           help="one run of each column per seed (default: the authors' 3741)")
+    reproduce.add_argument("--runs", default="runs", help="folder of cached runs (default: %(default)s)")
+    reproduce.add_argument("--imagenet-weights", default=None, metavar="FILE",
+                           help="local resnet34-b627a593.pth for the ImageNet column (default: the torch hub cache)")
     reproduce.add_argument("--masking", dest="maskings", action="append", metavar="NAME",
                            help="also compare this masking of the selective loop, e.g. random_fixed (repeatable)")
-    reproduce.add_argument("--set-pretrain", dest="pretrain_overrides", action="append", metavar="KEY=VALUE")
-    reproduce.add_argument("--set-finetune", dest="finetune_overrides", action="append", metavar="KEY=VALUE")
+    reproduce.add_argument("--set-pretrain", dest="pretrain_overrides", action="append", metavar="KEY=VALUE",
+                           help="override a key of every pretraining run (repeatable)")
+    reproduce.add_argument("--set-finetune", dest="finetune_overrides", action="append", metavar="KEY=VALUE",
+                           help="override a key of every fine-tuning run (repeatable)")
     reproduce.add_argument("--table", default=None, help="also write the table to this CSV file")
 
+    config = command("config", _config_command, "list every config key with its type and preset values")
+    config.add_argument("kind", choices=("pretrain", "finetune"), help="which config")
+    config.add_argument("--dataset", default="voc", choices=DATASET_NAMES,
+                        help="presets differ per dataset (e.g. the paper's batch); default: %(default)s")
+
     synthetic = command("synthetic", _synthetic_command, "generate (or find) the embedded synthetic dataset")
-    synthetic.add_argument("--root", default=None)
-    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--root", default=None,
+                           help="folder to write it to (default: $SELMASK_DATA_DIR/synthetic or ~/.cache/selmask)")
+    synthetic.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
     return parser
 
 

@@ -366,6 +366,27 @@ def finetune_preset(name: str, dataset: str, **overrides: Any) -> FinetuneConfig
 _PRESET_FUNCTIONS = {"pretrain": pretrain_preset, "finetune": finetune_preset}
 
 
+def describe_keys(kind: str, dataset: str = "voc") -> list[dict[str, Any]]:
+    """Every key of a ``kind`` config: its type and its value in each preset for ``dataset``.
+
+    What ``selmask config pretrain`` prints, so a user can see which keys
+    ``--set`` accepts without reading the source.
+    """
+    _check_choice("kind", kind, tuple(_CLASSES))
+    presets = {name: _PRESET_FUNCTIONS[kind](name, dataset).to_dict() for name in PRESET_NAMES}
+    hints = typing.get_type_hints(_CLASSES[kind])
+    rows = []
+    for field in dataclasses.fields(_CLASSES[kind]):
+        type_name = _type_name(hints[field.name])
+        if typing.get_origin(hints[field.name]) in (Union, types.UnionType):
+            inner = [a for a in typing.get_args(hints[field.name]) if a is not type(None)]
+            type_name = f"{_type_name(inner[0])} or null"
+        rows.append({"key": field.name, "type": type_name,
+                     **{name: values[field.name] for name, values in presets.items()},
+                     "hashed": field.name not in NON_RESULT_FIELDS})
+    return rows
+
+
 # ---------------------------------------------------------------------------
 # YAML and hashing
 # ---------------------------------------------------------------------------

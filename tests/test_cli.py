@@ -172,3 +172,24 @@ def test_an_unavailable_device_is_one_line_before_anything_is_written(data_root,
     err = capsys.readouterr().err.strip()
     assert "'device' is 'cuda' but no CUDA GPU is available" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_config_command_lists_every_key_with_its_preset_values(capsys):
+    import dataclasses
+
+    from selmask_lib.config import PretrainConfig
+
+    assert main(["config", "pretrain", "--dataset", "nassar"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:] if line and not line.startswith("*")}
+    assert set(rows) == {field.name for field in dataclasses.fields(PretrainConfig)}
+    assert rows["epochs"][-3:] == ["1", "30", "1000"]            # smoke, demo, paper
+    assert rows["batch_size"][-1] == "256"                       # the paper's Nassar batch
+    assert rows["max_images"][-1] == "null" and rows["num_workers"][1] == "*"  # not hashed
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from selmask_lib.cli import build_parser; build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'pandas', 'torchvision') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
