@@ -77,7 +77,7 @@ def check_run_dir(run_dir: str | Path, kind: str, cfg: Config, resume: bool,
     ``identity`` adds fields that must match besides the config hash (e.g.
     the masking strategy of a pretraining run). None means "train here": the
     folder is absent, empty (a lock file and temp files don't count), holds
-    a run that never trained (whatever its config, see :func:`has_trained`),
+    a run that never trained (whatever its config or kind: :func:`has_trained`),
     or holds this config's unfinished run and ``resume`` is set.
     """
     run_dir, kind_name = Path(run_dir), KIND_NAMES.get(kind, kind)
@@ -178,7 +178,7 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
 
 
 def _lock_holder(fd: int) -> str:
-    """"pid 1234" (plus "on HOST" if it runs elsewhere) as the lock's holder wrote it into the file."""
+    """The lock's holder as it wrote itself into the file: "pid 1234", plus "on HOST" if it runs elsewhere."""
     words = os.pread(fd, 256, 0).decode(errors="replace").split()
     if not words:
         return "pid unknown"  # it has just locked the file and not yet written its pid
