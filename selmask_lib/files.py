@@ -1,10 +1,12 @@
-"""Crash-safe file writing shared by checkpoints, logs, run files and results, and the
-writable-folder check every run makes before it writes anything."""
+"""Crash-safe file writing shared by checkpoints, logs, run files and results, the
+writable-folder check every run makes before it writes anything, and the cleaning
+of temporary files that a killed write left behind."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +30,40 @@ def ensure_writable_dir(path: str | Path) -> Path:
     return path
 
 
+# The temporary file of ``atomic_write(folder/name)`` is ``folder/.<name>.<random>.tmp``:
+# hidden, named after its target, with mkstemp's random letters. Both helpers below
+# build or match that one pattern, so the writer and the cleaner cannot drift apart.
+TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]+" + re.escape(TEMP_SUFFIX))
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name}."
+
+
+def is_temp_file(name: str) -> bool:
+    """True if ``name`` is the name :func:`atomic_write` gives its temporary files."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
+def remove_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of interrupted atomic writes in ``folder`` and its subfolders.
+
+    A process killed mid-write leaves its temp file behind (a checkpoint's is
+    ~300 MB). Call this only while no other process can be writing in
+    ``folder`` (a run holds its lock), or a live write would lose its file.
+    Returns the deleted paths.
+    """
+    removed = []
+    for parent, _, names in os.walk(folder):  # does not follow symlinks out of the folder
+        for name in filter(is_temp_file, names):
+            path = Path(parent) / name
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = True) -> Path:
     """Write a file so that ``path`` always holds the old content or the new, never half of one.
 
@@ -37,7 +73,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
     runs on a shared machine stay readable by the team.
     """
     path = Path(path)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=TEMP_SUFFIX)
     try:
         os.fchmod(handle, 0o666 & ~_current_umask())
         text_options = {} if binary else {"encoding": "utf-8", "newline": ""}

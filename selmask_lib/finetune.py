@@ -30,6 +30,7 @@ Run directory::
 
     config.yaml               the run's config
     run.json                  status, config hash, init, pretraining run
+    .lock                     held by the process training here (selmask_lib.runs.run_lock)
     best.pt                   weights at the best val mIoU (tested)
     last.pt                   resumable state while training; deleted once results.json is written
     run.log                   what the run did
@@ -62,14 +63,13 @@ from torch.utils.data import Dataset, Subset
 from .config import IR_INIT_STRATEGY, FinetuneConfig, config_hash
 from .data import dataset_info, load_segmentation_split, resolve_data_root
 from .device import pick_device
-from .distributed import barrier, gather_confusion, init_distributed, is_main_process, main_only
+from .distributed import barrier, gather_confusion, init_distributed, is_main_process
 from .engine import (
     LAST_CHECKPOINT,
     Optimisation,
     Trainer,
     load_checkpoint,
     require_finite_weights,
-    run_log,
     seed_everything,
 )
 from .errors import DivergenceError, SelmaskError
@@ -85,7 +85,7 @@ from .models import (
 )
 from .pretrain import PretrainRun, load_pretrain_run
 from .results import RESULTS_FILENAME, read_results, write_results
-from .runs import begin_run, check_run_dir, mark_failed, update_run_info
+from .runs import check_run_dir, mark_failed, training_run, update_run_info
 from .transforms import test_transform, train_transform, val_transform
 
 log = logging.getLogger(__name__)
@@ -303,12 +303,8 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path | None = None, resume: boo
     splits = load_splits(cfg)
     pick_device(cfg.device)  # an unavailable device fails before anything is written
     model, transfer = build_initialised_model(cfg, len(splits.class_names), pretrain_run)
-    barrier()  # every process has checked the run directory before rank 0 writes to it
-    if is_main_process():
-        begin_run(run_dir, RUN_KIND, cfg, dataset=cfg.dataset, init=cfg.init,
-                  pretrain_run=None if pretrain_run is None else cfg.pretrained)
-    barrier()
-    with main_only(run_log(run_dir)):
+    with training_run(run_dir, RUN_KIND, cfg, resume, finished=finished, dataset=cfg.dataset, init=cfg.init,
+                      pretrain_run=None if pretrain_run is None else cfg.pretrained):  # locked, begun, logged
         return _train_and_test(cfg, run_dir, splits, model, transfer, pretrain_run)
 
 

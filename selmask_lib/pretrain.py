@@ -19,6 +19,7 @@ Run directory (everything a notebook needs, nothing written next to the data)::
 
     config.yaml               the run's config
     run.json                  status, config hash, steps, final weights
+    .lock                     held by the process training here (selmask_lib.runs.run_lock)
     pretrained.pt             final reconstruction weights (what fine-tuning loads)
     run.log                   what the run decided and how long it took
     metrics.csv               random masking: per-epoch log
@@ -52,7 +53,7 @@ import torch
 from .config import PretrainConfig, config_hash, load_config
 from .data import UnlabelledImages
 from .device import pick_device
-from .distributed import barrier, init_distributed, is_main_process, main_only, rank_key
+from .distributed import barrier, init_distributed, is_main_process, rank_key
 from .engine import (
     LAST_CHECKPOINT,
     Optimisation,
@@ -61,7 +62,6 @@ from .engine import (
     load_checkpoint,
     progress,
     require_finite_weights,
-    run_log,
     save_checkpoint,
     seed_everything,
 )
@@ -78,7 +78,15 @@ from .pretrain_data import (
     scoring_view,
     train_val_split,
 )
-from .runs import CONFIG_FILE, RUN_INFO_FILE, begin_run, check_run_dir, mark_failed, read_run_info, update_run_info
+from .runs import (
+    CONFIG_FILE,
+    RUN_INFO_FILE,
+    check_run_dir,
+    mark_failed,
+    read_run_info,
+    training_run,
+    update_run_info,
+)
 from .strategies import RANDOM_BASELINE, MaskingFunction, build_masking, masking_name
 from .transforms import normalise, train_transform, val_transform
 
@@ -299,11 +307,8 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
         return PretrainRun(run_dir, cfg, run_dir / finished["weights"], name)
     pool = pretraining_pool(cfg)  # fails early, before anything is written, on a bad data root
     pick_device(cfg.device)  # and on a device this machine does not have
-    barrier()  # every process has checked the run directory before rank 0 writes to it
-    if is_main_process():
-        begin_run(run_dir, RUN_KIND, cfg, strategy=cfg.strategy, masking=name, dataset=cfg.dataset)
-    barrier()
-    with main_only(run_log(run_dir)):
+    with training_run(run_dir, RUN_KIND, cfg, resume, identity={"masking": name},  # locked, begun, logged
+                      strategy=cfg.strategy, masking=name, dataset=cfg.dataset):
         log.info("pretraining %s (%s masking) on %d images, config hash %s",
                  run_dir, name, len(pool), config_hash(cfg))
         started = time.perf_counter()

@@ -74,7 +74,7 @@ def selective_run(data_root, work):
 
 WORKER = textwrap.dedent('''
     """Run by the test under torchrun: helper checks, a random pretraining, a fine-tuning, a crash and resume."""
-    import json, sys
+    import json, os, sys
     from pathlib import Path
     import torch
     from selmask_lib import distributed as D
@@ -86,7 +86,8 @@ WORKER = textwrap.dedent('''
     out, data_root, selective_run = (Path(arg) for arg in sys.argv[1:4])
     seen = {"initialised": D.init_distributed(), "again": D.init_distributed()}
     rank = D.rank()
-    seen.update(rank=rank, world_size=D.world_size(), main=D.is_main_process(), rank_key=list(D.rank_key()))
+    seen.update(rank=rank, world_size=D.world_size(), main=D.is_main_process(), rank_key=list(D.rank_key()),
+                pid=os.getpid())
     items = list(range(7))
     seen["train_shards"] = [list(D.shard_sampler(items, True, seed=123, epoch=epoch)) for epoch in (0, 1, 0)]
     seen["eval_shard"] = D.eval_shard(items)
@@ -222,7 +223,7 @@ def test_selective_pretraining_with_torchrun_cli(selective_run, data_root):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "complete" and info["steps"] == SMOKE["n_partitions"]
     # exactly the files of a single-process run: one copy each, no temporary or resumable state left
-    assert files_of(run_dir) == ["config.yaml", "pretrained.pt", "run.json", "run.log",
+    assert files_of(run_dir) == [".lock", "config.yaml", "pretrained.pt", "run.json", "run.log",
                                  "step_00/metrics.csv", "step_00/metrics.jsonl", "step_00/model.pt",
                                  "step_01/masks.pt", "step_01/metrics.csv", "step_01/metrics.jsonl",
                                  "step_01/model.pt"]
@@ -258,13 +259,14 @@ def test_random_pretraining_and_finetuning_under_torchrun(worker_runs, data_root
     assert [s["random_weights_exist"] for s in seen] == [True, True]
     random_dir = out / "random"
     assert json.loads((random_dir / "run.json").read_text())["status"] == "complete"
-    assert files_of(random_dir) == ["config.yaml", "metrics.csv", "metrics.jsonl", "pretrained.pt", "run.json",
-                                    "run.log"]
+    assert files_of(random_dir) == [".lock", "config.yaml", "metrics.csv", "metrics.jsonl", "pretrained.pt",
+                                    "run.json", "run.log"]
     assert jsonl_epochs(random_dir / "metrics.jsonl") == [0]
+    assert (random_dir / ".lock").read_text().split()[0] == str(seen[0]["pid"])  # rank 0 held it for both
 
     ft_dir = out / "finetune"
     assert json.loads((ft_dir / "run.json").read_text())["status"] == "complete"
-    assert files_of(ft_dir) == ["best.pt", "config.yaml", "metrics.csv", "metrics.jsonl", "results.json",
+    assert files_of(ft_dir) == [".lock", "best.pt", "config.yaml", "metrics.csv", "metrics.jsonl", "results.json",
                                 "run.json", "run.log"]
     assert jsonl_epochs(ft_dir / "metrics.jsonl") == [0, 1]  # smoke: 2 epochs, one row each
     results = json.loads((ft_dir / "results.json").read_text())

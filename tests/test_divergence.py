@@ -178,3 +178,11 @@ def test_finetuning_refuses_non_finite_pretrained_weights(data_root, tmp_path):
     with pytest.raises(DivergenceError, match="encoder.conv1.weight' is not finite"):
         finetune(ft, out_dir=tmp_path / "ft")
     assert not (tmp_path / "ft").exists()  # refused before anything was written
+
+
+def test_a_lower_lr_in_the_folder_of_a_run_that_diverged_at_once_starts_afresh(data_root, tmp_path):
+    cfg = pretrain_preset("smoke", "synthetic", data_root=str(data_root), strategy="random", lr=1e10)
+    with pytest.raises(DivergenceError):
+        pretrain(cfg, out_dir=tmp_path / "run")  # diverged in its first epoch: nothing trained
+    run = pretrain(cfg.updated(lr=3e-3), out_dir=tmp_path / "run")
+    assert json.loads((run.run_dir / "run.json").read_text())["status"] == "complete"
