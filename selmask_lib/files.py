@@ -5,8 +5,10 @@ of temporary files that a killed write left behind."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -82,12 +84,40 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
             tmp_file.flush()
             os.fsync(tmp_file.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
+        written = _size(tmp_name)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
-        raise
+        reason = _disk_problem(error)
+        if reason is None:
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise SelmaskError(f"cannot write {path}: {reason} ({written} bytes written before it failed, "
+                           f"{free} bytes free there); free some space or choose another output folder; "
+                           f"{path} still holds its previous content, if any") from None
     _fsync_dir(path.parent)
     return path
+
+
+_DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied"}
+
+
+def _disk_problem(error: BaseException) -> str | None:
+    """What went wrong, in words, when ``error`` is the disk's fault (full, read-only, no permission)."""
+    if isinstance(error, OSError) and error.errno in _DISK_ERRNOS:
+        return _DISK_ERRNOS[error.errno]
+    if isinstance(error, RuntimeError) and "write failed" in str(error):  # torch.save's stream writer
+        return "the write failed (is the disk full?)"
+    return None
+
+
+def _size(name: str) -> int:
+    try:
+        return os.path.getsize(name)
+    except OSError:
+        return 0
 
 
 def _current_umask() -> int:

@@ -298,3 +298,47 @@ def test_stale_temp_files_are_deleted_when_the_run_starts_again(tmp_path, data_r
     assert not any(path.exists() for path in stale)
     assert all(path.read_bytes() == b"left behind" for path in kept)
     assert "deleted 3 temporary files of interrupted writes" in (run_dir / "run.log").read_text()
+
+
+def test_a_full_disk_is_one_clear_error_that_keeps_the_old_file(tmp_path):
+    import errno
+
+    from selmask_lib.errors import SelmaskError
+    from selmask_lib.files import atomic_write, write_text_atomic
+
+    target = write_text_atomic(tmp_path / "run.json", "old\n")
+
+    def fill_the_disk(file):
+        file.write(b"x" * 1000)
+        file.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(SelmaskError, match=r"run.json: the disk is full \(1000 bytes written before it failed"):
+        atomic_write(target, fill_the_disk)
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]  # no temp file left
+
+    def torch_stream_failure(file):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing "
+                           "file data/0: file write failed")
+
+    with pytest.raises(SelmaskError, match="is the disk full"):
+        atomic_write(target, torch_stream_failure)
+    with pytest.raises(ZeroDivisionError):  # a bug is not the disk's fault: it stays a bug
+        atomic_write(target, lambda file: 1 / 0)
+
+
+def test_a_disk_that_fills_during_a_checkpoint_is_one_line_from_the_cli(small_synthetic_root, tmp_path, capsys,
+                                                                         monkeypatch):
+    import torch
+
+    def full_disk_save(obj, file, *args, **kwargs):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    args = ["pretrain", "--strategy", "random", "--dataset", "synthetic", "--data-root", str(small_synthetic_root),
+            "--preset", "smoke", "--out", str(tmp_path / "run")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("selmask: error: cannot write ") and "disk full" in err
+    assert not [p for p in (tmp_path / "run").rglob("*") if p.name.endswith(".tmp")]
