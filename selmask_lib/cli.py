@@ -243,12 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(verbose: bool) -> None:
+    """What a run decides on its own (e.g. the SSIM fallback) goes to its run.log; to stderr only with -v."""
+    root = logging.getLogger()
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    elif not root.handlers:
+        root.addHandler(logging.NullHandler())  # a handler, so Python's last-resort stderr printer stays quiet
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # What a run decides on its own (e.g. the SSIM fallback) goes to its run.log; on stderr only with -v.
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.setLevel(logging.INFO if args.verbose else logging.CRITICAL + 1)
+    _configure_logging(args.verbose)
     try:
         return args.handler(args)
     except SelmaskError as error:

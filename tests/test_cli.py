@@ -193,3 +193,16 @@ def test_help_does_not_import_torch():
             "print(sorted(m for m in ('torch', 'pandas', 'torchvision') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_run_messages_reach_stderr_only_with_verbose(data_root, tmp_path):
+    def stderr_of(*extra):
+        out = tmp_path / f"run{len(extra)}"
+        return subprocess.run([sys.executable, "-m", "selmask_lib.cli", "pretrain", "--strategy", "random",
+                               "--dataset", "synthetic", "--data-root", str(data_root), "--preset", "smoke",
+                               "--out", str(out), *extra], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "SELMASK_NO_PROGRESS": "1"}, check=True).stderr
+
+    assert "single-scale SSIM" not in stderr_of()
+    assert "single-scale SSIM" in stderr_of("-v")
+    assert "single-scale SSIM" in (tmp_path / "run0" / "run.log").read_text()  # always in the run's log
