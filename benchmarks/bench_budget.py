@@ -11,7 +11,7 @@ runs written under a temporary directory and ``SELMASK_NO_PROGRESS=1``.
 Printed: total seconds of each run, the ratio selective / random (target
 <= 1.10x), and where the time goes: the per-epoch ``seconds`` of every
 ``metrics.csv`` (training + validation epochs), the scoring time (measured by
-wrapping ``selmask_lib.pretrain.select_masks``), checkpoint writes (wrapping
+wrapping ``selmask_lib.pretraining.select_masks``), checkpoint writes (wrapping
 ``save_checkpoint``: resumable ``last.pt`` files, step models, masks), and the
 rest (model set-up, data loaders, masks read back). A micro-benchmark of the
 two data pipelines (``ReconstructionDataset`` items with and without fixed
@@ -39,11 +39,11 @@ os.environ["SELMASK_NO_PROGRESS"] = "1"
 import torch  # noqa: E402
 
 import selmask_lib.engine as engine_module  # noqa: E402
-import selmask_lib.pretrain as pretrain_module  # noqa: E402
+import selmask_lib.pretraining as pretrain_module  # noqa: E402
 from selmask_lib.config import pretrain_preset  # noqa: E402
 from selmask_lib.data.synthetic import ensure_synthetic_voc  # noqa: E402
 from selmask_lib.masking import patch_grid, random_mask  # noqa: E402
-from selmask_lib.pretrain import pretrain_random, pretrain_selective  # noqa: E402
+from selmask_lib.pretraining import pretrain_random, pretrain_selective  # noqa: E402
 from selmask_lib.pretrain_data import (  # noqa: E402
     ReconstructionDataset,
     partition_indices,

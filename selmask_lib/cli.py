@@ -15,7 +15,7 @@ import logging
 import sys
 from typing import Any
 
-from .config import DATASET_NAMES, INITS, PRESET_NAMES, STRATEGIES, parse_value
+from .config import DATASET_NAMES, INITS, PAPER_SEED, PRESET_NAMES, STRATEGIES, parse_value
 from .errors import SelmaskError, one_line_message
 
 EXIT_USER_ERROR = 2
@@ -83,7 +83,7 @@ def parse_data_roots(pairs: list[str] | None) -> dict[str, str]:
 
 def _pretrain_command(args: argparse.Namespace) -> int:
     from .distributed import is_main_process
-    from .pretrain import pretrain
+    from .pretraining import pretrain
 
     run = pretrain(config_from_args(args, "pretrain"), out_dir=args.out, resume=args.resume)
     if is_main_process():  # once, not once per torchrun process
@@ -93,7 +93,7 @@ def _pretrain_command(args: argparse.Namespace) -> int:
 
 def _finetune_command(args: argparse.Namespace) -> int:
     from .distributed import is_main_process
-    from .finetune import finetune
+    from .finetuning import finetune
 
     cfg = config_from_args(args, "finetune")
     run = finetune(cfg, out_dir=args.out, resume=args.resume)
@@ -113,7 +113,7 @@ def _demo_command(args: argparse.Namespace) -> int:
 
 
 def _reproduce_command(args: argparse.Namespace) -> int:
-    from .reproduce import reproduce
+    from .reproduction import reproduce
     from .tables import format_table, results_table
 
     reproduction = reproduce(
@@ -143,11 +143,11 @@ def _config_command(args: argparse.Namespace) -> int:
         text = value if isinstance(value, str) else json.dumps(value)  # YAML spelling: null, true, [..]
         return text + (" *" if column == "key" and not row["hashed"] else "")
 
-    cells = [[cell(row, column) for column in columns] for row in rows]
-    widths = [max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
+    table = [[cell(row, column) for column in columns] for row in rows]
+    widths = [max(len(column), *(len(line[i]) for line in table)) for i, column in enumerate(columns)]
     print(f"{args.kind} config keys and their preset values for dataset {args.dataset!r} "
           f"(set any with --set KEY=VALUE):")
-    for line in [columns, *cells]:
+    for line in [columns, *table]:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
     print("* not part of the run's identity (config hash): changes speed or place, not results")
     return 0
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="folder of one dataset, e.g. --data-root voc=/data/voc (repeatable)")
     reproduce.add_argument("--preset", default="smoke", choices=PRESET_NAMES,
                            help="named configs of every run (default: %(default)s)")
-    reproduce.add_argument("--seeds", nargs="+", type=int, default=[3741],
+    reproduce.add_argument("--seeds", nargs="+", type=int, default=[PAPER_SEED],
                            help="one run of each column per seed (default: the authors' 3741)")
     reproduce.add_argument("--runs", default="runs", help="folder of cached runs (default: %(default)s)")
     reproduce.add_argument("--imagenet-weights", default=None, metavar="FILE",

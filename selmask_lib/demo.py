@@ -26,7 +26,7 @@ from .engine import epoch_generator, load_checkpoint  # noqa: E402
 from .masking import apply_mask, patch_grid, random_mask, selective_mask  # noqa: E402
 from .models import build_reconstruction_model  # noqa: E402
 from .plotting import masking_figure  # noqa: E402
-from .pretrain import pretrain  # noqa: E402
+from .pretraining import pretrain  # noqa: E402
 from .data import resolve_data_root  # noqa: E402
 from .pretrain_data import pretraining_pool, scoring_view, train_val_split  # noqa: E402
 from .strategies import score_patches  # noqa: E402

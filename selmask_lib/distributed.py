@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import os
 from typing import Optional
 
@@ -209,12 +210,14 @@ def all_reduce_mean(value: float, count: int) -> float:
     """The mean over all processes of per-process means ``value`` over ``count`` items each.
 
     In one process ``value`` is returned unchanged. Every process must call it.
+    A process with ``count == 0`` adds nothing (its ``value`` may be NaN);
+    with no items anywhere the mean is NaN.
     """
     if not is_distributed():
         return value
-    totals = torch.tensor([value * count, float(count)], dtype=torch.float64)
+    totals = torch.tensor([value * count if count else 0.0, float(count)], dtype=torch.float64)
     dist.all_reduce(totals)
-    return float(totals[0] / totals[1]) if totals[1] > 0 else 0.0
+    return float(totals[0] / totals[1]) if totals[1] > 0 else math.nan
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -393,8 +393,9 @@ def progress(iterable: Iterable, **kwargs: Any):
 # ---------------------------------------------------------------------------
 
 
-# A mixed-precision loss scale this small means thousands of consecutive overflowing steps were skipped
-# (it halves on each, from 2**16): the run is not recovering.
+# A mixed-precision loss scale this small means about 40 more overflowing (skipped) steps than good ones
+# since the start (it halves on each overflow, from 2**16, and doubles only after 2000 good steps in a row):
+# the run is not recovering.
 MIN_LOSS_SCALE = 2.0 ** -24
 
 
@@ -547,26 +548,27 @@ def fit(
             model.eval()
             with torch.no_grad():
                 row.update(evaluate(epoch) or {})
-        _require_finite_losses(row, str(run_dir))  # a diverged epoch is neither logged nor saved
+        # A diverged epoch is neither logged nor saved.
+        _require_finite_losses(row, str(run_dir))
         if scaler.is_enabled() and scaler.get_scale() < MIN_LOSS_SCALE:
             raise DivergenceError(f"{run_dir}: epoch {epoch}: the mixed-precision loss scale fell to "
                                   f"{scaler.get_scale():g}, every step overflows (lr {lr:g})")
-        if scheduler is not None:
-            scheduler.step()
-        row["seconds"] = round(time.perf_counter() - started, 3)
-        logger.log(row)
-
         value = row.get(best_metric) if best_metric is not None else None
         if value is not None:
             value = float(_json_value(value))
         improved = value is not None and not math.isnan(value) and (
             best_value is None or (value > best_value if best_mode == "max" else value < best_value)
         )
-        if improved:
-            best_value, best_epoch = value, epoch
         due = checkpoint_final if epoch == epochs - 1 else (epoch + 1) % checkpoint_every == 0
         if is_main and (improved or due):
             require_finite_weights(model, f"{run_dir}: epoch {epoch}")
+        if scheduler is not None:
+            scheduler.step()
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        logger.log(row)
+
+        if improved:
+            best_value, best_epoch = value, epoch
         if improved and is_main:
             save_checkpoint(best_path, {
                 "epoch": epoch, "model": model.state_dict(), "best_metric": best_metric,
@@ -648,21 +650,26 @@ class Trainer:
 
         Divergence guard: a NaN or infinite loss stops the run before it
         reaches the weights (:class:`DivergenceError`). The check reads the
-        loss value the step reads anyway, so it costs no extra sync.
+        loss value the step reads anyway, so it costs no extra sync. With
+        mixed precision an overflowing batch is normal: the grad scaler skips
+        its step and lowers its scale, so it is left out of the mean and only
+        a scale that keeps falling stops the run (:func:`fit`).
         """
         total, count = 0.0, 0
         for batch_index, batch in enumerate(progress(loader, desc=description, leave=False)):
             loss = batch_loss(self.train_model, batch)
             value = float(loss.detach())
-            if not math.isfinite(value):
+            if not math.isfinite(value) and not optimisation.scaler.is_enabled():
                 lr = optimisation.optimizer.param_groups[0]["lr"]
                 raise DivergenceError(f"{description}: training loss is {value} at batch {batch_index} (lr {lr:g})")
-            optimisation.step(loss)
+            optimisation.step(loss)  # with AMP, a non-finite loss gives non-finite gradients: the step is skipped
+            if not math.isfinite(value):
+                continue
             n = len(batch[0])
             total += value * n
             count += n
         broadcast_buffers(self.model)  # torchrun: every process evaluates rank 0's BatchNorm stats
-        return all_reduce_mean(total / max(count, 1), count)
+        return all_reduce_mean(total / count if count else math.nan, count)
 
     @torch.no_grad()
     def mean_loss(self, loader, batch_loss: BatchLoss, description: str = "") -> float:

@@ -19,7 +19,7 @@ File format (JSON object, written atomically: temp file + ``os.replace``)::
     timings           {name: seconds}
     library_version   selmask_lib.__version__      (added by write_results)
     created           ISO-8601 UTC timestamp        (added unless given)
-    pretrain_masking  optional: masking strategy of the pretraining run
+    pretrain_masking  optional: masking of the pretraining run
                       ("random", "selective", "random_fixed", a user's name)
     val_miou, best_epoch, pixel_accuracy, ...       optional; extra keys are kept
 
@@ -32,7 +32,7 @@ comparison it belongs to, see :mod:`selmask_lib.tables`), derived from
     none, imagenet, random_ir_self, selective_ir_self, selective_ir_cross
 
 (``random_ir_cross`` exists as a variant but is not a paper column.) A
-``selective_ir`` run whose pretraining used another masking strategy of the
+``selective_ir`` run whose pretraining used another masking of the
 iterative loop (the optional ``pretrain_masking`` field, e.g. the
 ``random_fixed`` ablation or a function of your own named ``mine``) gets the
 variant ``<masking>_ir_self`` / ``_cross`` (``mine_ir_self``), so it has a
@@ -128,8 +128,8 @@ def variant_of(init: str, dataset: str | None, pretrain_dataset: str | None,
                pretrain_masking: str | None = None) -> str:
     """Table column key of a run: ``none``, ``imagenet``, ``<ir init>_self`` / ``_cross``.
 
-    A ``selective_ir`` run pretrained with another strategy of the iterative
-    loop is keyed by that strategy instead: ``<pretrain_masking>_ir_self`` / ``_cross``.
+    A ``selective_ir`` run pretrained with another masking of the iterative
+    loop is keyed by that masking instead: ``<pretrain_masking>_ir_self`` / ``_cross``.
     """
     if init not in IR_INITS:
         return init
@@ -140,7 +140,7 @@ def variant_of(init: str, dataset: str | None, pretrain_dataset: str | None,
 
 def ir_variant(init: str, relation: str, pretrain_masking: str | None = None) -> str:
     """``<init>_<relation>`` (relation: self, cross or unknown), or ``<masking>_ir_<relation>`` for a
-    ``selective_ir`` run pretrained with a strategy other than the paper's selective masking."""
+    ``selective_ir`` run pretrained with a masking other than the paper's selective scoring."""
     if init == "selective_ir" and isinstance(pretrain_masking, str) and pretrain_masking != "selective":
         return f"{pretrain_masking}_ir_{relation}"
     return f"{init}_{relation}"

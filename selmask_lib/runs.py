@@ -77,7 +77,7 @@ def check_run_dir(run_dir: str | Path, kind: str, cfg: Config, resume: bool,
     """Check ``run_dir`` without writing; return its ``run.json`` if it holds this finished run.
 
     ``identity`` adds fields that must match besides the config hash (e.g.
-    the masking strategy of a pretraining run). None means "train here": the
+    the masking of a pretraining run). None means "train here": the
     folder is absent, empty (a lock file and temp files don't count), holds
     a run that never trained (whatever its config or kind: :func:`has_trained`;
     but a run of this config that diverged is refused, trained or not), or
@@ -109,8 +109,8 @@ def check_run_dir(run_dir: str | Path, kind: str, cfg: Config, resume: bool,
         return info
     if info.get("status") == "failed":  # never reused, never resumed: it would fail the same way
         raise SelmaskError(f"{run_dir} holds a {kind_name} run of this config that failed ({info.get('error')}); "
-                           f"resuming it would fail again: change the config (e.g. a lower --set lr=...), "
-                           f"which makes a new run, or delete {run_dir} to start over")
+                           f"resuming it would fail again: change the config (e.g. a lower --set lr=...) and "
+                           f"use another output folder, or delete {run_dir} to start over")
     if not resume:
         raise SelmaskError(f"{run_dir} holds an unfinished run of this config: pass --resume to continue it")
     return None

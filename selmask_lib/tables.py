@@ -8,7 +8,7 @@ dataset (see :func:`selmask_lib.results.variant_of`)::
     none, imagenet, random_ir_self, selective_ir_self, selective_ir_cross
 
 IoUs are stored as fractions; the tables default to percent (the paper's
-"points"). A run pretrained with another masking strategy of the iterative
+"points"). A run pretrained with another masking of the iterative
 loop has a column of its own (``<masking>_ir_self``): pass it in
 ``results_table(columns=...)``.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import SelmaskError
-from .results import IR_INITS
+from .config import IR_INITS
 
 __all__ = ["PAPER_COLUMNS", "results_table", "format_table", "per_class_gain"]
 

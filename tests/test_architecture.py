@@ -74,7 +74,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_reader_sees_relative_and_lazy_imports():
     graph = import_graph()
-    assert "selmask_lib.engine" in graph["selmask_lib.pretrain"]          # from .engine import ...
+    assert "selmask_lib.engine" in graph["selmask_lib.pretraining"]          # from .engine import ...
     assert "selmask_lib.data.synthetic" in graph["selmask_lib.data"]      # lazy, inside a function
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
@@ -99,3 +99,15 @@ def test_importing_the_package_is_cheap_and_the_public_names_resolve():
     lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            timeout=300).stdout.split()
     assert lines == ["[]", "1", "True"]
+
+
+def test_no_public_name_is_also_a_module_name():
+    # `import selmask_lib.<module>` sets the package attribute <module> to the module: a public function of
+    # the same name (say `pretrain` in pretrain.py) would turn into a module once that import happened.
+    modules = {path.stem for path in PACKAGE_DIR.glob("*.py")} | {path.parent.name for path in
+                                                                   PACKAGE_DIR.glob("*/__init__.py")}
+    assert sorted(set(selmask_lib._EXPORTS) & modules) == []
+    code = ("import selmask_lib as sm; sm.load_pretrain_run; sm.reproduce; import selmask_lib.finetuning; "
+            "print(all(callable(f) and not hasattr(f, '__path__') for f in (sm.pretrain, sm.finetune, sm.reproduce)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert result.stdout.split() == ["True"]

@@ -24,7 +24,7 @@ from selmask_lib.config import pretrain_preset
 from selmask_lib.data import load_segmentation_split
 from selmask_lib.engine import epoch_generator, load_checkpoint
 from selmask_lib.models import build_reconstruction_model
-from selmask_lib.pretrain import load_step_masks, select_masks
+from selmask_lib.pretraining import load_step_masks, select_masks
 from selmask_lib.pretrain_data import partition_indices, pretraining_pool
 from selmask_lib.strategies import SelectiveMasking
 from selmask_lib.transforms import test_transform as make_test_transform  # not collected as a test
@@ -79,9 +79,9 @@ WORKER = textwrap.dedent('''
     import torch
     from selmask_lib import distributed as D
     from selmask_lib.config import finetune_preset, pretrain_preset
-    from selmask_lib.finetune import finetune
+    from selmask_lib.finetuning import finetune
     from selmask_lib.metrics import SegmentationEvaluator
-    from selmask_lib.pretrain import pretrain
+    from selmask_lib.pretraining import pretrain
 
     out, data_root, selective_run = (Path(arg) for arg in sys.argv[1:4])
     seen = {"initialised": D.init_distributed(), "again": D.init_distributed()}

@@ -14,8 +14,8 @@ from selmask_lib.cli import main
 from selmask_lib.config import finetune_preset, pretrain_preset
 from selmask_lib.engine import Optimisation, Trainer, fit, load_checkpoint, make_grad_scaler, require_finite_weights
 from selmask_lib.errors import DivergenceError, SelmaskError
-from selmask_lib.finetune import finetune
-from selmask_lib.pretrain import pretrain
+from selmask_lib.finetuning import finetune
+from selmask_lib.pretraining import pretrain
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +186,44 @@ def test_a_lower_lr_in_the_folder_of_a_run_that_diverged_at_once_starts_afresh(d
         pretrain(cfg, out_dir=tmp_path / "run")  # diverged in its first epoch: nothing trained
     run = pretrain(cfg.updated(lr=3e-3), out_dir=tmp_path / "run")
     assert json.loads((run.run_dir / "run.json").read_text())["status"] == "complete"
+
+
+class OverflowOnceScaler:
+    """Stands in for CUDA's GradScaler: enabled, skips the step of a non-finite loss, keeps a healthy scale."""
+
+    def __init__(self):
+        self.skipped = 0
+
+    def is_enabled(self):
+        return True
+
+    def scale(self, loss):
+        return loss
+
+    def step(self, optimizer):
+        if any(p.grad is not None and not torch.isfinite(p.grad).all() for g in optimizer.param_groups
+               for p in g["params"]):
+            self.skipped += 1
+            return
+        optimizer.step()
+
+    def update(self):
+        pass
+
+    def get_scale(self):
+        return 2.0 ** 15
+
+
+def test_with_mixed_precision_an_overflowing_batch_is_skipped_not_fatal():
+    trainer = tiny_trainer()
+    optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.1)
+    scaler = OverflowOnceScaler()
+    data = [(torch.randn(4, 3), torch.randn(4, 3)) for _ in range(3)]
+    calls = iter([1.0, float("inf"), 1.0])
+
+    def loss_with_one_overflow(model, batch):
+        return torch.nn.functional.mse_loss(model(batch[0]), batch[1]) * next(calls)
+
+    mean = trainer.train_one_epoch(data, loss_with_one_overflow, Optimisation(optimizer, None, scaler))
+    assert scaler.skipped == 1 and math.isfinite(mean)  # the overflowing batch is left out of the mean
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())

@@ -17,14 +17,14 @@ import torch
 
 import fake_datasets as fake
 import selmask_lib.engine as engine
-import selmask_lib.finetune as ft
+import selmask_lib.finetuning as ft
 from selmask_lib import cli
 from selmask_lib.config import config_hash, finetune_preset, pretrain_preset
 from selmask_lib.data.synthetic import SMALL, ensure_synthetic_voc
 from selmask_lib.engine import load_checkpoint
 from selmask_lib.errors import SelmaskError
 from selmask_lib.models import HEAD_PREFIX, IMAGENET_RESNET34_URL
-from selmask_lib.pretrain import pretrain
+from selmask_lib.pretraining import pretrain
 from selmask_lib.results import REQUIRED_FIELDS, read_results
 
 FAKE_TREES = {

@@ -1,4 +1,4 @@
-"""Random and selective masking pretraining (selmask_lib.pretrain), on the small synthetic set."""
+"""Random and selective masking pretraining (selmask_lib.pretraining), on the small synthetic set."""
 
 import os
 import shutil
@@ -12,7 +12,7 @@ from selmask_lib.engine import load_checkpoint
 from selmask_lib.errors import SelmaskError
 from selmask_lib.masking import patch_grid, pixel_mask, selective_mask
 from selmask_lib.engine import Trainer
-from selmask_lib.pretrain import (
+from selmask_lib.pretraining import (
     load_step_masks,
     pretrain,
     pretrain_random,

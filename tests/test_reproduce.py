@@ -5,8 +5,8 @@ import torch
 
 from selmask_lib.errors import SelmaskError
 from selmask_lib.masking import random_mask
-from selmask_lib.pretrain import load_pretrain_run
-from selmask_lib.reproduce import reproduce
+from selmask_lib.pretraining import load_pretrain_run
+from selmask_lib.reproduction import reproduce
 from selmask_lib.strategies import masking_name
 from selmask_lib.tables import results_table
 

@@ -21,8 +21,8 @@ from selmask_lib.config import finetune_preset, pretrain_preset
 from selmask_lib.engine import Trainer
 from selmask_lib.errors import SelmaskError
 from selmask_lib.files import atomic_write, is_temp_file, remove_temp_files
-from selmask_lib.finetune import finetune
-from selmask_lib.pretrain import pretrain
+from selmask_lib.finetuning import finetune
+from selmask_lib.pretraining import pretrain
 from selmask_lib.pretrain_data import pretraining_pool
 from selmask_lib.runs import (
     LOCK_FILE,
@@ -35,7 +35,7 @@ from selmask_lib.runs import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-pretrain_module = importlib.import_module("selmask_lib.pretrain")  # the package exposes the function
+pretrain_module = importlib.import_module("selmask_lib.pretraining")  # the package exposes the function
 
 
 @pytest.fixture(scope="module")

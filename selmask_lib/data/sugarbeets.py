@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from selmask_lib.config import PAPER_SEED
 from selmask_lib.data.base import (
     WEED_CLASS_COLORS,
     WEED_CLASS_NAMES,
@@ -90,7 +91,7 @@ def pretraining_images(root: Path) -> list[Path]:
     return sorted(Path(root).glob(f"*/{IMAGE_PART}/*.png"))
 
 
-def write_weed_list(root: Path, seed: int = 3741) -> Path:
+def write_weed_list(root: Path, seed: int = PAPER_SEED) -> Path:
     """Write ``<root>/weed_frames.txt``: every labelled frame with at least one
     weed pixel, shuffled with ``seed``. The authors shuffled theirs (without a
     seed) before the in-order 70/10/20 cut; shuffling keeps recording days

@@ -83,7 +83,7 @@ from .models import (
     load_imagenet_encoder,
     transfer_weights,
 )
-from .pretrain import PretrainRun, load_pretrain_run
+from .pretraining import PretrainRun, load_pretrain_run
 from .results import RESULTS_FILENAME, read_results, write_results
 from .runs import check_run_dir, mark_failed, training_run, update_run_info
 from .transforms import test_transform, train_transform, val_transform
@@ -321,7 +321,8 @@ def _train_and_test(cfg: FinetuneConfig, run_dir: Path, splits: _Splits, model: 
             mark_failed(run_dir, error)
             log.info("fine-tuning failed: %s", error)
         raise DivergenceError(f"fine-tuning diverged in {run_dir} ({error}); no results are written and the run "
-                              f"is marked failed: change the config (e.g. a lower lr), which makes a new run") from None
+                              f"is marked failed: change the config (e.g. a lower lr), which makes a new run "
+                              f"(with --out: in another folder)") from None
 
     best_path = fitted.best_checkpoint or fitted.last_checkpoint
     trainer.model.load_state_dict(load_checkpoint(best_path, expected_config_hash=trainer.config_hash,

@@ -329,7 +329,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
                 log.info("pretraining failed: %s", error)
             raise DivergenceError(f"pretraining diverged in {run_dir} ({error}); checkpoints written before are "
                                   f"kept and the run is marked failed: change the config (e.g. a lower lr), "
-                                  f"which makes a new run") from None
+                                  f"which makes a new run (with --out: in another folder)") from None
         if is_main_process():
             save_checkpoint(run_dir / PRETRAINED_FILE, {"model": trainer.model.state_dict(),
                                                         "config_hash": trainer.config_hash})
