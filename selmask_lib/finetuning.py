@@ -61,7 +61,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .config import IR_INIT_STRATEGY, FinetuneConfig, config_hash
-from .data import dataset_info, load_segmentation_split, resolve_data_root
+from .data import dataset_info, fingerprint, load_segmentation_split, resolve_data_root
 from .device import pick_device
 from .distributed import barrier, gather_confusion, init_distributed, is_main_process
 from .engine import (
@@ -122,12 +122,13 @@ def segmentation_loss(ignore_index: int = 255) -> torch.nn.Module:
 
 
 def default_run_dir(cfg: FinetuneConfig, runs_root: str | Path = "runs",
-                    pretrain_dataset: Optional[str] = None) -> Path:
-    """``runs/finetune-<dataset>-<init>[-<pretrain dataset>]-<hash>``."""
+                    pretrain_dataset: Optional[str] = None, data_fingerprint: Optional[str] = None) -> Path:
+    """``runs/finetune-<dataset>-<init>[-<pretrain dataset>]-<hash>[-d<data>]``."""
     parts = ["finetune", cfg.dataset, cfg.init]
     if cfg.init in IR_INIT_STRATEGY and pretrain_dataset is not None:
         parts.append(pretrain_dataset)
-    return Path(runs_root) / f"{'-'.join(parts)}-{config_hash(cfg)}"
+    data = "" if data_fingerprint is None else f"-d{data_fingerprint[:8]}"
+    return Path(runs_root) / f"{'-'.join(parts)}-{config_hash(cfg)}{data}"
 
 
 # --------------------------------------------------------------------------- data
@@ -140,6 +141,8 @@ class _Splits:
     test: Dataset
     class_names: list[str]
     ignore_index: int
+    root: Path
+    fingerprint: str  # of every image and label file the run reads (selmask_lib.data.fingerprint)
 
 
 def load_splits(cfg: FinetuneConfig) -> _Splits:
@@ -149,11 +152,14 @@ def load_splits(cfg: FinetuneConfig) -> _Splits:
     mean, std = tuple(cfg.mean), tuple(cfg.std)
     train = load_segmentation_split(cfg.dataset, root, "train",
                                     train_transform(cfg.image_size, tuple(cfg.crop_scale), mean, std))
+    used = list(train.samples)
     if cfg.max_train_images is not None and cfg.max_train_images < len(train):
-        train = Subset(train, range(cfg.max_train_images))
+        train, used = Subset(train, range(cfg.max_train_images)), used[: cfg.max_train_images]
     val = load_segmentation_split(cfg.dataset, root, "val", val_transform(cfg.image_size, mean, std))
     test = load_segmentation_split(cfg.dataset, root, "test", test_transform(cfg.image_size, mean, std))
-    return _Splits(train, val, test, list(info.class_names), info.ignore_index)
+    samples = [*used, *val.samples, *test.samples]
+    files = [path for sample in samples for path in (sample.image_path, sample.label_path)]
+    return _Splits(train, val, test, list(info.class_names), info.ignore_index, root, fingerprint(files, root))
 
 
 # --------------------------------------------------------------------------- initialisation
@@ -294,16 +300,20 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path | None = None, resume: boo
         cfg = cfg.updated(pretrained=str(Path(cfg.pretrained).resolve()))
     pretrain_run = check_pretrain_run(cfg)
     pretrain_dataset = None if pretrain_run is None else pretrain_run.config.dataset
-    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(cfg, runs_root, pretrain_dataset)
-    finished = check_run_dir(run_dir, RUN_KIND, cfg, resume)
+    splits = load_splits(cfg)  # the data is part of the run's identity
+    run_dir = (Path(out_dir) if out_dir is not None
+               else default_run_dir(cfg, runs_root, pretrain_dataset, splits.fingerprint))
+    identity = {"data_fingerprint": splits.fingerprint}
+    finished = check_run_dir(run_dir, RUN_KIND, cfg, resume, identity=identity, data_root=splits.root)
     if finished is not None and (run_dir / RESULTS_FILENAME).is_file():
         log.info("reusing finished fine-tuning run %s", run_dir)
         return FinetuneRun(run_dir, run_dir / RESULTS_FILENAME, read_results(run_dir / RESULTS_FILENAME))
 
-    splits = load_splits(cfg)
     pick_device(cfg.device)  # an unavailable device fails before anything is written
     model, transfer = build_initialised_model(cfg, len(splits.class_names), pretrain_run)
-    with training_run(run_dir, RUN_KIND, cfg, resume, finished=finished, dataset=cfg.dataset, init=cfg.init,
+    with training_run(run_dir, RUN_KIND, cfg, resume, identity=identity, finished=finished,
+                      data_fingerprint=splits.fingerprint, data_root=str(splits.root),
+                      dataset=cfg.dataset, init=cfg.init,
                       pretrain_run=None if pretrain_run is None else cfg.pretrained):  # locked, begun, logged
         return _train_and_test(cfg, run_dir, splits, model, transfer, pretrain_run)
 
@@ -347,6 +357,7 @@ def _train_and_test(cfg: FinetuneConfig, run_dir: Path, splits: _Splits, model: 
         pretrain_config_hash=None if pretrain_run is None else config_hash(pretrain_run.config),
         pretrain_masking=None if pretrain_run is None else pretrain_run.masking,
         seed=cfg.seed,
+        data_fingerprint=splits.fingerprint,
         scores=scores,
         test_loss=test_loss,
         val_miou=fitted.best_value,

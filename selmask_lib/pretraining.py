@@ -51,7 +51,7 @@ from typing import Optional, Sequence
 import torch
 
 from .config import PretrainConfig, config_hash, load_config
-from .data import UnlabelledImages
+from .data import UnlabelledImages, fingerprint, resolve_data_root
 from .device import pick_device
 from .distributed import barrier, init_distributed, is_main_process, rank_key
 from .engine import (
@@ -119,14 +119,18 @@ def step_name(step: int) -> str:
 # --------------------------------------------------------------------------- run directories
 
 
-def default_run_dir(cfg: PretrainConfig, runs_root: str | Path = "runs", masking: str | None = None) -> Path:
-    """``runs/pretrain-<strategy>[-<masking>]-<dataset>-<hash>``: a run is cached under its config hash.
+def default_run_dir(cfg: PretrainConfig, runs_root: str | Path = "runs", masking: str | None = None,
+                    data_fingerprint: str | None = None) -> Path:
+    """``runs/pretrain-<strategy>[-<masking>]-<dataset>-<hash>[-d<data>]``: cached under its config hash.
 
     A masking other than the strategy's own (e.g. a user's function) gets
-    its name in the folder too, so it never reuses a selective run.
+    its name in the folder too, so it never reuses a selective run; the
+    data's fingerprint (:func:`selmask_lib.data.fingerprint`) keeps runs on
+    other data apart.
     """
     name = cfg.strategy if masking in (None, cfg.strategy) else f"{cfg.strategy}-{masking}"
-    return Path(runs_root) / f"pretrain-{name}-{cfg.dataset}-{config_hash(cfg)}"
+    data = "" if data_fingerprint is None else f"-d{data_fingerprint[:8]}"
+    return Path(runs_root) / f"pretrain-{name}-{cfg.dataset}-{config_hash(cfg)}{data}"
 
 
 def load_pretrain_run(run_dir: str | Path) -> PretrainRun:
@@ -300,15 +304,19 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
     """
     init_distributed()  # no-op without torchrun
     name = RANDOM_BASELINE if cfg.strategy == "random" else masking_name(masking)
-    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(cfg, runs_root, name)
-    finished = check_run_dir(run_dir, RUN_KIND, cfg, resume, identity={"masking": name})
+    pool = pretraining_pool(cfg)  # fails early, before anything is written, on a bad data root
+    data_root = resolve_data_root(cfg.dataset, cfg.data_root)
+    data = fingerprint(pool.paths, data_root)  # the run's identity includes its data
+    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(cfg, runs_root, name, data)
+    identity = {"masking": name, "data_fingerprint": data}
+    finished = check_run_dir(run_dir, RUN_KIND, cfg, resume, identity=identity, data_root=data_root)
     if finished is not None:
         log.info("reusing finished pretraining run %s", run_dir)
         return PretrainRun(run_dir, cfg, run_dir / finished["weights"], name)
-    pool = pretraining_pool(cfg)  # fails early, before anything is written, on a bad data root
     pick_device(cfg.device)  # and on a device this machine does not have
-    with training_run(run_dir, RUN_KIND, cfg, resume, identity={"masking": name},  # locked, begun, logged
-                      strategy=cfg.strategy, masking=name, dataset=cfg.dataset):
+    with training_run(run_dir, RUN_KIND, cfg, resume, identity=identity,  # locked, begun, logged
+                      strategy=cfg.strategy, masking=name, dataset=cfg.dataset, data_fingerprint=data,
+                      data_root=str(data_root)):
         log.info("pretraining %s (%s masking) on %d images, config hash %s",
                  run_dir, name, len(pool), config_hash(cfg))
         started = time.perf_counter()

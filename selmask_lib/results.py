@@ -3,7 +3,7 @@
 File format (JSON object, written atomically: temp file + ``os.replace``)::
 
     format            "selmask-results"          (added by write_results)
-    format_version    1
+    format_version    2 (1: before data_fingerprint; both are read)
     dataset           downstream dataset name, e.g. "voc"
     init              "none" | "imagenet" | "random_ir" | "selective_ir"
     pretrain_run      path/id of the pretraining run, or null
@@ -21,6 +21,8 @@ File format (JSON object, written atomically: temp file + ``os.replace``)::
     created           ISO-8601 UTC timestamp        (added unless given)
     pretrain_masking  optional: masking of the pretraining run
                       ("random", "selective", "random_fixed", a user's name)
+    data_fingerprint  optional (version 2): id of the files the run read
+                      (selmask_lib.data.fingerprint)
     val_miou, best_epoch, pixel_accuracy, ...       optional; extra keys are kept
 
 NaN anywhere becomes ``null`` (strict JSON). IoUs are stored as fractions.
@@ -70,7 +72,7 @@ __all__ = [
 
 RESULTS_FILENAME = "results.json"
 FORMAT = "selmask-results"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added data_fingerprint; files of version 1 stay readable
 
 REQUIRED_FIELDS = (
     "dataset", "init", "pretrain_run", "pretrain_dataset", "seed", "miou",
@@ -81,7 +83,8 @@ _KEY_ORDER = ("format", "format_version") + REQUIRED_FIELDS + (
     "val_miou", "best_epoch", "pixel_accuracy",
 )
 _BASE_COLUMNS = [
-    "dataset", "init", "pretrain_dataset", "pretrain_run", "pretrain_masking", "variant", "seed", "miou",
+    "dataset", "init", "pretrain_dataset", "pretrain_run", "pretrain_masking", "data_fingerprint", "variant",
+    "seed", "miou",
     "val_miou", "best_epoch", "pixel_accuracy", "created", "library_version",
     "class_names", "run_dir", "path",
 ]
@@ -161,7 +164,7 @@ def _validate(data: dict, source: str) -> None:
         raise SelmaskError(
             f"{source}: results field 'pretrain_dataset' is required for init={data['init']!r}"
         )
-    for key in ("pretrain_dataset", "pretrain_run", "pretrain_masking"):
+    for key in ("pretrain_dataset", "pretrain_run", "pretrain_masking", "data_fingerprint"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise SelmaskError(f"{source}: results field '{key}' must be a string or null")
     if not isinstance(data["seed"], int) or isinstance(data["seed"], bool):
@@ -324,6 +327,7 @@ def load_results(paths_or_root, on_error: str = "raise") -> pd.DataFrame:
             "pretrain_dataset": data["pretrain_dataset"],
             "pretrain_run": data["pretrain_run"],
             "pretrain_masking": data.get("pretrain_masking"),
+            "data_fingerprint": data.get("data_fingerprint"),  # None in version-1 files
             "variant": variant_of(data["init"], data["dataset"], data["pretrain_dataset"],
                                   data.get("pretrain_masking")),
             "seed": data["seed"],

@@ -73,11 +73,12 @@ def update_run_info(run_dir: str | Path, **fields) -> dict:
 
 
 def check_run_dir(run_dir: str | Path, kind: str, cfg: Config, resume: bool,
-                  identity: Optional[dict] = None) -> Optional[dict]:
+                  identity: Optional[dict] = None, data_root: str | Path | None = None) -> Optional[dict]:
     """Check ``run_dir`` without writing; return its ``run.json`` if it holds this finished run.
 
     ``identity`` adds fields that must match besides the config hash (e.g.
-    the masking of a pretraining run). None means "train here": the
+    the masking of a pretraining run, the fingerprint of its data; ``data_root``
+    is named when only the data differs). None means "train here": the
     folder is absent, empty (a lock file and temp files don't count), holds
     a run that never trained (whatever its config or kind: :func:`has_trained`;
     but a run of this config that diverged is refused, trained or not), or
@@ -102,6 +103,13 @@ def check_run_dir(run_dir: str | Path, kind: str, cfg: Config, resume: bool,
     if found_kind != kind:
         raise SelmaskError(f"{run_dir} holds a {KIND_NAMES.get(found_kind, found_kind)} run, not a {kind_name} run; "
                            f"choose another output directory")
+    if found != wanted and _differs_only_in_data(found, wanted):
+        raise SelmaskError(
+            f"{run_dir} holds a {kind_name} run of this config on other data "
+            + (f"(data root {info.get('data_root')}, fingerprint {found['data_fingerprint']})"
+               if found["data_fingerprint"] else "(a run made before runs recorded their data)")
+            + f"; this run's data root {data_root} has fingerprint {wanted['data_fingerprint']}: "
+              f"choose another output directory")
     if found != wanted:
         raise SelmaskError(f"{run_dir} holds a {kind_name} run of a different config ({found}, this config {wanted}); "
                            f"choose another output directory")
@@ -114,6 +122,11 @@ def check_run_dir(run_dir: str | Path, kind: str, cfg: Config, resume: bool,
     if not resume:
         raise SelmaskError(f"{run_dir} holds an unfinished run of this config: pass --resume to continue it")
     return None
+
+
+def _differs_only_in_data(found: dict, wanted: dict) -> bool:
+    return "data_fingerprint" in wanted and found != wanted and all(
+        found[key] == wanted[key] for key in wanted if key != "data_fingerprint")
 
 
 def mark_failed(run_dir: str | Path, error: Exception) -> None:

@@ -204,7 +204,8 @@ def test_selective_ir_starts_from_the_pretrained_weights(pretrain_runs, syntheti
     assert transferred["head.1.weight"].shape[0] == 9 != source["head.1.weight"].shape[0]
 
     results = run.results
-    assert run.run_dir.name == f"finetune-synthetic-selective_ir-synthetic-{config_hash(cfg)}"
+    assert run.run_dir.name == (f"finetune-synthetic-selective_ir-synthetic-{config_hash(cfg)}"
+                                f"-d{results['data_fingerprint'][:8]}")
     assert results["init"] == "selective_ir" and results["pretrain_dataset"] == "synthetic"
     assert results["pretrain_relation"] == "self"
     assert results["pretrain_run"] == str(pretrained.run_dir)

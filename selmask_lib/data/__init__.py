@@ -19,10 +19,11 @@ names from ``<root>/classes.yaml``.
 
 from __future__ import annotations
 
+import hashlib
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
+from typing import Callable, Iterable
 
 from selmask_lib.data import cityscapes, folder, nassar, sugarbeets, voc
 from selmask_lib.data.base import (
@@ -84,6 +85,28 @@ def resolve_data_root(dataset: str, data_root: str | Path | None) -> Path:
     raise SelmaskError(f"data_root is required for dataset {dataset!r} (pass --data-root DIR)")
 
 
+def fingerprint(paths: Iterable[Path | str], root: Path | str) -> str:
+    """A 16-hex-digit id of a run's data: SHA-256 over each file's path (relative to ``root``) and size.
+
+    Part of a run's identity, so a finished run is reused only on the data
+    it was trained on: another data root with other files (or other sizes)
+    gets another run, while the same files moved elsewhere keep their id.
+    Sizes, not contents: reading every byte of a dataset would cost minutes;
+    stat-ing every file costs milliseconds.
+    """
+    root = Path(root).resolve()
+    digest = hashlib.sha256()
+    for path in paths:
+        path = Path(path).resolve()
+        try:
+            size = path.stat().st_size
+        except OSError as error:
+            raise SelmaskError(f"{path}: cannot read ({error.strerror or error})") from None
+        relative = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+        digest.update(f"{relative}\t{size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def dataset_info(name: str, root: Path | str) -> DatasetInfo:
     return get_dataset(name).info(_existing_root(root))
 
@@ -121,6 +144,7 @@ __all__ = [
     "SegmentationDataset",
     "UnlabelledImages",
     "dataset_info",
+    "fingerprint",
     "get_dataset",
     "load_pretraining_images",
     "load_segmentation_split",
