@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from typing import Any
 
 from .config import DATASET_NAMES, INITS, PAPER_SEED, PRESET_NAMES, STRATEGIES, parse_value
@@ -182,12 +183,15 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selmask", description="Selective masking pretraining for segmentation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         # -v after the subcommand too; SUPPRESS keeps a -v given before it
         sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log at INFO level")
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="on an error, show the traceback too")
         sub.set_defaults(handler=handler)
         return sub
 
@@ -258,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except SelmaskError as error:
+        if args.debug:
+            traceback.print_exc()
         print(f"selmask: error: {one_line_message(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -206,3 +206,13 @@ def test_run_messages_reach_stderr_only_with_verbose(data_root, tmp_path):
     assert "single-scale SSIM" not in stderr_of()
     assert "single-scale SSIM" in stderr_of("-v")
     assert "single-scale SSIM" in (tmp_path / "run0" / "run.log").read_text()  # always in the run's log
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback_above_the_one_line(where, tmp_path, capsys):
+    args = ["pretrain", "--strategy", "random", "--dataset", "voc", "--data-root", str(tmp_path / "absent"),
+            "--preset", "smoke", "--out", str(tmp_path / "run")]
+    assert main(["--debug", *args] if where == "before" else [*args, "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("selmask: error:")
+    assert main(args) == 2 and "Traceback" not in capsys.readouterr().err
