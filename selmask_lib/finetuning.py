@@ -157,6 +157,9 @@ def load_splits(cfg: FinetuneConfig) -> _Splits:
         train, used = Subset(train, range(cfg.max_train_images)), used[: cfg.max_train_images]
     val = load_segmentation_split(cfg.dataset, root, "val", val_transform(cfg.image_size, mean, std))
     test = load_segmentation_split(cfg.dataset, root, "test", test_transform(cfg.image_size, mean, std))
+    for name, split, count in (("train", train.dataset if isinstance(train, Subset) else train, len(used)),
+                               ("val", val, len(val)), ("test", test, len(test))):
+        split.check_all(range(count), f"checking {cfg.dataset} {name} split")  # before any training
     samples = [*used, *val.samples, *test.samples]
     files = [path for sample in samples for path in (sample.image_path, sample.label_path)]
     return _Splits(train, val, test, list(info.class_names), info.ignore_index, root, fingerprint(files, root))

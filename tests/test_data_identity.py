@@ -72,3 +72,28 @@ def test_finetuning_records_its_data_and_refuses_other_data(two_roots, tmp_path)
             finetune(cfg.updated(data_root=str(other)), out_dir=tmp_path / "ft")
     finally:
         shutil.copy(tmp_path / "label.png", label)
+
+
+def test_a_bad_label_in_the_test_split_is_found_before_training(small_synthetic_root, tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    import selmask_lib.engine as engine
+
+    root = tmp_path / "data"
+    shutil.copytree(small_synthetic_root, root)
+    test_ids = (root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Segmentation" / "test.txt").read_text().split()
+    label = root / "VOCdevkit" / "VOC2007" / "SegmentationClass" / f"{test_ids[-1]}.png"
+    with Image.open(label) as image:
+        bad = Image.fromarray(np.full((image.height, image.width), 77, dtype=np.uint8), mode="P")
+        bad.putpalette(image.getpalette())
+    bad.save(label)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before the data was checked")
+
+    monkeypatch.setattr(engine, "fit", no_training)
+    cfg = finetune_preset("smoke", "synthetic", data_root=str(root), device="cpu")
+    with pytest.raises(SelmaskError, match=rf"{label.name}.*77"):
+        finetune(cfg, out_dir=tmp_path / "ft")
+    assert not (tmp_path / "ft").exists()

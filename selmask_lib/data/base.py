@@ -297,6 +297,17 @@ class SegmentationDataset(Dataset):
         check_label_values(label, self.num_classes, self.ignore_index, sample.label_path)
         return image, label.astype(np.int64)
 
+    def check_all(self, indices: Sequence[int] | None = None, description: str = "checking data") -> None:
+        """Decode every sample once (image, label, sizes, class ids): a bad file fails now, naming itself.
+
+        Runs before the first epoch, so a bad label in the test split is
+        found in seconds, not after hours of training.
+        """
+        from selmask_lib.engine import progress  # lazy: the data layer does not need the engine otherwise
+
+        for index in progress(range(len(self)) if indices is None else indices, desc=description, leave=False):
+            self.load(index)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = self.load(index)
         image_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))  # [3, H, W] uint8
