@@ -72,7 +72,7 @@ from .engine import (
     require_finite_weights,
     seed_everything,
 )
-from .errors import DivergenceError, SelmaskError
+from .errors import SelmaskError
 from .metrics import SegmentationEvaluator, SegmentationScores
 from .models import (
     HEAD_PREFIX,
@@ -85,7 +85,7 @@ from .models import (
 )
 from .pretraining import PretrainRun, load_pretrain_run
 from .results import RESULTS_FILENAME, read_results, write_results
-from .runs import check_run_dir, mark_failed, training_run, update_run_info
+from .runs import check_run_dir, failed_if_diverged, training_run, update_run_info
 from .transforms import test_transform, train_transform, val_transform
 
 log = logging.getLogger(__name__)
@@ -327,15 +327,8 @@ def _train_and_test(cfg: FinetuneConfig, run_dir: Path, splits: _Splits, model: 
     pretrain_dataset = None if pretrain_run is None else pretrain_run.config.dataset
     trainer = Trainer(cfg, model)
     loss_fn = segmentation_loss(splits.ignore_index)
-    try:
+    with failed_if_diverged(run_dir, "fine-tuning", "no results are written"):
         fitted = _train(trainer, splits, loss_fn, run_dir)  # check_run_dir refused an unfinished run unless resume
-    except DivergenceError as error:
-        if is_main_process():
-            mark_failed(run_dir, error)
-            log.info("fine-tuning failed: %s", error)
-        raise DivergenceError(f"fine-tuning diverged in {run_dir} ({error}); no results are written and the run "
-                              f"is marked failed: change the config (e.g. a lower lr), which makes a new run "
-                              f"(with --out: in another folder)") from None
 
     best_path = fitted.best_checkpoint or fitted.last_checkpoint
     trainer.model.load_state_dict(load_checkpoint(best_path, expected_config_hash=trainer.config_hash,

@@ -65,7 +65,7 @@ from .engine import (
     save_checkpoint,
     seed_everything,
 )
-from .errors import DivergenceError, SelmaskError
+from .errors import SelmaskError
 from .files import ensure_writable_dir
 from .losses import ReconstructionLoss
 from .masking import patch_grid
@@ -82,7 +82,7 @@ from .runs import (
     CONFIG_FILE,
     RUN_INFO_FILE,
     check_run_dir,
-    mark_failed,
+    failed_if_diverged,
     read_run_info,
     training_run,
     update_run_info,
@@ -323,7 +323,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
         seed_everything(cfg.seed)  # the initial weights
         trainer = Trainer(cfg, build_reconstruction_model(cfg.dropout))
         loss_fn = ReconstructionLoss()
-        try:
+        with failed_if_diverged(run_dir, "pretraining", "checkpoints written before are kept"):
             if cfg.strategy == "random":
                 train_indices, val_indices = train_val_split(range(len(pool)), cfg.val_fraction)
                 _train_on(trainer, loss_fn, pool, run_dir, train_indices, val_indices, None, ("random",))
@@ -331,13 +331,6 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
             else:
                 steps = _run_selective_steps(trainer, loss_fn, pool, run_dir, build_masking(masking, cfg), name)
             require_finite_weights(trainer.model, f"{run_dir}: pretrained weights")
-        except DivergenceError as error:
-            if is_main_process():
-                mark_failed(run_dir, error)
-                log.info("pretraining failed: %s", error)
-            raise DivergenceError(f"pretraining diverged in {run_dir} ({error}); checkpoints written before are "
-                                  f"kept and the run is marked failed: change the config (e.g. a lower lr), "
-                                  f"which makes a new run (with --out: in another folder)") from None
         if is_main_process():
             save_checkpoint(run_dir / PRETRAINED_FILE, {"model": trainer.model.state_dict(),
                                                         "config_hash": trainer.config_hash})

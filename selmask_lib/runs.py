@@ -35,7 +35,7 @@ from . import __version__
 from .config import Config, config_hash, save_config
 from .distributed import barrier, is_main_process, main_only
 from .engine import run_log
-from .errors import SelmaskError
+from .errors import DivergenceError, SelmaskError
 from .files import ensure_writable_dir, is_temp_file, remove_temp_files, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,23 @@ def check_run_dir(run_dir: str | Path, kind: str, cfg: Config, resume: bool,
     if not resume:
         raise SelmaskError(f"{run_dir} holds an unfinished run of this config: pass --resume to continue it")
     return None
+
+
+@contextlib.contextmanager
+def failed_if_diverged(run_dir: str | Path, what: str, kept: str) -> Iterator[None]:
+    """Mark the run ``failed`` in run.json if its body diverges, and re-raise in words a user can act on.
+
+    ``what`` names the run ("pretraining"), ``kept`` says what stays of it.
+    """
+    try:
+        yield
+    except DivergenceError as error:
+        if is_main_process():
+            mark_failed(run_dir, error)
+            log.info("%s failed: %s", what, error)
+        raise DivergenceError(f"{what} diverged in {run_dir} ({error}); {kept} and the run is marked failed: "
+                              f"change the config (e.g. a lower lr), which makes a new run "
+                              f"(with --out: in another folder)") from None
 
 
 def _differs_only_in_data(found: dict, wanted: dict) -> bool:
