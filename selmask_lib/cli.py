@@ -149,7 +149,7 @@ def _config_command(args: argparse.Namespace) -> int:
     print(f"{args.kind} config keys and their preset values for dataset {args.dataset!r} "
           f"(set any with --set KEY=VALUE):")
     for line in [columns, *table]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+        print("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip())
     print("* not part of the run's identity (config hash): changes speed or place, not results")
     return 0
 
@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo", _demo_command, "end-to-end demo on the embedded data; writes a figure")
     demo.add_argument("--out", default="figures", help="folder for the figure (default: %(default)s)")
     demo.add_argument("--data-root", default=None, help="synthetic dataset folder (default: the embedded set)")
-    demo.add_argument("--runs", default="runs", help="folder for the demo's cached pretraining run (default: %(default)s)")
+    demo.add_argument("--runs", default="runs",
+                      help="folder for the demo's cached pretraining run (default: %(default)s)")
 
     pretrain = command("pretrain", _pretrain_command, "masked image reconstruction pretraining")
     pretrain.add_argument("--strategy", required=True, choices=STRATEGIES,

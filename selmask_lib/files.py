@@ -78,9 +78,10 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
     try:
         handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=TEMP_SUFFIX)
     except OSError as error:
-        if _disk_problem(error) is None:
+        reason = _disk_problem(error)
+        if reason is None:
             raise
-        raise SelmaskError(f"cannot write {path}: {_disk_problem(error)}; choose another output folder") from None
+        raise SelmaskError(f"cannot write {path}: {reason}; choose another output folder") from None
     try:
         os.fchmod(handle, 0o666 & ~_current_umask())
         text_options = {} if binary else {"encoding": "utf-8", "newline": ""}

@@ -157,12 +157,20 @@ def load_splits(cfg: FinetuneConfig) -> _Splits:
         train, used = Subset(train, range(cfg.max_train_images)), used[: cfg.max_train_images]
     val = load_segmentation_split(cfg.dataset, root, "val", val_transform(cfg.image_size, mean, std))
     test = load_segmentation_split(cfg.dataset, root, "test", test_transform(cfg.image_size, mean, std))
-    for name, split, count in (("train", train.dataset if isinstance(train, Subset) else train, len(used)),
-                               ("val", val, len(val)), ("test", test, len(test))):
-        split.check_all(range(count), f"checking {cfg.dataset} {name} split")  # before any training
     samples = [*used, *val.samples, *test.samples]
     files = [path for sample in samples for path in (sample.image_path, sample.label_path)]
     return _Splits(train, val, test, list(info.class_names), info.ignore_index, root, fingerprint(files, root))
+
+
+def check_every_sample(splits: _Splits, dataset: str) -> None:
+    """Decode every sample a run will read (images, labels, sizes, class ids) once, before training.
+
+    Not part of :func:`load_splits`: a finished run that is reused reads no data.
+    """
+    for name in ("train", "val", "test"):
+        split = getattr(splits, name)
+        base, indices = (split.dataset, split.indices) if isinstance(split, Subset) else (split, None)
+        base.check_all(indices, f"checking {dataset} {name} split")
 
 
 # --------------------------------------------------------------------------- initialisation
@@ -313,6 +321,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path | None = None, resume: boo
         return FinetuneRun(run_dir, run_dir / RESULTS_FILENAME, read_results(run_dir / RESULTS_FILENAME))
 
     pick_device(cfg.device)  # an unavailable device fails before anything is written
+    check_every_sample(splits, cfg.dataset)  # a bad test label fails now, not after all the training
     model, transfer = build_initialised_model(cfg, len(splits.class_names), pretrain_run)
     with training_run(run_dir, RUN_KIND, cfg, resume, identity=identity, finished=finished,
                       data_fingerprint=splits.fingerprint, data_root=str(splits.root),

@@ -103,7 +103,7 @@ def check_run_dir(run_dir: str | Path, kind: str, cfg: Config, resume: bool,
     if found_kind != kind:
         raise SelmaskError(f"{run_dir} holds a {KIND_NAMES.get(found_kind, found_kind)} run, not a {kind_name} run; "
                            f"choose another output directory")
-    if found != wanted and _differs_only_in_data(found, wanted):
+    if _differs_only_in_data(found, wanted):
         raise SelmaskError(
             f"{run_dir} holds a {kind_name} run of this config on other data "
             + (f"(data root {info.get('data_root')}, fingerprint {found['data_fingerprint']})"
@@ -250,7 +250,8 @@ def training_run(run_dir: str | Path, kind: str, cfg: Config, resume: bool, iden
     with main_only(run_lock(run_dir)):
         removed = []
         if is_main_process():
-            if check_run_dir(run_dir, kind, cfg, resume, identity) is not None and finished is None:
+            again = check_run_dir(run_dir, kind, cfg, resume, identity, data_root=fields.get("data_root"))
+            if again is not None and finished is None:
                 raise SelmaskError(f"{run_dir} was finished by another selmask process while this one started; "
                                    f"run again to reuse it")
             removed = remove_temp_files(run_dir)

@@ -97,3 +97,17 @@ def test_a_bad_label_in_the_test_split_is_found_before_training(small_synthetic_
     with pytest.raises(SelmaskError, match=rf"{label.name}.*77"):
         finetune(cfg, out_dir=tmp_path / "ft")
     assert not (tmp_path / "ft").exists()
+
+
+def test_a_reused_finetuning_run_decodes_no_data(small_synthetic_root, tmp_path, monkeypatch):
+    from selmask_lib.data.base import SegmentationDataset
+
+    cfg = finetune_preset("smoke", "synthetic", data_root=str(small_synthetic_root), epochs=1, max_train_images=4,
+                          device="cpu")
+    first = finetune(cfg, out_dir=tmp_path / "ft")
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError("a finished run was reused, yet every sample was decoded again")
+
+    monkeypatch.setattr(SegmentationDataset, "check_all", no_decoding)
+    assert finetune(cfg, out_dir=tmp_path / "ft").results == first.results
