@@ -61,6 +61,12 @@ PAPER_SEED = 3741
 # do not invalidate a finished run.
 NON_RESULT_FIELDS = frozenset({"data_root", "num_workers", "device", "checkpoint_every"})
 
+# Settings added after the first runs were made (most of them reproduce a detail of
+# the authors' code). Each is hashed only when it differs from its default, so a
+# run made before the setting existed keeps its config hash and stays reusable.
+# Add every new result-changing key here.
+HASHED_WHEN_CHANGED = frozenset()
+
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -81,7 +87,10 @@ class _ConfigBase:
 
     def _result_fields(self) -> dict[str, Any]:
         """The fields that can change the run's outcome (hashed by config_hash)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_FIELDS}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {k: v for k, v in self.to_dict().items()
+                if k not in NON_RESULT_FIELDS
+                and not (k in HASHED_WHEN_CHANGED and v == _plain(defaults[k]))}
 
     # -- conversion -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
