@@ -65,7 +65,12 @@ NON_RESULT_FIELDS = frozenset({"data_root", "num_workers", "device", "checkpoint
 # the authors' code). Each is hashed only when it differs from its default, so a
 # run made before the setting existed keeps its config hash and stays reusable.
 # Add every new result-changing key here.
-HASHED_WHEN_CHANGED = frozenset()
+HASHED_WHEN_CHANGED = frozenset({
+    "recon_loss", "pretrained_checkpoint", "pad_to_multiple", "bake_selective_masks",
+    "baked_image_quality", "transfer_head_if_shapes_match",
+})
+RECON_LOSSES = ("ms_ssim", "ssim3")  # losses.py: L1 + (1 - MS-SSIM) or L1 + (1 - SSIM, 3x3 window)
+PRETRAINED_CHECKPOINTS = ("last", "best_val_loss")
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -151,6 +156,7 @@ class _ConfigBase:
         _check_at_least("seed", self.seed, 0)
         _check_at_least("num_workers", self.num_workers, 0)
         _check_at_least("checkpoint_every", self.checkpoint_every, 1)
+        _check_at_least("pad_to_multiple", self.pad_to_multiple, 0)
         if not _DEVICE_PATTERN.match(self.device):
             raise SelmaskError(
                 f"config key 'device' must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N', "
@@ -194,10 +200,30 @@ class PretrainConfig(_ConfigBase):
     device: str = "auto"               # 'auto' | 'cpu' | 'mps' | 'cuda[:N]' (not hashed)
     amp: bool = True                   # mixed precision; only ever used on CUDA
     checkpoint_every: int = 1          # epochs between checkpoints (not hashed)
+    # Details of the authors' code (docs/METHOD.md); the paper preset sets them their way.
+    recon_loss: str = "ms_ssim"        # 'ms_ssim' | 'ssim3': the similarity term of the training loss
+    pretrained_checkpoint: str = "last"  # 'last' | 'best_val_loss': weights saved as pretrained.pt
+    pad_to_multiple: int = 0           # reflect-pad every forward input to a multiple (0: never)
+    bake_selective_masks: bool = False  # burn fixed masks into the images before augmentation
+    baked_image_quality: Optional[int] = None  # JPEG quality of baked images; None: lossless
 
     def _check_values(self) -> None:
         self._check_common()
         _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("recon_loss", self.recon_loss, RECON_LOSSES)
+        _check_choice("pretrained_checkpoint", self.pretrained_checkpoint, PRETRAINED_CHECKPOINTS)
+        if self.baked_image_quality is not None:
+            if not self.bake_selective_masks:
+                raise SelmaskError("config key 'baked_image_quality' needs bake_selective_masks: true")
+            if not 1 <= self.baked_image_quality <= 95:
+                raise SelmaskError(f"config key 'baked_image_quality' must be a JPEG quality in 1..95 "
+                                   f"or null (lossless), got {self.baked_image_quality}")
+        if self.pretrained_checkpoint == "best_val_loss" and self.val_fraction == 0:
+            raise SelmaskError("config key 'pretrained_checkpoint' 'best_val_loss' needs validation images "
+                               "(val_fraction > 0)")
+        if self.bake_selective_masks and self.strategy != "selective":
+            raise SelmaskError("config key 'bake_selective_masks' needs strategy 'selective' "
+                               "(only the selective loop fixes each image's mask)")
         _check_at_least("n_patches", self.n_patches, 4)
         if not 0 < self.mask_ratio < 1:
             raise SelmaskError(f"config key 'mask_ratio' must be in (0, 1), got {self.mask_ratio}")
@@ -254,6 +280,9 @@ class FinetuneConfig(_ConfigBase):
     device: str = "auto"
     amp: bool = True
     checkpoint_every: int = 1
+    # Details of the authors' code (docs/METHOD.md); the paper preset sets them their way.
+    pad_to_multiple: int = 0           # reflect-pad every forward input to a multiple (0: never)
+    transfer_head_if_shapes_match: bool = False  # IR inits: copy the RGB head into a 3-class head
 
     def _check_values(self) -> None:
         self._check_common()
@@ -330,7 +359,8 @@ def pretrain_preset(name: str, dataset: str, **overrides: Any) -> PretrainConfig
     _check_choice("dataset", dataset, DATASET_NAMES)
     values: dict[str, Any] = dict(dataset=dataset)
     if name == "paper":
-        values.update(batch_size=PAPER_PRETRAIN_BATCH[dataset], num_workers=4)
+        selective = overrides.get("strategy", "selective") == "selective"
+        values.update(batch_size=PAPER_PRETRAIN_BATCH[dataset], num_workers=4, **paper_code_details(dataset, selective))
     elif name == "demo":
         values.update(image_size=96, score_size=96, n_patches=64, epochs=30, batch_size=9,
                       warmup_epochs=2, n_partitions=4, n_scoring_draws=3, max_images=80,
@@ -362,7 +392,7 @@ def finetune_preset(name: str, dataset: str, **overrides: Any) -> FinetuneConfig
     _check_choice("dataset", dataset, DATASET_NAMES)
     values: dict[str, Any] = dict(dataset=dataset)
     if name == "paper":
-        values.update(num_workers=4)
+        values.update(num_workers=4, **paper_code_details(dataset))
     elif name == "demo":
         values.update(image_size=96, epochs=12, warmup_epochs=1, max_train_images=128)
     elif name == "smoke":
@@ -370,6 +400,23 @@ def finetune_preset(name: str, dataset: str, **overrides: Any) -> FinetuneConfig
     else:
         _check_choice("preset", name, PRESET_NAMES)
     return FinetuneConfig(**values).updated(**overrides)
+
+
+def paper_code_details(dataset: str, selective: Optional[bool] = None) -> dict[str, Any]:
+    """The settings that make a run do what the authors' code did (docs/METHOD.md, items 1-12).
+
+    ``selective`` is None for a fine-tuning config, else whether the
+    pretraining run is selective: the authors' selective runs train on
+    L1 + (1 - SSIM 3x3) at every step and bake their fixed masks into the
+    images; their random-masking runs train on L1 + (1 - MS-SSIM).
+    """
+    shared: dict[str, Any] = dict(pad_to_multiple=64, amp=False)
+    if selective is None:
+        return dict(shared, transfer_head_if_shapes_match=True)
+    details = dict(shared, recon_loss="ssim3" if selective else "ms_ssim", pretrained_checkpoint="best_val_loss")
+    if selective:
+        details.update(bake_selective_masks=True, baked_image_quality=75 if dataset == "voc" else None)
+    return details
 
 
 _PRESET_FUNCTIONS = {"pretrain": pretrain_preset, "finetune": finetune_preset}

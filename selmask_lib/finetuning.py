@@ -216,7 +216,7 @@ def build_initialised_model(cfg: FinetuneConfig, num_classes: int,
     ``cfg.seed``, so two runs of one config start from the same model.
     """
     seed_everything(cfg.seed)
-    model = build_segmentation_model(num_classes, dropout=cfg.dropout)
+    model = build_segmentation_model(num_classes, dropout=cfg.dropout, pad_to_multiple=cfg.pad_to_multiple)
     if cfg.init == "none":
         return model, {"source": None, "summary": "random initialisation (seeded)"}
     if cfg.init == "imagenet":
@@ -228,7 +228,10 @@ def build_initialised_model(cfg: FinetuneConfig, num_classes: int,
     state = weights.get("model")
     if not isinstance(state, dict):
         raise SelmaskError(f"{pretrain_run.weights}: no 'model' state dict in the pretrained weights")
-    report = transfer_weights(state, model)
+    # The authors' code copies every tensor whose name and shape match, the RGB head into a
+    # 3-class head included; the paper's text (and the kit's default) leaves the head random.
+    report = transfer_weights(state, model, exclude_prefixes=() if cfg.transfer_head_if_shapes_match else (HEAD_PREFIX,))
+    head_copied = any(name.startswith(HEAD_PREFIX) for name in report.copied)
     not_copied = report.missing + [name for name in report.skipped if not name.startswith(HEAD_PREFIX)]
     if not_copied:
         raise SelmaskError(
@@ -239,7 +242,8 @@ def build_initialised_model(cfg: FinetuneConfig, num_classes: int,
     log.info("init %s from %s: %s", cfg.init, pretrain_run.weights, report.summary())
     return model, {"source": str(pretrain_run.weights), "copied": len(report.copied),
                    "skipped": len(report.skipped), "missing": len(report.missing),
-                   "summary": report.summary() + " (encoder and decoder; head left random)"}
+                   "summary": report.summary() + (" (encoder, decoder and head)" if head_copied
+                                                  else " (encoder and decoder; head left random)")}
 
 
 # --------------------------------------------------------------------------- training and evaluation
@@ -361,6 +365,7 @@ def _train_and_test(cfg: FinetuneConfig, run_dir: Path, splits: _Splits, model: 
         pretrain_relation=relation,
         pretrain_config_hash=None if pretrain_run is None else config_hash(pretrain_run.config),
         pretrain_masking=None if pretrain_run is None else pretrain_run.masking,
+        pretrain_recon_loss=None if pretrain_run is None else pretrain_run.config.recon_loss,
         seed=cfg.seed,
         data_fingerprint=splits.fingerprint,
         scores=scores,

@@ -14,6 +14,7 @@ import logging
 import torch
 from pytorch_msssim import ms_ssim, ssim
 
+from .config import RECON_LOSSES  # the values of the config key ``recon_loss``
 from .errors import SelmaskError
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 MS_SSIM_WINDOW = 11
 MS_SSIM_SCALES = 5
 MIN_MS_SSIM_SIDE = (MS_SSIM_WINDOW - 1) * 2 ** (MS_SSIM_SCALES - 1)  # 160 px
+SSIM3_WINDOW = 3
 
 
 def uses_ms_ssim(height: int, width: int) -> bool:
@@ -29,10 +31,13 @@ def uses_ms_ssim(height: int, width: int) -> bool:
 
 
 class ReconstructionLoss(torch.nn.Module):
-    """L1 + (1 - MS-SSIM) over the whole image, SSIM below 161 px (see module doc)."""
+    """L1 + (1 - similarity) over the whole image; ``kind`` is ``ms_ssim`` or ``ssim3`` (module doc)."""
 
-    def __init__(self, data_range: float = 1.0):
+    def __init__(self, kind: str = "ms_ssim", data_range: float = 1.0):
         super().__init__()
+        if kind not in RECON_LOSSES:
+            raise SelmaskError(f"reconstruction loss must be one of {', '.join(RECON_LOSSES)}, got {kind!r}")
+        self.kind = kind
         self.data_range = data_range
         self._warned_fallback = False
 
@@ -45,7 +50,9 @@ class ReconstructionLoss(torch.nn.Module):
         pred, target = pred.float(), target.float()
         l1 = (pred - target).abs().mean()
         height, width = pred.shape[-2:]
-        if uses_ms_ssim(height, width):
+        if self.kind == "ssim3":
+            similarity = ssim(pred, target, data_range=self.data_range, win_size=SSIM3_WINDOW)
+        elif uses_ms_ssim(height, width):
             similarity = ms_ssim(pred, target, data_range=self.data_range)
         else:
             if not self._warned_fallback:

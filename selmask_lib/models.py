@@ -56,9 +56,10 @@ class DecoderBlock(nn.Module):
 class UNet(nn.Module):
     """ResNet-34 U-Net with a stride-4 decoder; ``forward`` maps [B, 3, H, W] to [B, out, H, W]."""
 
-    def __init__(self, out_channels: int, dropout: float = 0.2):
+    def __init__(self, out_channels: int, dropout: float = 0.2, pad_to_multiple: int = 0):
         super().__init__()
         self.out_channels = out_channels
+        self.pad_to_multiple = pad_to_multiple  # the authors' code: reflect-pad to a multiple of 64
         self.encoder = smp.encoders.get_encoder("resnet34", in_channels=3, depth=5, weights=None)
         encoder_channels = self.encoder.out_channels[2:]  # (64, 128, 256, 512) at strides 4..32
         deepest = encoder_channels[-1]
@@ -70,6 +71,13 @@ class UNet(nn.Module):
         self.head = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(deepest, out_channels, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pad_to_multiple > 1:
+            height, width = images.shape[-2:]
+            outputs = self._forward(pad_to_multiple(images, self.pad_to_multiple))
+            return outputs[..., :height, :width]  # the padding was added at the bottom and right
+        return self._forward(images)
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.encoder(images)[2:]  # strides 4, 8, 16, 32
         x = features[-1]
         for block, skip in zip(self.decoder, reversed(features[:-1])):
@@ -78,16 +86,32 @@ class UNet(nn.Module):
         return F.interpolate(x, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def build_reconstruction_model(dropout: float = 0.2) -> UNet:
+def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Reflect-pad ``images`` [B, C, H, W] at the bottom and right so H and W are multiples of ``multiple``.
+
+    Why: the authors' code pads every input this way (so every feature map
+    of the encoder has an exact size) and crops the output back. Reflection
+    needs the pad to be smaller than the side; a side too small for that
+    (below the CPU presets' sizes only) is padded by replicating its edge.
+    """
+    height, width = images.shape[-2:]
+    pad_bottom, pad_right = -height % multiple, -width % multiple
+    if pad_bottom == 0 and pad_right == 0:
+        return images
+    mode = "reflect" if pad_bottom < height and pad_right < width else "replicate"
+    return F.pad(images, (0, pad_right, 0, pad_bottom), mode=mode)
+
+
+def build_reconstruction_model(dropout: float = 0.2, pad_to_multiple: int = 0) -> UNet:
     """U-Net with 3 outputs (RGB) for masked image reconstruction."""
-    return UNet(out_channels=3, dropout=dropout)
+    return UNet(out_channels=3, dropout=dropout, pad_to_multiple=pad_to_multiple)
 
 
-def build_segmentation_model(num_classes: int, dropout: float = 0.2) -> UNet:
+def build_segmentation_model(num_classes: int, dropout: float = 0.2, pad_to_multiple: int = 0) -> UNet:
     """U-Net with one output per class for semantic segmentation."""
     if num_classes < 2:
         raise SelmaskError(f"num_classes must be at least 2, got {num_classes}")
-    return UNet(out_channels=num_classes, dropout=dropout)
+    return UNet(out_channels=num_classes, dropout=dropout, pad_to_multiple=pad_to_multiple)
 
 
 @dataclass

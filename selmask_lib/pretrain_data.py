@@ -9,9 +9,13 @@ mask moves with the image (METHOD.md).
 
 from __future__ import annotations
 
-from typing import Sequence
+import io
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -20,6 +24,7 @@ from .config import PretrainConfig
 from .data import UnlabelledImages, load_pretraining_images, resolve_data_root
 from .errors import SelmaskError
 from .masking import patch_grid, pixel_mask, random_mask
+from .transforms import normalise
 
 
 def pretraining_pool(cfg: PretrainConfig) -> UnlabelledImages:
@@ -62,6 +67,40 @@ def scoring_view(pool: UnlabelledImages, index: int, score_size: int) -> torch.T
     return v2.functional.resize(image, [score_size], antialias=True).as_subclass(torch.Tensor)
 
 
+@dataclass(frozen=True)
+class BakedMasks:
+    """How fixed masks are burned into images (config ``bake_selective_masks``), as the authors did.
+
+    Their selective steps save each masked image to disk (fill: the dataset
+    mean colour as uint8; VOC as JPEG) and train on it with the usual
+    augmentation, so colour jitter also changes the fill, while the target
+    goes through the same geometry with nearest interpolation and no jitter.
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    jpeg_quality: Optional[int] = None  # None: kept lossless
+
+    @property
+    def fill(self) -> tuple[int, int, int]:
+        return tuple(round(255 * m) for m in self.mean)
+
+
+def baked_image(view: torch.Tensor, pixels: torch.Tensor, fill: Sequence[int],
+                jpeg_quality: Optional[int] = None) -> torch.Tensor:
+    """``view`` (float [3, h, w] in [0, 1]) as uint8 with the ``pixels`` (Bool [h, w], True = masked)
+    set to ``fill``, then through a JPEG encode/decode at ``jpeg_quality`` if given."""
+    image = (view * 255).round().clamp(0, 255).to(torch.uint8)
+    image = image.masked_scatter(pixels.expand_as(image),
+                                 torch.tensor(fill, dtype=torch.uint8)[:, None].expand(3, int(pixels.sum())))
+    if jpeg_quality is None:
+        return image
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=jpeg_quality)
+    decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    return torch.from_numpy(decoded.copy()).permute(2, 0, 1)
+
+
 class ReconstructionDataset(Dataset):
     """Augmented images of a pretraining subset -> ``(image [3, S, S], pixel_mask [S, S])``.
 
@@ -69,6 +108,9 @@ class ReconstructionDataset(Dataset):
     fresh for every batch by the training loop. With ``patch_masks`` (a dict
     pool index -> Bool [P] on the image's scoring view) the pixel mask is built
     on the scoring view and cropped and flipped together with the image.
+    With ``baked`` (and ``patch_masks``) the items are ``(masked input,
+    target, pixel_mask)`` instead: the mask is burned into the input image
+    before augmentation (:class:`BakedMasks`).
     """
 
     def __init__(
@@ -79,8 +121,10 @@ class ReconstructionDataset(Dataset):
         score_size: int,
         n_patches: int,
         patch_masks: dict[int, torch.Tensor] | None = None,
+        baked: Optional[BakedMasks] = None,
     ):
         self.pool, self.indices, self.transform = pool, list(indices), transform
+        self.baked = baked if patch_masks is not None else None  # only fixed masks can be baked
         self.score_size, self.n_patches, self.patch_masks = score_size, n_patches, patch_masks
         if patch_masks is not None:
             missing = [i for i in self.indices if i not in patch_masks]
@@ -90,7 +134,7 @@ class ReconstructionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, ...]:
         index = self.indices[item]
         if self.patch_masks is None:
             image = self.pool[index]  # [3, H, W]
@@ -99,8 +143,19 @@ class ReconstructionDataset(Dataset):
             image = scoring_view(self.pool, index, self.score_size)  # [3, h, w]
             grid = patch_grid(*image.shape[-2:], self.n_patches)
             pixels = pixel_mask(self.patch_masks[index][None], grid)[0]  # [h, w]
+        if self.baked is not None:
+            return self._baked_item(image, pixels)
         image, pixels = self.transform(tv_tensors.Image(image), tv_tensors.Mask(pixels))
         return image.as_subclass(torch.Tensor), pixels.as_subclass(torch.Tensor).bool()
+
+    def _baked_item(self, image: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        masked = baked_image(image, pixels, self.baked.fill, self.baked.jpeg_quality)
+        target = (image * 255).round().to(torch.uint8)
+        # The target passes as a Mask: same geometry, nearest interpolation, no colour jitter.
+        masked, target, pixels = self.transform(tv_tensors.Image(masked), tv_tensors.Mask(target),
+                                                tv_tensors.Mask(pixels))
+        target = normalise(target.as_subclass(torch.Tensor)[None].float() / 255, self.baked.mean, self.baked.std)[0]
+        return masked.as_subclass(torch.Tensor), target, pixels.as_subclass(torch.Tensor).bool()
 
 
 def masked_inputs(images: torch.Tensor, pixel_masks: torch.Tensor, crop_grid: torch.Tensor, mask_ratio: float,

@@ -55,6 +55,7 @@ from .data import UnlabelledImages, fingerprint, resolve_data_root
 from .device import pick_device
 from .distributed import barrier, init_distributed, is_main_process, rank_key
 from .engine import (
+    BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     Optimisation,
     Trainer,
@@ -71,6 +72,7 @@ from .losses import ReconstructionLoss
 from .masking import patch_grid
 from .models import build_reconstruction_model
 from .pretrain_data import (
+    BakedMasks,
     ReconstructionDataset,
     masked_inputs,
     partition_indices,
@@ -150,27 +152,35 @@ def load_pretrain_run(run_dir: str | Path) -> PretrainRun:
 
 def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledImages, run_dir: Path,
               train_indices: Sequence[int], val_indices: Sequence[int],
-              patch_masks: Optional[dict[int, torch.Tensor]], step_key: tuple) -> None:
+              patch_masks: Optional[dict[int, torch.Tensor]], step_key: tuple,
+              track_best: bool = False) -> Optional[Path]:
     """E epochs of masked reconstruction on ``train_indices`` from the model's current weights.
 
     Fresh Adam and warm-up + cosine schedule (:meth:`Trainer.fit`); resumes
     inside the loop. ``patch_masks`` fixes each image's mask (a selective
     step); without it every batch gets fresh random masks. ``step_key``
     keeps each loop's random streams apart (("random",) or ("step", k)).
+    ``track_best``: also keep the weights of the epoch with the lowest
+    validation loss (``best.pt``) and return that file's path.
     """
     cfg = trainer.cfg
     crop_grid = patch_grid(cfg.image_size, cfg.image_size, cfg.n_patches)  # [P, 4] of a training crop
 
+    baked = BakedMasks(cfg.mean, cfg.std, cfg.baked_image_quality) if cfg.bake_selective_masks else None
+
     def dataset(indices, transform) -> ReconstructionDataset:
-        return ReconstructionDataset(pool, indices, transform, cfg.score_size, cfg.n_patches, patch_masks)
+        return ReconstructionDataset(pool, indices, transform, cfg.score_size, cfg.n_patches, patch_masks, baked)
 
     train_set = dataset(train_indices, train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std))
     val_set = dataset(val_indices, val_transform(cfg.image_size, cfg.mean, cfg.std))
 
     def reconstruction_loss(mask_generator: torch.Generator):
         def batch_loss(model: torch.nn.Module, batch) -> torch.Tensor:
-            images, pixels = batch
-            inputs = masked_inputs(images, pixels, crop_grid, cfg.mask_ratio, mask_generator)
+            if len(batch) == 3:  # baked masks: the dataset gives (masked input, target, pixel mask)
+                inputs, images, _ = batch
+            else:
+                images, pixels = batch
+                inputs = masked_inputs(images, pixels, crop_grid, cfg.mask_ratio, mask_generator)
             return loss_fn(trainer.forward(model, inputs), images.to(trainer.device, non_blocking=True))
         return batch_loss
 
@@ -190,8 +200,13 @@ def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledIma
         loader = trainer.loader(val_set, False, "val")
         return {"val_loss": trainer.mean_loss(loader, reconstruction_loss(masks), "val")}
 
-    trainer.fit(run_dir, train_epoch, evaluate,
-                checkpoint_final=False)  # the caller saves the weights at once; a fresh Adam follows
+    if track_best and len(val_set) == 0:
+        raise SelmaskError(f"{run_dir}: pretrained_checkpoint 'best_val_loss' needs validation images, "
+                           f"but this loop has none (val_fraction {cfg.val_fraction}, {len(train_indices)} images)")
+    result = trainer.fit(run_dir, train_epoch, evaluate,
+                         best_metric="val_loss" if track_best else None, best_mode="min",
+                         checkpoint_final=False)  # the caller saves the weights at once; a fresh Adam follows
+    return result.best_checkpoint
 
 
 # --------------------------------------------------------------------------- scoring
@@ -321,19 +336,23 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
                  run_dir, name, len(pool), config_hash(cfg))
         started = time.perf_counter()
         seed_everything(cfg.seed)  # the initial weights
-        trainer = Trainer(cfg, build_reconstruction_model(cfg.dropout))
-        loss_fn = ReconstructionLoss()
+        trainer = Trainer(cfg, build_reconstruction_model(cfg.dropout, cfg.pad_to_multiple))
+        loss_fn = ReconstructionLoss(cfg.recon_loss)
+        track_best = cfg.pretrained_checkpoint == "best_val_loss"
         with failed_if_diverged(run_dir, "pretraining", "checkpoints written before are kept"):
             if cfg.strategy == "random":
                 train_indices, val_indices = train_val_split(range(len(pool)), cfg.val_fraction)
-                _train_on(trainer, loss_fn, pool, run_dir, train_indices, val_indices, None, ("random",))
+                best = _train_on(trainer, loss_fn, pool, run_dir, train_indices, val_indices, None, ("random",),
+                                 track_best)
                 steps = 1
             else:
-                steps = _run_selective_steps(trainer, loss_fn, pool, run_dir, build_masking(masking, cfg), name)
+                steps, best = _run_selective_steps(trainer, loss_fn, pool, run_dir, build_masking(masking, cfg),
+                                                   name, track_best)
             require_finite_weights(trainer.model, f"{run_dir}: pretrained weights")
         if is_main_process():
-            save_checkpoint(run_dir / PRETRAINED_FILE, {"model": trainer.model.state_dict(),
-                                                        "config_hash": trainer.config_hash})
+            save_checkpoint(run_dir / PRETRAINED_FILE, _pretrained_weights(trainer, best))
+            if best is not None:
+                best.unlink()  # now a copy inside pretrained.pt
             update_run_info(run_dir, status="complete", steps=steps, images=len(pool), weights=PRETRAINED_FILE,
                             seconds=round(time.perf_counter() - started, 3), device=str(trainer.device))
             _drop_resume_state(run_dir)
@@ -342,15 +361,33 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
     return PretrainRun(run_dir, cfg, run_dir / PRETRAINED_FILE, name)
 
 
+def _pretrained_weights(trainer: Trainer, best: Optional[Path]) -> dict:
+    """What ``pretrained.pt`` holds: the last weights, or (``best``) those of the final loop's best
+    validation epoch, which is what the authors' code hands to fine-tuning."""
+    if best is None:
+        return {"model": trainer.model.state_dict(), "config_hash": trainer.config_hash, "weights": "last"}
+    state = load_checkpoint(best)
+    return {"model": state["model"], "config_hash": trainer.config_hash, "weights": "best_val_loss",
+            "epoch": state["epoch"], "val_loss": state["best_value"]}
+
+
 def _run_selective_steps(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledImages, run_dir: Path,
-                         masking: MaskingFunction, name: str) -> int:
-    """Steps 0..K-1 of selective masking; resumes inside an interrupted step without re-scoring."""
+                         masking: MaskingFunction, name: str, track_best: bool = False) -> tuple[int, Optional[Path]]:
+    """Steps 0..K-1 of selective masking; resumes inside an interrupted step without re-scoring.
+
+    Returns the number of steps and, with ``track_best``, the last step's
+    best-validation-loss checkpoint (scoring always uses each step's last weights).
+    """
     cfg = trainer.cfg
     partitions = partition_indices(len(pool), cfg.n_partitions)
+    best = None
     for step, partition in enumerate(partitions):
         step_dir = ensure_writable_dir(run_dir / step_name(step)) if is_main_process() else run_dir / step_name(step)
+        final_step = step == len(partitions) - 1
         if (step_dir / STEP_MODEL_FILE).exists():  # finished before a crash: its weights are all we need
             trainer.model.load_state_dict(load_checkpoint(step_dir / STEP_MODEL_FILE)["model"])
+            if final_step and track_best:
+                best = step_dir / BEST_CHECKPOINT
             continue
         patch_masks = None
         if step > 0:
@@ -372,13 +409,14 @@ def _run_selective_steps(trainer: Trainer, loss_fn: ReconstructionLoss, pool: Un
             barrier()
             patch_masks = _patch_masks_by_index(load_step_masks(step_dir))
         train_indices, val_indices = train_val_split(partition, cfg.val_fraction)
-        _train_on(trainer, loss_fn, pool, step_dir, train_indices, val_indices, patch_masks, ("step", step))
+        best = _train_on(trainer, loss_fn, pool, step_dir, train_indices, val_indices, patch_masks, ("step", step),
+                         track_best and final_step)
         require_finite_weights(trainer.model, f"{step_dir}: the step's weights")  # step k+1 would start from them
         if is_main_process():
             save_checkpoint(step_dir / STEP_MODEL_FILE, {"model": trainer.model.state_dict(), "step": step,
                                                          "config_hash": trainer.config_hash})
             _drop_resume_state(step_dir)
-    return len(partitions)
+    return len(partitions), best
 
 
 def _drop_resume_state(directory: Path) -> None:

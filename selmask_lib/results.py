@@ -21,6 +21,8 @@ File format (JSON object, written atomically: temp file + ``os.replace``)::
     created           ISO-8601 UTC timestamp        (added unless given)
     pretrain_masking  optional: masking of the pretraining run
                       ("random", "selective", "random_fixed", a user's name)
+    pretrain_recon_loss  optional: reconstruction loss of the pretraining run
+                      ("ms_ssim", "ssim3"; absent before the setting existed)
     data_fingerprint  optional (version 2): id of the files the run read
                       (selmask_lib.data.fingerprint)
     val_miou, best_epoch, pixel_accuracy, ...       optional; extra keys are kept
@@ -39,7 +41,11 @@ iterative loop (the optional ``pretrain_masking`` field, e.g. the
 ``random_fixed`` ablation or a function of your own named ``mine``) gets the
 variant ``<masking>_ir_self`` / ``_cross`` (``mine_ir_self``), so it has a
 column of its own next to the paper's: pass it in
-``selmask_lib.tables.results_table(columns=...)``.
+``selmask_lib.tables.results_table(columns=...)``. Likewise a ``random_ir``
+run pretrained on another loss than the paper's random baseline
+(L1 + MS-SSIM; field ``pretrain_recon_loss``) is ``random_ir_<loss>_self``,
+e.g. ``random_ir_ssim3_self``: the controlled comparison "random masking,
+same loss as selective" (docs/METHOD.md).
 """
 
 from __future__ import annotations
@@ -83,7 +89,8 @@ _KEY_ORDER = ("format", "format_version") + REQUIRED_FIELDS + (
     "val_miou", "best_epoch", "pixel_accuracy",
 )
 _BASE_COLUMNS = [
-    "dataset", "init", "pretrain_dataset", "pretrain_run", "pretrain_masking", "data_fingerprint", "variant",
+    "dataset", "init", "pretrain_dataset", "pretrain_run", "pretrain_masking", "pretrain_recon_loss",
+    "data_fingerprint", "variant",
     "seed", "miou",
     "val_miou", "best_epoch", "pixel_accuracy", "created", "library_version",
     "class_names", "run_dir", "path",
@@ -127,25 +134,36 @@ def _check_fraction(v, where: str, allow_none: bool) -> None:
         raise SelmaskError(f"results field '{where}' must be a fraction in [0, 1], got {v!r}")
 
 
+#: The loss of the paper's random-masking baseline; a random_ir run on another loss gets its own column.
+RANDOM_BASELINE_LOSS = "ms_ssim"
+
+
 def variant_of(init: str, dataset: str | None, pretrain_dataset: str | None,
-               pretrain_masking: str | None = None) -> str:
+               pretrain_masking: str | None = None, pretrain_recon_loss: str | None = None) -> str:
     """Table column key of a run: ``none``, ``imagenet``, ``<ir init>_self`` / ``_cross``.
 
     A ``selective_ir`` run pretrained with another masking of the iterative
-    loop is keyed by that masking instead: ``<pretrain_masking>_ir_self`` / ``_cross``.
+    loop is keyed by that masking instead: ``<pretrain_masking>_ir_self`` / ``_cross``;
+    a ``random_ir`` run pretrained on another loss than MS-SSIM by its loss (:func:`ir_variant`).
     """
     if init not in IR_INITS:
         return init
     if pretrain_dataset is None or (isinstance(pretrain_dataset, float) and math.isnan(pretrain_dataset)):
-        return ir_variant(init, "unknown", pretrain_masking)
-    return ir_variant(init, "self" if str(pretrain_dataset) == str(dataset) else "cross", pretrain_masking)
+        return ir_variant(init, "unknown", pretrain_masking, pretrain_recon_loss)
+    relation = "self" if str(pretrain_dataset) == str(dataset) else "cross"
+    return ir_variant(init, relation, pretrain_masking, pretrain_recon_loss)
 
 
-def ir_variant(init: str, relation: str, pretrain_masking: str | None = None) -> str:
-    """``<init>_<relation>`` (relation: self, cross or unknown), or ``<masking>_ir_<relation>`` for a
-    ``selective_ir`` run pretrained with a masking other than the paper's selective scoring."""
+def ir_variant(init: str, relation: str, pretrain_masking: str | None = None,
+               pretrain_recon_loss: str | None = None) -> str:
+    """``<init>_<relation>`` (relation: self, cross or unknown); ``<masking>_ir_<relation>`` for a
+    ``selective_ir`` run pretrained with a masking other than the paper's selective scoring;
+    ``random_ir_<loss>_<relation>`` for a ``random_ir`` run trained on another loss than the
+    paper's random baseline (e.g. the selective arm's ``ssim3``)."""
     if init == "selective_ir" and isinstance(pretrain_masking, str) and pretrain_masking != "selective":
         return f"{pretrain_masking}_ir_{relation}"
+    if init == "random_ir" and isinstance(pretrain_recon_loss, str) and pretrain_recon_loss != RANDOM_BASELINE_LOSS:
+        return f"random_ir_{pretrain_recon_loss}_{relation}"
     return f"{init}_{relation}"
 
 
@@ -164,7 +182,7 @@ def _validate(data: dict, source: str) -> None:
         raise SelmaskError(
             f"{source}: results field 'pretrain_dataset' is required for init={data['init']!r}"
         )
-    for key in ("pretrain_dataset", "pretrain_run", "pretrain_masking", "data_fingerprint"):
+    for key in ("pretrain_dataset", "pretrain_run", "pretrain_masking", "pretrain_recon_loss", "data_fingerprint"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise SelmaskError(f"{source}: results field '{key}' must be a string or null")
     if not isinstance(data["seed"], int) or isinstance(data["seed"], bool):
@@ -328,8 +346,9 @@ def load_results(paths_or_root, on_error: str = "raise") -> pd.DataFrame:
             "pretrain_run": data["pretrain_run"],
             "pretrain_masking": data.get("pretrain_masking"),
             "data_fingerprint": data.get("data_fingerprint"),  # None in version-1 files
+            "pretrain_recon_loss": data.get("pretrain_recon_loss"),
             "variant": variant_of(data["init"], data["dataset"], data["pretrain_dataset"],
-                                  data.get("pretrain_masking")),
+                                  data.get("pretrain_masking"), data.get("pretrain_recon_loss")),
             "seed": data["seed"],
             "miou": data["miou"],
             "val_miou": data.get("val_miou"),
