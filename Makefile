@@ -4,14 +4,25 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The exact versions the tests passed with, for the tested platform (Linux x86-64, Python 3.11).
+LOCK := requirements/lock-linux-x86_64-py311.txt
+ON_LOCKED_PLATFORM := $(shell $(PYTHON) -c 'import platform, sys; print(sys.platform == "linux" and platform.machine() == "x86_64" and sys.version_info[:2] == (3, 11))' 2>/dev/null)
 
 .PHONY: demo test figures reproduce clean-venv
 FIGURES_PRESET ?= demo
 
-$(STAMP): pyproject.toml
+# On the tested platform: the lock's exact versions, then the kit itself without resolving again.
+# Elsewhere: the version ranges of pyproject.toml (untested combinations; the README says so).
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+ifeq ($(ON_LOCKED_PLATFORM),True)
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e '.[dev]'
+else
+	@echo "not Linux x86-64 with Python 3.11: installing from pyproject.toml's version ranges, not $(LOCK)"
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+endif
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -25,6 +25,11 @@ File format (JSON object, written atomically: temp file + ``os.replace``)::
                       ("ms_ssim", "ssim3"; absent before the setting existed)
     data_fingerprint  optional (version 2): id of the files the run read
                       (selmask_lib.data.fingerprint)
+    environment       optional: package versions, the kit's git commit and
+                      dirty flag, device and world size of the process that
+                      wrote the file (selmask_lib.provenance; added by
+                      write_results). Readers ignore keys they do not know,
+                      so it needed no new format version.
     val_miou, best_epoch, pixel_accuracy, ...       optional; extra keys are kept
 
 NaN anywhere becomes ``null`` (strict JSON). IoUs are stored as fractions.
@@ -123,6 +128,14 @@ def _jsonable(value: Any, where: str) -> Any:
                        "that cannot be written to JSON")
 
 
+def _environment(device) -> dict:
+    """This process's environment record (selmask_lib.provenance) for a run on ``device``."""
+    from .distributed import world_size  # torch: imported only when a results file is written
+    from .provenance import environment_record
+
+    return environment_record(None if device is None else str(device), world_size())
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -213,6 +226,8 @@ def _validate(data: dict, source: str) -> None:
     for key in ("config", "timings"):
         if not isinstance(data[key], dict):
             raise SelmaskError(f"{source}: results field '{key}' must be a dict")
+    if data.get("environment") is not None and not isinstance(data["environment"], dict):
+        raise SelmaskError(f"{source}: results field 'environment' must be a dict or null")
     for k, v in data["timings"].items():
         if v is not None and not _is_number(v):
             raise SelmaskError(f"{source}: results field 'timings.{k}' must be seconds (a number)")
@@ -230,8 +245,8 @@ def write_results(run_dir, **fields) -> Path:
 
     Required: dataset, init, seed, miou, per_class_iou, confusion_matrix,
     class_names, config, timings; pretrain_run and pretrain_dataset default to
-    None (pretrain_dataset is required for the IR inits). ``library_version``
-    and ``created`` are filled in. ``scores=SegmentationScores`` may be passed
+    None (pretrain_dataset is required for the IR inits). ``library_version``,
+    ``created`` and ``environment`` (for the ``device`` field, if given) are filled in. ``scores=SegmentationScores`` may be passed
     instead of miou/per_class_iou/confusion_matrix/class_names/pixel_accuracy.
     Tensors, numpy values, dataclasses and paths are converted; NaN -> null.
     Raises :class:`SelmaskError` naming the offending field.
@@ -251,6 +266,7 @@ def write_results(run_dir, **fields) -> Path:
     fields.setdefault("pretrain_dataset", None)
     fields.setdefault("library_version", __version__)
     fields.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    fields.setdefault("environment", _environment(fields.get("device")))
     fields["format"] = FORMAT
     fields["format_version"] = FORMAT_VERSION
 

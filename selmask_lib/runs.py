@@ -3,7 +3,9 @@
 A run directory holds ``config.yaml`` and ``run.json``; ``run.json`` says
 what kind of run it is, the hash of its config (the cache key), and whether
 it is ``running``, ``complete`` or ``failed`` (it diverged: see
-:class:`~selmask_lib.errors.DivergenceError`). Before writing anything, a run checks the
+:class:`~selmask_lib.errors.DivergenceError`), and the software it ran with
+(``environment``: :mod:`selmask_lib.provenance`, recorded, never part of the
+run's identity). Before writing anything, a run checks the
 directory with :func:`check_run_dir`: a finished run of the same config is
 reused, another config's run or unrelated files are refused (nothing is
 destroyed), an unfinished run is continued only when asked to resume, and a
@@ -33,10 +35,12 @@ from typing import Iterator, Optional
 
 from . import __version__
 from .config import Config, config_hash, save_config
-from .distributed import barrier, is_main_process, main_only
+from .device import pick_device
+from .distributed import barrier, is_main_process, local_device, main_only, world_size
 from .engine import run_log
 from .errors import DivergenceError, SelmaskError
 from .files import ensure_writable_dir, is_temp_file, remove_temp_files, write_text_atomic
+from .provenance import environment_record
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +156,19 @@ def mark_failed(run_dir: str | Path, error: Exception) -> None:
 
 
 def begin_run(run_dir: str | Path, kind: str, cfg: Config, **fields) -> Path:
-    """Create ``run_dir`` and write ``config.yaml`` and a ``running`` ``run.json``."""
+    """Create ``run_dir`` and write ``config.yaml`` and a ``running`` ``run.json``.
+
+    run.json's ``environment`` (:mod:`selmask_lib.provenance`) is that of the
+    process that began the run; a resumed run records the resuming process.
+    """
     run_dir = ensure_writable_dir(run_dir)
     save_config(cfg, run_dir / CONFIG_FILE)
     previous = read_run_info(run_dir) or {}
+    device = str(local_device(pick_device(cfg.device)))
     write_run_info(run_dir, {
         "kind": kind, "status": "running", "config_hash": config_hash(cfg),
         "started": previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
-        "library_version": __version__, **fields,
+        "library_version": __version__, "environment": environment_record(device, world_size()), **fields,
     })
     return run_dir
 
