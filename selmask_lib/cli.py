@@ -122,7 +122,7 @@ def _reproduce_command(args: argparse.Namespace) -> int:
         runs_root=args.runs, imagenet_weights=args.imagenet_weights,
         pretrain_overrides=parse_overrides(args.pretrain_overrides),
         finetune_overrides=parse_overrides(args.finetune_overrides),
-        maskings=args.maskings or (),
+        maskings=args.maskings or (), same_loss_control=args.same_loss_control,
     )
     for reason in reproduction.skipped:
         print(f"skipped: {reason}")
@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="local resnet34-b627a593.pth for the ImageNet column (default: the torch hub cache)")
     reproduce.add_argument("--masking", dest="maskings", action="append", metavar="NAME",
                            help="also compare this masking of the selective loop, e.g. random_fixed (repeatable)")
+    reproduce.add_argument("--same-loss-control", action="store_true",
+                           help="also random masking trained on the selective arm's loss, which separates masking "
+                                "from loss where the two arms' losses differ (the paper preset); default: off")
     reproduce.add_argument("--set-pretrain", dest="pretrain_overrides", action="append", metavar="KEY=VALUE",
                            help="override a key of every pretraining run (repeatable)")
     reproduce.add_argument("--set-finetune", dest="finetune_overrides", action="append", metavar="KEY=VALUE",

@@ -15,6 +15,14 @@ each is run through the same iterative loop on D and fine-tuned like
 selective IR, in a column ``<name>_ir_self`` of its own
 (:attr:`Reproduction.extra_columns`).
 
+``same_loss_control`` adds the controlled comparison: random masking
+trained on the selective arm's reconstruction loss (column
+``random_ir_<loss>_self``, e.g. ``random_ir_ssim3_self`` at the ``paper``
+preset, where the authors' selective runs train on SSIM 3x3 and their random
+baseline on MS-SSIM). The table then shows the authors' gap and how much of
+it masking alone explains. Where both arms already train on the same loss
+(the CPU presets) it is not run, and ``skipped`` says why.
+
 Every run is cached in ``runs_root`` by its config hash, so calling this again
 (from the CLI, a notebook, or after a crash) only runs what is missing. A
 column that cannot be produced (no cross partner given, no ImageNet weights
@@ -76,6 +84,7 @@ def reproduce(
     pretrain_overrides: Optional[dict] = None,
     finetune_overrides: Optional[dict] = None,
     maskings: Iterable[Union[MaskingFunction, str]] = (),
+    same_loss_control: bool = False,
 ) -> Reproduction:
     """Run (or reuse) the runs behind the paper's table for ``datasets``; return their results.
 
@@ -85,6 +94,7 @@ def reproduce(
     at ``imagenet_weights`` or in the torch hub cache; nothing is downloaded.
     ``maskings``: other maskings of the selective loop (callables, or
     "random_fixed"), each compared in a column of its own (module docstring).
+    ``same_loss_control``: also random masking on the selective arm's loss (module docstring).
     """
     data_roots = dict(data_roots or {})
     variants = list(variants)
@@ -92,9 +102,13 @@ def reproduce(
     pretrain_overrides, finetune_overrides = dict(pretrain_overrides or {}), dict(finetune_overrides or {})
     files, skipped = [], []
 
-    def pretrained_run(dataset: str, strategy: str, seed: int, masking: MaskingFunction | str = "selective") -> str:
-        cfg = pretrain_preset(preset, dataset, strategy=strategy, seed=seed,
-                              data_root=_data_root(data_roots, dataset), **pretrain_overrides)
+    def pretrain_config(dataset: str, strategy: str, seed: int, **changes):
+        return pretrain_preset(preset, dataset, strategy=strategy, seed=seed,
+                               data_root=_data_root(data_roots, dataset), **{**pretrain_overrides, **changes})
+
+    def pretrained_run(dataset: str, strategy: str, seed: int, masking: MaskingFunction | str = "selective",
+                       **changes) -> str:
+        cfg = pretrain_config(dataset, strategy, seed, **changes)
         return str(pretrain(cfg, runs_root=runs_root, masking=masking).run_dir)
 
     # the selective loop's maskings to compare besides the paper's, by the name that keys their runs
@@ -133,6 +147,17 @@ def reproduce(
                                    f"{partner!r}" if partner else f"{dataset}: cross column skipped, no partner")
             for masking in extra.values():
                 inits.append(dict(init="selective_ir", pretrained=pretrained_run(dataset, "selective", seed, masking)))
+            if same_loss_control:
+                selective_loss = pretrain_config(dataset, "selective", seed).recon_loss
+                random_loss = pretrain_config(dataset, "random", seed).recon_loss
+                if selective_loss == random_loss:
+                    skipped.append(f"{dataset}: random-IR same-loss column not run: random and selective "
+                                   f"masking already train on the same loss ({selective_loss})")
+                else:
+                    column = ir_variant("random_ir", "self", pretrain_recon_loss=selective_loss)
+                    extra_columns += [column] if column not in extra_columns else []
+                    inits.append(dict(init="random_ir", pretrained=pretrained_run(
+                        dataset, "random", seed, recon_loss=selective_loss)))
             for init in inits:
                 cfg = finetune_preset(preset, dataset, **base, **init)
                 files.append(finetune(cfg, runs_root=runs_root).results_path)

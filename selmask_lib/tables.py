@@ -15,6 +15,7 @@ loop has a column of its own (``<masking>_ir_self``): pass it in
 
 from __future__ import annotations
 
+import re
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ import pandas as pd
 from .errors import SelmaskError
 from .config import IR_INITS
 
-__all__ = ["PAPER_COLUMNS", "results_table", "format_table", "per_class_gain"]
+__all__ = ["PAPER_COLUMNS", "results_table", "format_table", "column_label", "per_class_gain"]
 
 #: Paper table columns, in order: variant key -> human label.
 PAPER_COLUMNS: dict[str, str] = {
@@ -108,8 +109,19 @@ def format_table(table: pd.DataFrame, decimals: int = 1, labels: bool = True) ->
                 cells.append(f"{mean:.{decimals}f} ± {std:.{decimals}f}")
             else:
                 cells.append(f"{mean:.{decimals}f}")
-        out[PAPER_COLUMNS.get(var, var) if labels else var] = cells
+        out[column_label(var) if labels else var] = cells
     return out
+
+
+def column_label(variant: str) -> str:
+    """The human label of a table column: the paper's, or one made from the variant key
+    (``random_ir_ssim3_self`` -> "Random IR, ssim3 loss (self)")."""
+    if variant in PAPER_COLUMNS:
+        return PAPER_COLUMNS[variant]
+    match = re.fullmatch(r"random_ir_(\w+)_(self|cross)", variant)
+    if match:
+        return f"Random IR, {match.group(1)} loss ({match.group(2)})"
+    return variant
 
 
 def per_class_gain(

@@ -8,7 +8,7 @@ from selmask_lib.masking import random_mask
 from selmask_lib.pretraining import load_pretrain_run
 from selmask_lib.reproduction import reproduce
 from selmask_lib.strategies import masking_name
-from selmask_lib.tables import results_table
+from selmask_lib.tables import format_table, results_table
 
 
 def first_patches(model, images, grid, mask_ratio, generator):
@@ -51,3 +51,33 @@ def test_reproduce_compares_extra_maskings_in_columns_of_their_own(small_synthet
     for column in ["selective_ir_self", *reproduction.extra_columns]:
         assert table.loc["synthetic", (column, "n")] == 1
         assert 0 <= table.loc["synthetic", (column, "mean")] <= 100
+
+
+def test_same_loss_control_is_not_run_where_both_arms_share_a_loss(tmp_path):
+    reproduction = reproduce(["synthetic"], preset="smoke", runs_root=tmp_path, variants=(), same_loss_control=True)
+    assert reproduction.extra_columns == [] and reproduction.results.empty
+    assert any("same loss (ms_ssim)" in reason for reason in reproduction.skipped)
+
+
+def test_same_loss_control_trains_random_masking_on_the_selective_arms_loss(small_synthetic_root, tmp_path,
+                                                                           monkeypatch):
+    import selmask_lib.reproduction as reproduction_module
+    from selmask_lib.config import pretrain_preset
+
+    def paper_like(name, dataset, **overrides):  # the smoke preset with the authors' loss per strategy
+        loss = "ssim3" if overrides.get("strategy", "selective") == "selective" else "ms_ssim"
+        return pretrain_preset(name, dataset, **{"recon_loss": loss, **overrides})
+
+    monkeypatch.setattr(reproduction_module, "pretrain_preset", paper_like)
+    reproduction = reproduce(["synthetic"], preset="smoke", data_roots={"synthetic": str(small_synthetic_root)},
+                             runs_root=tmp_path, variants=("random_ir_self", "selective_ir_self"),
+                             same_loss_control=True)
+    assert reproduction.extra_columns == ["random_ir_ssim3_self"]
+    df = reproduction.results.set_index("variant")
+    assert sorted(df.index) == ["random_ir_self", "random_ir_ssim3_self", "selective_ir_self"]
+    losses = {variant: load_pretrain_run(df.loc[variant, "pretrain_run"]).config for variant in df.index}
+    assert losses["random_ir_ssim3_self"].strategy == "random"
+    assert losses["random_ir_ssim3_self"].recon_loss == losses["selective_ir_self"].recon_loss == "ssim3"
+    assert losses["random_ir_self"].recon_loss == "ms_ssim"
+    table = format_table(results_table(reproduction.results, columns=reproduction.columns))
+    assert "Random IR, ssim3 loss (self)" in table.columns
