@@ -23,6 +23,8 @@ File format (JSON object, written atomically: temp file + ``os.replace``)::
                       ("random", "selective", "random_fixed", a user's name)
     data_fingerprint  optional (version 2): id of the files the run read
                       (selmask_lib.data.fingerprint)
+    predicted_void    optional: per class, its pixels predicted as the trained
+                      void class (config void_as_class; see selmask_lib.metrics)
     val_miou, best_epoch, pixel_accuracy, ...       optional; extra keys are kept
 
 NaN anywhere becomes ``null`` (strict JSON). IoUs are stored as fractions.

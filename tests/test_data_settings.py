@@ -242,6 +242,9 @@ def test_drop_last_drops_in_validation_never_in_test():
     assert (val.num_pixels, test.num_pixels) == (2 * 16, 3 * 16)
     keep = Trainer(cfg.updated(drop_last=False), ConstantModel())
     assert ft.evaluate_split(keep, splits, loss, "val", 2)[0].num_pixels == 3 * 16
+    pretrain = Trainer(pretrain_preset("smoke", "synthetic", device="cpu", drop_last=True, batch_size=4),
+                       ConstantModel())
+    assert [len(pretrain.loader(list(range(10)), shuffle, "val")) for shuffle in (True, False)] == [2, 2]
 
 
 def test_drop_last_with_fewer_images_than_a_batch_fails_before_anything_is_written(trees, tmp_path):
@@ -394,3 +397,22 @@ def test_split_list_identity_is_its_content_not_its_path(sugarbeets, tmp_path):
     assert hash_a == hash_b == hash_c == hash_none  # the path is not hashed
     assert data_a == data_b  # the same list elsewhere: the same run
     assert len({data_a, data_c, data_none}) == 3  # another list, or none: another run
+
+
+# --------------------------------------------------------------------------- command line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["finetune", "--dataset", "nassar", "--set", "void_as_class=true"], "config key 'void_as_class'"),
+    (["finetune", "--dataset", "voc", "--set", "split_list=authors.txt"], "config key 'split_list'"),
+    (["pretrain", "--strategy", "random", "--dataset", "voc", "--set", "cityscapes_pool=all_fine_and_extra"],
+     "config key 'cityscapes_pool'"),
+])
+def test_cli_refuses_a_setting_the_dataset_cannot_honour_in_one_line(args, message, tmp_path, capsys):
+    from selmask_lib.cli import main
+
+    argv = args + ["--data-root", str(tmp_path), "--preset", "smoke", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("selmask: error:") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
