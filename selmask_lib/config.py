@@ -72,7 +72,9 @@ HASHED_WHEN_CHANGED = frozenset({
 
 # Data and evaluation settings of the authors' code (METHOD.md items 4, 7-11).
 # Datasets whose labels mark void pixels (255), the only ones that can train void
-# as a class; Nassar and Sugarbeets label every pixel (background, crop or weed).
+# as a class: VOC and Cityscapes, synthetic (a VOC tree with a void band round each
+# object) and folder (its format reserves 255 for unlabelled pixels). Nassar and
+# Sugarbeets label every pixel (background, crop or weed).
 VOID_LABEL_DATASETS = ("voc", "cityscapes", "synthetic", "folder")
 ABSENT_CLASS_IOU_RULES = ("nan", "zero")
 CITYSCAPES_POOLS = ("train", "all_fine_and_extra")
