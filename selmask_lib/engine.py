@@ -149,19 +149,32 @@ def epoch_generator(seed: int, *keys: Any) -> torch.Generator:
 
 
 def seeded_loader(dataset, batch_size: int, shuffle: bool, seed: int, *keys: Any, num_workers: int = 0,
-                  pin_memory: bool = False) -> "torch.utils.data.DataLoader":
+                  pin_memory: bool = False, drop_last: bool = False) -> "torch.utils.data.DataLoader":
     """A DataLoader whose order and worker seeds depend only on ``(seed, keys)``: exact resume.
 
     Pass the epoch among ``keys`` for a new order every epoch. Under torchrun
     it loads this process's shard (training: shuffled and padded;
-    evaluation: strided, each item once).
+    evaluation: strided, each item once). ``drop_last`` (config key) skips
+    the last partial batch, as the authors' loaders do; a set smaller than
+    one batch is then refused, since an epoch would have no batch at all.
     """
     from torch.utils.data import DataLoader
 
     sampler = shard_sampler(dataset, True, derive_seed(seed, "order", *keys)) if shuffle else eval_shard(dataset)
+    if drop_last:
+        shard = " (this process's shard)" if sampler is not None else ""
+        check_fills_a_batch(len(sampler) if sampler is not None else len(dataset), batch_size,
+                            f"{'training' if shuffle else 'validation'} set{shard}")
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=num_workers, drop_last=False, pin_memory=pin_memory,
+                      num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory,
                       generator=epoch_generator(seed, "order", *keys, *rank_key()))
+
+
+def check_fills_a_batch(n_images: int, batch_size: int, what: str) -> None:
+    """With drop_last, a set of fewer images than ``batch_size`` would give epochs of no batch: refuse it."""
+    if 0 < n_images < batch_size:
+        raise SelmaskError(f"config key 'batch_size' ({batch_size}) is more than the {n_images} images of the {what}: "
+                           f"with drop_last true no batch is left; lower batch_size or set drop_last false")
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -625,10 +638,16 @@ class Trainer:
         self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun, else self.model
         self.config_hash = config_hash(cfg)
 
-    def loader(self, dataset, shuffle: bool, *keys: Any, batch_size: Optional[int] = None):
-        """A :func:`seeded_loader` over ``dataset`` whose order depends on ``(seed, keys)`` only."""
+    def loader(self, dataset, shuffle: bool, *keys: Any, batch_size: Optional[int] = None,
+               drop_last: Optional[bool] = None):
+        """A :func:`seeded_loader` over ``dataset`` whose order depends on ``(seed, keys)`` only.
+
+        ``drop_last`` defaults to ``cfg.drop_last`` (train and validation); pass False for a test split.
+        """
+        drop_last = self.cfg.drop_last if drop_last is None else drop_last
         return seeded_loader(dataset, batch_size or self.cfg.batch_size, shuffle, self.cfg.seed, *keys,
-                             num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda")
+                             num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
+                             drop_last=drop_last)
 
     def seed_torch(self, *keys: Any) -> None:
         """Seed torch's global RNG from ``(seed, keys, rank)``.

@@ -28,6 +28,24 @@ The absent-class rule
 The rule is applied to the counts of the whole split, never per image or per
 batch: "absent" means absent from every evaluated pixel.
 
+``absent_class_iou="zero"`` (config key of the same name) is the authors'
+rule instead (torchmetrics 0.9 ``JaccardIndex(absent_score=0)``): a class in
+neither truth nor prediction scores 0 and counts in the mean. It changes
+only those classes, and with them which validation epoch looks best.
+
+Void as a class
+---------------
+With ``void_as_class=True`` (the authors' VOC and Cityscapes runs) the model
+has one more output than there are classes, a trained void class at index
+``num_classes``. The evaluator then counts a ``(C + 1) x (C + 1)`` matrix
+in which void ground truth (``ignore_index``) is still dropped, so only the
+void class's own row is ignored (as torchmetrics 0.9 does with
+``ignore_index`` = the void class). A labelled pixel predicted as void is
+a false negative of its class: it lowers that class's IoU. Void is never
+scored and never shown: per-class IoU, mIoU and ``confusion_matrix`` cover
+the C real classes, and ``predicted_void`` counts, per class, its pixels
+predicted as void (row sum + ``predicted_void`` = the class's pixels).
+
 What torchmetrics 1.9 does (checked in this venv, pinned by a test):
 ``MulticlassJaccardIndex(average="none")`` returns ``zero_division`` (default
 0) for a class absent from both prediction and target, so per-class IoU
@@ -51,6 +69,7 @@ from typing import Sequence
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from .config import ABSENT_CLASS_IOU_RULES
 from .errors import SelmaskError
 
 __all__ = [
@@ -61,13 +80,16 @@ __all__ = [
 ]
 
 
-def iou_from_confusion(confusion) -> torch.Tensor:
+def iou_from_confusion(confusion, absent: str = "nan") -> torch.Tensor:
     """Per-class IoU from a ``[C, C]`` confusion matrix (rows = truth, cols = prediction).
 
     Returns a float64 CPU tensor of length C. A class with
-    ``TP + FP + FN == 0`` (in neither truth nor prediction) gets NaN; a class
-    that is only predicted gets 0. See the module docstring.
+    ``TP + FP + FN == 0`` (in neither truth nor prediction) gets NaN, or 0
+    with ``absent="zero"``; a class that is only predicted gets 0. See the
+    module docstring.
     """
+    if absent not in ABSENT_CLASS_IOU_RULES:
+        raise SelmaskError(f"absent_class_iou must be one of {', '.join(ABSENT_CLASS_IOU_RULES)}, got {absent!r}")
     cm = torch.as_tensor(confusion).detach().to("cpu", torch.float64)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
         raise SelmaskError(f"confusion matrix must be square [C, C], got shape {tuple(cm.shape)}")
@@ -75,8 +97,8 @@ def iou_from_confusion(confusion) -> torch.Tensor:
         raise SelmaskError("confusion matrix has negative counts")
     tp = torch.diagonal(cm)
     denom = cm.sum(dim=0) + cm.sum(dim=1) - tp  # TP + FP + FN
-    nan = torch.full_like(tp, float("nan"))
-    return torch.where(denom > 0, tp / denom.clamp_min(1), nan)
+    undefined = torch.full_like(tp, float("nan") if absent == "nan" else 0.0)
+    return torch.where(denom > 0, tp / denom.clamp_min(1), undefined)
 
 
 def mean_iou(per_class_iou) -> float:
@@ -92,7 +114,9 @@ class SegmentationScores:
 
     ``per_class_iou`` maps class name -> IoU, ``None`` when the class is absent
     from both truth and prediction (excluded from ``miou``).
-    ``confusion_matrix[t][p]`` counts pixels of true class t predicted as p.
+    ``confusion_matrix[t][p]`` counts pixels of true class t predicted as p;
+    ``predicted_void[t]`` those predicted as the trained void class (None
+    when the model has no void class).
     """
 
     miou: float
@@ -101,6 +125,7 @@ class SegmentationScores:
     pixel_accuracy: float
     num_pixels: int = 0
     class_names: list[str] = field(default_factory=list)
+    predicted_void: list[int] | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready dict (None for undefined IoUs)."""
@@ -114,6 +139,9 @@ class SegmentationEvaluator:
     (float; argmax over C) or predicted class ids ``[B, H, W]`` (integer), and
     target class ids ``[B, H, W]`` where ``ignore_index`` marks unlabelled
     pixels. Unbatched ``[C, H, W]`` / ``[H, W]`` inputs are accepted too.
+    ``absent_class_iou`` and ``void_as_class`` are the rules of the module
+    docstring; with ``void_as_class`` predictions have ``num_classes + 1``
+    channels (ids up to ``num_classes``, the void class).
     """
 
     def __init__(
@@ -123,6 +151,8 @@ class SegmentationEvaluator:
         ignore_index: int | None = 255,
         validate: bool = True,
         device: torch.device | str | None = None,
+        absent_class_iou: str = "nan",
+        void_as_class: bool = False,
     ):
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise SelmaskError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -140,14 +170,23 @@ class SegmentationEvaluator:
                 f"ignore_index={ignore_index} is a valid class id (num_classes={num_classes}); "
                 "the ignore label must lie outside 0..num_classes-1"
             )
+        if absent_class_iou not in ABSENT_CLASS_IOU_RULES:
+            raise SelmaskError(
+                f"absent_class_iou must be one of {', '.join(ABSENT_CLASS_IOU_RULES)}, got {absent_class_iou!r}"
+            )
+        if void_as_class and ignore_index is None:
+            raise SelmaskError("void_as_class needs an ignore_index: the void label of the targets")
         self.num_classes = num_classes
         self.class_names = class_names
         self.ignore_index = ignore_index
         self.validate = validate
+        self.absent_class_iou = absent_class_iou
+        self.void_as_class = void_as_class
+        self.num_outputs = num_classes + 1 if void_as_class else num_classes  # the void class is the last id
         # validate_args=False: torchmetrics only counts unique values, which misses
         # out-of-range ids; we do our own check below with a clear message.
         self._confmat = MulticlassConfusionMatrix(
-            num_classes, ignore_index=ignore_index, normalize=None, validate_args=False
+            self.num_outputs, ignore_index=ignore_index, normalize=None, validate_args=False
         )
         if device is not None:
             self.to(device)
@@ -168,8 +207,8 @@ class SegmentationEvaluator:
 
     @property
     def confusion_matrix(self) -> torch.Tensor:
-        """The current ``[C, C]`` int64 counts (rows = truth, cols = prediction)."""
-        return self._confmat.confmat.detach().clone()
+        """The current ``[C, C]`` int64 counts (rows = truth, cols = prediction; real classes only)."""
+        return self._confmat.confmat.detach()[: self.num_classes, : self.num_classes].clone()
 
     def combine_counts(self, reduce_sum) -> None:
         """Replace the counts by ``reduce_sum(counts)``, e.g. their sum over the processes of a torchrun job.
@@ -191,10 +230,11 @@ class SegmentationEvaluator:
                     f"got predictions {tuple(preds.shape)} and target {tuple(target.shape)}"
                 )
             cdim = 1 if target.ndim == 3 else 0
-            if preds.shape[cdim] != self.num_classes:
+            if preds.shape[cdim] != self.num_outputs:
                 raise SelmaskError(
-                    f"logits have {preds.shape[cdim]} channels but the evaluator has "
-                    f"num_classes={self.num_classes} (shape {tuple(preds.shape)})"
+                    f"logits have {preds.shape[cdim]} channels but the evaluator expects {self.num_outputs} "
+                    f"(num_classes={self.num_classes}, void_as_class={self.void_as_class}; "
+                    f"shape {tuple(preds.shape)})"
                 )
             preds = preds.argmax(dim=cdim)
         elif preds.dtype == torch.bool:
@@ -227,7 +267,7 @@ class SegmentationEvaluator:
         bad_t = (target < 0) | (target >= c)
         if self.ignore_index is not None:
             bad_t &= target != self.ignore_index
-        bad_p = (preds < 0) | (preds >= c)
+        bad_p = (preds < 0) | (preds >= self.num_outputs)
         # one host sync for both checks
         flags = torch.stack([bad_t.any(), bad_p.any()]).tolist()
         if flags[0]:
@@ -238,19 +278,20 @@ class SegmentationEvaluator:
             )
         if flags[1]:
             vals = sorted(torch.unique(preds[bad_p]).tolist())[:10]
-            raise SelmaskError(f"predictions contain class ids {vals} outside 0..{c - 1}")
+            raise SelmaskError(f"predictions contain class ids {vals} outside 0..{self.num_outputs - 1}")
 
     # ---------------------------------------------------------------- compute
     def compute(self) -> SegmentationScores:
         """Scores over everything passed to :meth:`update` since the last reset."""
-        cm = self._confmat.confmat.detach().to("cpu", torch.int64)
-        total = int(cm.sum())
+        full = self._confmat.confmat.detach().to("cpu", torch.int64)  # void's row is empty: its truth was dropped
+        total = int(full.sum())
         if total == 0:
             raise SelmaskError(
                 "no labelled pixels were evaluated (update() never called, or every "
                 f"target pixel equals ignore_index={self.ignore_index})"
             )
-        iou = iou_from_confusion(cm)
+        c = self.num_classes
+        iou = iou_from_confusion(full, self.absent_class_iou)[:c]  # pixels predicted void are misses; void unscored
         per_class = {
             name: (None if math.isnan(v) else float(v))
             for name, v in zip(self.class_names, iou.tolist())
@@ -258,14 +299,16 @@ class SegmentationEvaluator:
         return SegmentationScores(
             miou=mean_iou(iou),
             per_class_iou=per_class,
-            confusion_matrix=cm.tolist(),
-            pixel_accuracy=float(torch.diagonal(cm).sum()) / total,
+            confusion_matrix=full[:c, :c].tolist(),
+            pixel_accuracy=float(torch.diagonal(full).sum()) / total,
             num_pixels=total,
             class_names=list(self.class_names),
+            predicted_void=full[:c, c].tolist() if self.void_as_class else None,
         )
 
     def __repr__(self) -> str:
         return (
             f"SegmentationEvaluator(num_classes={self.num_classes}, "
-            f"ignore_index={self.ignore_index}, device={self.device})"
+            f"ignore_index={self.ignore_index}, absent_class_iou={self.absent_class_iou!r}, "
+            f"void_as_class={self.void_as_class}, device={self.device})"
         )

@@ -28,8 +28,9 @@ from .transforms import normalise
 
 
 def pretraining_pool(cfg: PretrainConfig) -> UnlabelledImages:
-    """The pretraining images of ``cfg.dataset``, the first ``cfg.max_images`` in list order."""
-    pool = load_pretraining_images(cfg.dataset, resolve_data_root(cfg.dataset, cfg.data_root))
+    """The pretraining images of ``cfg.dataset`` (``cfg.cityscapes_pool``), the first ``cfg.max_images``."""
+    pool = load_pretraining_images(cfg.dataset, resolve_data_root(cfg.dataset, cfg.data_root),
+                                   cityscapes_pool=cfg.cityscapes_pool)
     if cfg.max_images is not None and cfg.max_images < len(pool):
         pool = UnlabelledImages(pool.paths[: cfg.max_images])
     return pool
@@ -58,13 +59,14 @@ def train_val_split(indices: Sequence[int], val_fraction: float) -> tuple[list[i
     return indices[: len(indices) - n_val], indices[len(indices) - n_val :]
 
 
-def scoring_view(pool: UnlabelledImages, index: int, score_size: int) -> torch.Tensor:
+def scoring_view(pool: UnlabelledImages, index: int, score_size: int, antialias: bool = True) -> torch.Tensor:
     """Image ``index`` with its shorter side resized to ``score_size``: float [3, h, w] in [0, 1].
 
     Selective masks are scored, saved and later applied on exactly this view.
+    ``antialias=False`` is the authors' OpenCV-like bilinear resize (config key ``antialias``).
     """
     image = tv_tensors.Image(pool[index])
-    return v2.functional.resize(image, [score_size], antialias=True).as_subclass(torch.Tensor)
+    return v2.functional.resize(image, [score_size], antialias=antialias).as_subclass(torch.Tensor)
 
 
 @dataclass(frozen=True)
@@ -122,10 +124,12 @@ class ReconstructionDataset(Dataset):
         n_patches: int,
         patch_masks: dict[int, torch.Tensor] | None = None,
         baked: Optional[BakedMasks] = None,
+        antialias: bool = True,
     ):
         self.pool, self.indices, self.transform = pool, list(indices), transform
         self.baked = baked if patch_masks is not None else None  # only fixed masks can be baked
         self.score_size, self.n_patches, self.patch_masks = score_size, n_patches, patch_masks
+        self.antialias = antialias  # of the scoring view (the transform carries its own)
         if patch_masks is not None:
             missing = [i for i in self.indices if i not in patch_masks]
             if missing:
@@ -140,7 +144,7 @@ class ReconstructionDataset(Dataset):
             image = self.pool[index]  # [3, H, W]
             pixels = torch.zeros(image.shape[-2:], dtype=torch.bool)
         else:
-            image = scoring_view(self.pool, index, self.score_size)  # [3, h, w]
+            image = scoring_view(self.pool, index, self.score_size, self.antialias)  # [3, h, w]
             grid = patch_grid(*image.shape[-2:], self.n_patches)
             pixels = pixel_mask(self.patch_masks[index][None], grid)[0]  # [h, w]
         if self.baked is not None:

@@ -169,10 +169,12 @@ def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledIma
     baked = BakedMasks(cfg.mean, cfg.std, cfg.baked_image_quality) if cfg.bake_selective_masks else None
 
     def dataset(indices, transform) -> ReconstructionDataset:
-        return ReconstructionDataset(pool, indices, transform, cfg.score_size, cfg.n_patches, patch_masks, baked)
+        return ReconstructionDataset(pool, indices, transform, cfg.score_size, cfg.n_patches, patch_masks, baked,
+                                     antialias=cfg.antialias)
 
-    train_set = dataset(train_indices, train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std))
-    val_set = dataset(val_indices, val_transform(cfg.image_size, cfg.mean, cfg.std))
+    train_set = dataset(train_indices, train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std,
+                                                       antialias=cfg.antialias))
+    val_set = dataset(val_indices, val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias))
 
     def reconstruction_loss(mask_generator: torch.Generator):
         def batch_loss(model: torch.nn.Module, batch) -> torch.Tensor:
@@ -230,7 +232,7 @@ def select_masks(
     (False / NaN), with each image's scoring size so its grid can be rebuilt.
     """
     model.eval()
-    views = {index: scoring_view(pool, index, cfg.score_size) for index in indices}
+    views = {index: scoring_view(pool, index, cfg.score_size, cfg.antialias) for index in indices}
     by_size: dict[tuple[int, int], list[int]] = {}
     for index in indices:
         by_size.setdefault(tuple(views[index].shape[-2:]), []).append(index)

@@ -30,6 +30,8 @@ File format (JSON object, written atomically: temp file + ``os.replace``)::
                       wrote the file (selmask_lib.provenance; added by
                       write_results). Readers ignore keys they do not know,
                       so it needed no new format version.
+    predicted_void    optional: per class, its pixels predicted as the trained
+                      void class (config void_as_class; see selmask_lib.metrics)
     val_miou, best_epoch, pixel_accuracy, ...       optional; extra keys are kept
 
 NaN anywhere becomes ``null`` (strict JSON). IoUs are stored as fractions.
