@@ -61,7 +61,7 @@ from .distributed import (
     wrap_model,
 )
 from .errors import DivergenceError, SelmaskError
-from .files import atomic_write, ensure_writable_dir, write_text_atomic
+from .files import append_text, atomic_write, ensure_writable_dir, write_text_atomic
 
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
@@ -216,7 +216,10 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for bad files
-        raise SelmaskError(f"checkpoint {path} is corrupt or unreadable: {err}") from err
+        # Only torch's first sentence: the rest of a weights-only failure advises weights_only=False,
+        # which would run code from the file; a corrupt file needs replacing instead.
+        reason = str(err).strip().splitlines()[0].split(". ")[0][:200] if str(err).strip() else ""
+        raise SelmaskError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {reason})") from err
     if not isinstance(state, dict):
         raise SelmaskError(f"checkpoint {path} is corrupt: expected a dict, got {type(state).__name__}")
     if expected_config_hash is not None and state.get("config_hash") != expected_config_hash:
@@ -267,16 +270,16 @@ class MetricsLogger:
         row = {key: _json_value(value) for key, value in row.items()}
         if any(old["epoch"] >= row["epoch"] for old in self._rows):
             self.truncate(row["epoch"])
+        append_text(self.jsonl_path, json.dumps(row) + "\n")  # a full disk: one line naming the file
         self._rows.append(row)
-        with open(self.jsonl_path, "a") as jsonl:
-            jsonl.write(json.dumps(row) + "\n")
         new_columns = [key for key in row if key not in self._columns]
         if new_columns or not self.csv_path.exists():
             self._columns += new_columns
             self._rewrite_csv()
         else:
-            with open(self.csv_path, "a", newline="") as csv_file:
-                csv.DictWriter(csv_file, self._columns, lineterminator="\n").writerow(row)
+            line = io.StringIO()
+            csv.DictWriter(line, self._columns, lineterminator="\n").writerow(row)
+            append_text(self.csv_path, line.getvalue())
 
     def truncate(self, epoch: int) -> None:
         """Drop the rows of ``epoch`` and later (called by :func:`fit` on resume)."""
