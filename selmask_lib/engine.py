@@ -40,6 +40,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -696,6 +697,19 @@ class Trainer:
                    checkpoint_final=checkpoint_final)
 
 
+class _RunLogHandler(logging.FileHandler):
+    """run.log's handler: a line the disk refuses (full, read-only) is dropped without a word.
+
+    logging would print a traceback to stderr for it; the run's next
+    checkpoint or metrics row meets the same disk and stops the run with one
+    clear line instead (files.atomic_write, files.append_text).
+    """
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)
+
+
 @contextlib.contextmanager
 def run_log(run_dir: str | Path, name: str = "run.log"):
     """Copy the kit's log messages (INFO and up) into ``run_dir/name`` while a run lasts.
@@ -704,7 +718,7 @@ def run_log(run_dir: str | Path, name: str = "run.log"):
     too small for MS-SSIM and single-scale SSIM is used instead.
     """
     package_logger = logging.getLogger("selmask_lib")
-    handler = logging.FileHandler(Path(run_dir) / name)
+    handler = _RunLogHandler(Path(run_dir) / name)
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     previous_level = package_logger.level

@@ -200,6 +200,12 @@ class FillingDisk:
     def __exit__(self, *exc):
         self.file.close()
 
+    def flush(self):
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
 
 @pytest.mark.parametrize("code, words", [(errno.ENOSPC, "the disk is full"),
                                          (errno.EROFS, "the file system is read-only")], ids=["full", "read-only"])
@@ -229,6 +235,16 @@ def test_an_append_error_that_is_not_the_disks_fault_stays_itself(tmp_path, monk
     with pytest.raises(OSError) as caught:
         files.append_text(tmp_path / "log.txt", "row\n")
     assert not isinstance(caught.value, SelmaskError) and not (tmp_path / "log.txt").exists()
+
+
+def test_a_run_log_line_the_full_disk_refuses_prints_no_traceback(tmp_path, capsys):
+    import logging
+
+    with engine.run_log(tmp_path):
+        handler = logging.getLogger("selmask_lib").handlers[-1]
+        handler.stream = FillingDisk(handler.stream, errno.ENOSPC)
+        logging.getLogger("selmask_lib.test").info("a line for the full disk")
+    assert capsys.readouterr().err == ""  # logging's default: "--- Logging error ---" and a traceback
 
 
 # --- AMP and progress -------------------------------------------------------
