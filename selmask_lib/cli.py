@@ -83,20 +83,21 @@ def parse_data_roots(pairs: list[str] | None) -> dict[str, str]:
 
 
 def _pretrain_command(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args, "pretrain")  # before torch is imported: a config mistake is reported at once
     from .distributed import is_main_process
     from .pretraining import pretrain
 
-    run = pretrain(config_from_args(args, "pretrain"), out_dir=args.out, resume=args.resume)
+    run = pretrain(cfg, out_dir=args.out, resume=args.resume)
     if is_main_process():  # once, not once per torchrun process
         print(f"pretrained weights: {run.weights}")
     return 0
 
 
 def _finetune_command(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args, "finetune")  # before torch is imported
     from .distributed import is_main_process
     from .finetuning import finetune
 
-    cfg = config_from_args(args, "finetune")
     run = finetune(cfg, out_dir=args.out, resume=args.resume)
     if is_main_process():
         miou = run.results["miou"]
@@ -180,8 +181,15 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                              "`selmask config KIND` lists every key with its preset values")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other selmask error (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"selmask: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="selmask", description="Selective masking pretraining for segmentation.")
+    parser = _OneLineParser(prog="selmask", description="Selective masking pretraining for segmentation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     parser.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -40,6 +40,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,7 @@ from .distributed import (
     wrap_model,
 )
 from .errors import DivergenceError, SelmaskError
-from .files import atomic_write, ensure_writable_dir, write_text_atomic
+from .files import append_text, atomic_write, ensure_writable_dir, write_text_atomic
 
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
@@ -229,7 +230,10 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for bad files
-        raise SelmaskError(f"checkpoint {path} is corrupt or unreadable: {err}") from err
+        # Only torch's first sentence: the rest of a weights-only failure advises weights_only=False,
+        # which would run code from the file; a corrupt file needs replacing instead.
+        reason = str(err).strip().splitlines()[0].split(". ")[0][:200] if str(err).strip() else ""
+        raise SelmaskError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {reason})") from err
     if not isinstance(state, dict):
         raise SelmaskError(f"checkpoint {path} is corrupt: expected a dict, got {type(state).__name__}")
     if expected_config_hash is not None and state.get("config_hash") != expected_config_hash:
@@ -280,16 +284,16 @@ class MetricsLogger:
         row = {key: _json_value(value) for key, value in row.items()}
         if any(old["epoch"] >= row["epoch"] for old in self._rows):
             self.truncate(row["epoch"])
+        append_text(self.jsonl_path, json.dumps(row) + "\n")  # a full disk: one line naming the file
         self._rows.append(row)
-        with open(self.jsonl_path, "a") as jsonl:
-            jsonl.write(json.dumps(row) + "\n")
         new_columns = [key for key in row if key not in self._columns]
         if new_columns or not self.csv_path.exists():
             self._columns += new_columns
             self._rewrite_csv()
         else:
-            with open(self.csv_path, "a", newline="") as csv_file:
-                csv.DictWriter(csv_file, self._columns, lineterminator="\n").writerow(row)
+            line = io.StringIO()
+            csv.DictWriter(line, self._columns, lineterminator="\n").writerow(row)
+            append_text(self.csv_path, line.getvalue())
 
     def truncate(self, epoch: int) -> None:
         """Drop the rows of ``epoch`` and later (called by :func:`fit` on resume)."""
@@ -712,6 +716,19 @@ class Trainer:
                    checkpoint_final=checkpoint_final)
 
 
+class _RunLogHandler(logging.FileHandler):
+    """run.log's handler: a line the disk refuses (full, read-only) is dropped without a word.
+
+    logging would print a traceback to stderr for it; the run's next
+    checkpoint or metrics row meets the same disk and stops the run with one
+    clear line instead (files.atomic_write, files.append_text).
+    """
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)
+
+
 @contextlib.contextmanager
 def run_log(run_dir: str | Path, name: str = "run.log"):
     """Copy the kit's log messages (INFO and up) into ``run_dir/name`` while a run lasts.
@@ -720,7 +737,7 @@ def run_log(run_dir: str | Path, name: str = "run.log"):
     too small for MS-SSIM and single-scale SSIM is used instead.
     """
     package_logger = logging.getLogger("selmask_lib")
-    handler = logging.FileHandler(Path(run_dir) / name)
+    handler = _RunLogHandler(Path(run_dir) / name)
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     previous_level = package_logger.level

@@ -83,6 +83,7 @@ from .engine import (
 from .errors import SelmaskError
 from .metrics import SegmentationEvaluator, SegmentationScores
 from .models import (
+    ENCODER_STRIDE,
     HEAD_PREFIX,
     IMAGENET_RESNET34_URL,
     UNet,
@@ -212,12 +213,13 @@ def load_splits(cfg: FinetuneConfig) -> _Splits:
 def check_every_sample(splits: _Splits, dataset: str) -> None:
     """Decode every sample a run will read (images, labels, sizes, class ids) once, before training.
 
-    Not part of :func:`load_splits`: a finished run that is reused reads no data.
+    Not part of :func:`load_splits`: a finished run that is reused reads no data. An image with a
+    side under 32 px (``models.ENCODER_STRIDE``) is refused too.
     """
     for name in ("train", "val", "test"):
         split = getattr(splits, name)
         base, indices = (split.dataset, split.indices) if isinstance(split, Subset) else (split, None)
-        base.check_all(indices, f"checking {dataset} {name} split")
+        base.check_all(indices, f"checking {dataset} {name} split", min_side=ENCODER_STRIDE)
 
 
 # --------------------------------------------------------------------------- initialisation

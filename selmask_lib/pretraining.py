@@ -74,6 +74,7 @@ from .models import build_reconstruction_model
 from .pretrain_data import (
     BakedMasks,
     ReconstructionDataset,
+    check_pool,
     masked_inputs,
     partition_indices,
     pretraining_pool,
@@ -331,6 +332,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
         log.info("reusing finished pretraining run %s", run_dir)
         return PretrainRun(run_dir, cfg, run_dir / finished["weights"], name)
     pick_device(cfg.device)  # and on a device this machine does not have
+    check_pool(pool, cfg)  # a corrupt or too small image fails now, naming itself, not in a loader worker
     with training_run(run_dir, RUN_KIND, cfg, resume, identity=identity,  # locked, begun, logged
                       strategy=cfg.strategy, masking=name, dataset=cfg.dataset, data_fingerprint=data,
                       data_root=str(data_root)):

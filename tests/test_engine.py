@@ -1,7 +1,9 @@
 """The training engine: schedule, RNG, atomic checkpoints, resume, metrics log."""
 
+import errno
 import json
 import math
+import os
 import random
 
 import numpy as np
@@ -179,6 +181,70 @@ def test_metrics_logger_drops_a_half_written_last_line(tmp_path):
     logger = MetricsLogger(tmp_path)
     logger.log({"epoch": 1, "loss": 0.5})
     assert [row["epoch"] for row in MetricsLogger(tmp_path).read()] == [0, 1]
+
+
+class FillingDisk:
+    """A file on a disk that fills half-way through a write, as ``open`` returns it."""
+
+    def __init__(self, file, errno_code):
+        self.file, self.errno_code = file, errno_code
+
+    def write(self, text):
+        self.file.write(text[: len(text) // 2])
+        self.file.flush()
+        raise OSError(self.errno_code, os.strerror(self.errno_code))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+    def flush(self):
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "the disk is full"),
+                                         (errno.EROFS, "the file system is read-only")], ids=["full", "read-only"])
+def test_metrics_log_on_a_full_or_read_only_disk_is_one_error_that_keeps_the_log(tmp_path, monkeypatch, code,
+                                                                                 words):
+    import selmask_lib.files as files
+
+    logger = MetricsLogger(tmp_path)
+    logger.log({"epoch": 0, "loss": 1.0})
+    logger.log({"epoch": 1, "loss": 0.5})  # the CSV now grows by appends too
+    before = {name: (tmp_path / name).read_bytes() for name in ("metrics.jsonl", "metrics.csv")}
+    monkeypatch.setattr(files, "open", lambda *a, **k: FillingDisk(open(*a, **k), code), raising=False)
+    with pytest.raises(SelmaskError, match=rf"cannot write {tmp_path}/metrics.jsonl: {words} \(\d+ bytes needed"):
+        logger.log({"epoch": 2, "loss": 0.25})
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before  # no half row left behind
+    assert [row["epoch"] for row in logger.read()] == [0, 1]
+    monkeypatch.undo()
+    logger.log({"epoch": 2, "loss": 0.25})  # space again: the log goes on where it was
+    assert [row["epoch"] for row in MetricsLogger(tmp_path).read()] == [0, 1, 2]
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[-1] == "2,0.25"
+
+
+def test_an_append_error_that_is_not_the_disks_fault_stays_itself(tmp_path, monkeypatch):
+    import selmask_lib.files as files
+
+    monkeypatch.setattr(files, "open", lambda *a, **k: FillingDisk(open(*a, **k), errno.EIO), raising=False)
+    with pytest.raises(OSError) as caught:
+        files.append_text(tmp_path / "log.txt", "row\n")
+    assert not isinstance(caught.value, SelmaskError) and not (tmp_path / "log.txt").exists()
+
+
+def test_a_run_log_line_the_full_disk_refuses_prints_no_traceback(tmp_path, capsys):
+    import logging
+
+    with engine.run_log(tmp_path):
+        handler = logging.getLogger("selmask_lib").handlers[-1]
+        handler.stream = FillingDisk(handler.stream, errno.ENOSPC)
+        logging.getLogger("selmask_lib.test").info("a line for the full disk")
+    assert capsys.readouterr().err == ""  # logging's default: "--- Logging error ---" and a traceback
 
 
 # --- AMP and progress -------------------------------------------------------
