@@ -26,7 +26,9 @@ weights at the best ``best_metric``, if one is chosen), ``metrics.csv`` and
 
 Resume is exact on CPU: the checkpoint holds the model, optimiser,
 schedule, grad scaler and every RNG state (Python, NumPy, torch, CUDA), and
-randomness drawn from :func:`epoch_generator` depends on (seed, epoch) alone.
+randomness drawn from :func:`epoch_generator` depends on (seed, epoch) alone;
+the augmentation of each sample on (seed, epoch, sample index) alone
+(:func:`seeded_loader`), whatever the number of loader workers.
 """
 
 from __future__ import annotations
@@ -148,20 +150,68 @@ def epoch_generator(seed: int, *keys: Any) -> torch.Generator:
     return generator
 
 
+class SeededItems(torch.utils.data.Sampler):
+    """The indices of ``order``, each paired with its own augmentation seed: ``(index, item_seed)``.
+
+    ``item_seed`` depends only on ``(seed, "augment", *keys, index)``, so a
+    sample is augmented the same way whichever worker loads it, with 0, 1 or
+    8 workers, in one process or under torchrun. The sampler runs in the main
+    process; the seed travels to the worker with the index.
+    """
+
+    def __init__(self, order: Iterable[int], seed: int, *keys: Any):
+        self.order, self.seed, self.keys = order, seed, keys
+
+    def __iter__(self):
+        for index in self.order:
+            yield index, derive_seed(self.seed, "augment", *self.keys, index)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class SeededAugmentation(torch.utils.data.Dataset):
+    """``dataset[(index, item_seed)]`` is ``dataset[index]`` with torch's RNG seeded by ``item_seed``.
+
+    torchvision's transforms draw from torch's global RNG. Seeding it per
+    item (inside ``fork_rng``, so the caller's stream is left as it was)
+    makes augmentation independent of worker count and of what the main
+    process drew before, e.g. dropout.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, item_seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(item_seed)
+            return self.dataset[index]
+
+
 def seeded_loader(dataset, batch_size: int, shuffle: bool, seed: int, *keys: Any, num_workers: int = 0,
                   pin_memory: bool = False) -> "torch.utils.data.DataLoader":
-    """A DataLoader whose order and worker seeds depend only on ``(seed, keys)``: exact resume.
+    """A DataLoader whose order and augmentation depend only on ``(seed, keys)``: exact resume.
 
-    Pass the epoch among ``keys`` for a new order every epoch. Under torchrun
+    Pass the epoch among ``keys`` for a new order and new augmentations every
+    epoch. Each item is augmented from its own seed (:class:`SeededItems`),
+    so ``num_workers`` changes the speed, never the batches. Under torchrun
     it loads this process's shard (training: shuffled and padded;
     evaluation: strided, each item once).
     """
     from torch.utils.data import DataLoader
 
-    sampler = shard_sampler(dataset, True, derive_seed(seed, "order", *keys)) if shuffle else eval_shard(dataset)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+    order = shard_sampler(dataset, True, derive_seed(seed, "order", *keys)) if shuffle else eval_shard(dataset)
+    if order is None and shuffle:  # one process; drawn now, so iterating twice gives the same order
+        order = torch.randperm(len(dataset), generator=epoch_generator(seed, "order", *keys)).tolist()
+    elif order is None:
+        order = range(len(dataset))
+    return DataLoader(SeededAugmentation(dataset), batch_size=batch_size, sampler=SeededItems(order, seed, *keys),
                       num_workers=num_workers, drop_last=False, pin_memory=pin_memory,
-                      generator=epoch_generator(seed, "order", *keys, *rank_key()))
+                      generator=epoch_generator(seed, "workers", *keys))  # worker seeds: not from torch's RNG
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -384,8 +434,11 @@ def progress(iterable: Iterable, **kwargs: Any):
     from tqdm.auto import tqdm
 
     if os.environ.get("SELMASK_NO_PROGRESS", "") not in ("", "0") or not is_main_process():
-        kwargs["disable"] = True  # also off on every torchrun process but rank 0
-    return tqdm(iterable, **kwargs)
+        return iterable  # also off on every torchrun process but rank 0
+    # tqdm.auto calls iter() on an iterable in __init__ and again to loop: a DataLoader given as it
+    # is would start its workers twice per epoch. Hand it one iterator and the length.
+    kwargs.setdefault("total", len(iterable) if hasattr(iterable, "__len__") else None)
+    return tqdm(iter(iterable), **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -633,8 +686,9 @@ class Trainer:
     def seed_torch(self, *keys: Any) -> None:
         """Seed torch's global RNG from ``(seed, keys, rank)``.
 
-        Augmentation and dropout draw from it: seeding it per epoch makes a
-        resumed run replay exactly the epochs it lost.
+        Dropout draws from it (augmentation has its own seed per sample,
+        :func:`seeded_loader`): seeding it per epoch makes a resumed run
+        replay exactly the epochs it lost.
         """
         torch.manual_seed(derive_seed(self.cfg.seed, *keys, *rank_key()))
 

@@ -193,8 +193,27 @@ def test_amp_is_cuda_only():
 
 def test_progress_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("SELMASK_NO_PROGRESS", "1")
-    bar = progress(range(3))
-    assert bar.disable and list(bar) == [0, 1, 2]
+    items = range(3)
+    assert progress(items) is items  # no bar at all
+
+
+class _CountedIterable:
+    def __init__(self):
+        self.iterators = 0
+
+    def __len__(self):
+        return 3
+
+    def __iter__(self):
+        self.iterators += 1
+        return iter(range(3))
+
+
+def test_progress_bar_iterates_once(monkeypatch):
+    """A DataLoader iterated twice per epoch would start its workers twice (tqdm.auto calls iter() early)."""
+    monkeypatch.setenv("SELMASK_NO_PROGRESS", "0")
+    items = _CountedIterable()
+    assert list(progress(items, disable=True)) == [0, 1, 2] and items.iterators == 1
 
 
 # --- fit ----------------------------------------------------------------------
@@ -330,3 +349,49 @@ def test_checkpoint_final_false_skips_only_the_last_epochs_checkpoint(tmp_path, 
     # epochs 0..2 write their own checkpoint; the last epoch writes none
     assert saved == [0, 1, 2]
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+
+
+# --- seeded loaders -------------------------------------------------------------
+
+
+class _RandomItems(torch.utils.data.Dataset):
+    """Item i is (i, a draw from torch's global RNG), like a torchvision augmentation."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, index):
+        return torch.tensor(index), torch.rand(3)
+
+
+def _items(loader):
+    """index -> its augmentation draw, over one pass of ``loader``."""
+    return {int(i): draw for indices, draws in loader for i, draw in zip(indices, draws)}
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_worker_count_does_not_change_the_augmentation(num_workers):
+    in_process = engine.seeded_loader(_RandomItems(), 4, True, SEED, "augment-test", 0)
+    in_workers = engine.seeded_loader(_RandomItems(), 4, True, SEED, "augment-test", 0, num_workers=num_workers)
+    expected, got = list(in_process), list(in_workers)
+    assert len(expected) == len(got) == 3
+    for (indices_a, draws_a), (indices_b, draws_b) in zip(expected, got):
+        assert torch.equal(indices_a, indices_b) and torch.equal(draws_a, draws_b)
+
+
+def test_augmentation_depends_on_seed_keys_and_index_only():
+    epoch_0 = _items(engine.seeded_loader(_RandomItems(), 4, True, SEED, 0))
+    torch.rand(5)  # whatever the main process drew before (dropout) plays no part
+    again = _items(engine.seeded_loader(_RandomItems(), 3, False, SEED, 0))  # other batches and order
+    epoch_1 = _items(engine.seeded_loader(_RandomItems(), 4, True, SEED, 1))
+    assert all(torch.equal(epoch_0[i], again[i]) for i in range(10))
+    assert all(not torch.equal(epoch_0[i], epoch_1[i]) for i in range(10))
+    assert len({tuple(draw.tolist()) for draw in epoch_0.values()}) == 10  # every item its own seed
+
+
+def test_seeded_loader_leaves_the_callers_rng_stream_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(2)
+    torch.manual_seed(0)
+    list(engine.seeded_loader(_RandomItems(), 4, True, SEED, 0))
+    assert torch.equal(torch.rand(2), expected)

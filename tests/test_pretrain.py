@@ -256,3 +256,13 @@ def test_pretrain_random_forces_the_strategy(data_root, tmp_path):
     run = pretrain_random(smoke(data_root, strategy="selective"), out_dir=tmp_path / "r")
     assert run.config.strategy == "random"
     assert not list(run.run_dir.glob("step_*"))
+
+
+def test_loader_workers_do_not_change_the_weights(data_root, tmp_path):
+    """num_workers is not hashed: 0 and 2 workers must train the very same model."""
+    cfg = smoke(data_root, strategy="random", max_images=12)
+    in_process = pretrain(cfg, out_dir=tmp_path / "workers0")
+    in_workers = pretrain(cfg.updated(num_workers=2), out_dir=tmp_path / "workers2")
+    expected, got = weights_of(in_process.weights), weights_of(in_workers.weights)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
