@@ -56,16 +56,24 @@ DEFAULT_MEAN = (0.4529, 0.4317, 0.3999)
 DEFAULT_STD = (0.4443, 0.4665, 0.4887)
 PAPER_SEED = 3741
 
+# GPU path settings that change speed, never what is computed (no-ops on a CPU by design).
+GPU_SPEED_FIELDS = ("channels_last", "compile", "pin_memory", "persistent_workers", "prefetch_factor")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # 'auto': amp decides (bf16 where supported, else fp16)
+
 # Fields that change how fast or where a run goes, never what it computes.
 # They are left out of config_hash so that, e.g., more data-loader workers
 # do not invalidate a finished run.
-NON_RESULT_FIELDS = frozenset({"data_root", "num_workers", "device", "checkpoint_every"})
+NON_RESULT_FIELDS = frozenset({"data_root", "num_workers", "device", "checkpoint_every"}) | {
+    *GPU_SPEED_FIELDS,  # GPU path (benchmarks/README.md): same arithmetic, other kernels or loading
+}
 
 # Settings added after the first runs were made (most of them reproduce a detail of
 # the authors' code). Each is hashed only when it differs from its default, so a
 # run made before the setting existed keeps its config hash and stays reusable.
 # Add every new result-changing key here.
-HASHED_WHEN_CHANGED = frozenset()
+HASHED_WHEN_CHANGED = frozenset() | {
+    "precision",  # arithmetic of CUDA runs: fp32, bf16 or fp16 autocast (CPU runs are always fp32)
+}
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -151,6 +159,8 @@ class _ConfigBase:
         _check_at_least("seed", self.seed, 0)
         _check_at_least("num_workers", self.num_workers, 0)
         _check_at_least("checkpoint_every", self.checkpoint_every, 1)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_at_least("prefetch_factor", self.prefetch_factor, 1)
         if not _DEVICE_PATTERN.match(self.device):
             raise SelmaskError(
                 f"config key 'device' must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N', "
@@ -193,6 +203,12 @@ class PretrainConfig(_ConfigBase):
     num_workers: int = 0               # DataLoader workers (not hashed)
     device: str = "auto"               # 'auto' | 'cpu' | 'mps' | 'cuda[:N]' (not hashed)
     amp: bool = True                   # mixed precision; only ever used on CUDA
+    precision: str = "auto"           # CUDA arithmetic: auto (amp: bf16 if supported, else fp16) | fp32 | bf16 | fp16
+    channels_last: bool = False        # CUDA: NHWC memory format (not hashed)
+    compile: bool = False              # CUDA: torch.compile the training model (not hashed)
+    pin_memory: bool = True            # CUDA: pinned host memory for loaded batches (not hashed)
+    persistent_workers: bool = False   # keep loader workers alive between epochs (not hashed)
+    prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
     checkpoint_every: int = 1          # epochs between checkpoints (not hashed)
 
     def _check_values(self) -> None:
@@ -253,6 +269,12 @@ class FinetuneConfig(_ConfigBase):
     num_workers: int = 0
     device: str = "auto"
     amp: bool = True
+    precision: str = "auto"           # CUDA arithmetic: auto (amp: bf16 if supported, else fp16) | fp32 | bf16 | fp16
+    channels_last: bool = False        # CUDA: NHWC memory format (not hashed)
+    compile: bool = False              # CUDA: torch.compile the training model (not hashed)
+    pin_memory: bool = True            # CUDA: pinned host memory for loaded batches (not hashed)
+    persistent_workers: bool = False   # keep loader workers alive between epochs (not hashed)
+    prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
     checkpoint_every: int = 1
 
     def _check_values(self) -> None:

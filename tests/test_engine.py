@@ -395,3 +395,39 @@ def test_seeded_loader_leaves_the_callers_rng_stream_alone():
     torch.manual_seed(0)
     list(engine.seeded_loader(_RandomItems(), 4, True, SEED, 0))
     assert torch.equal(torch.rand(2), expected)
+
+
+# --- GPU path settings ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("precision, amp, device, bf16, expected", [
+    ("auto", True, "cpu", True, None),               # CPU runs are always float32
+    ("bf16", True, "mps", True, None),
+    ("auto", True, "cuda", True, torch.bfloat16),
+    ("auto", True, "cuda", False, torch.float16),    # with a grad scaler
+    ("auto", False, "cuda", True, None),             # amp false = fp32 (the paper preset)
+    ("fp16", False, "cuda", True, torch.float16),    # an explicit precision wins over amp
+    ("fp32", True, "cuda", True, None),
+])
+def test_autocast_dtype_follows_precision_then_amp(precision, amp, device, bf16, expected):
+    assert engine.autocast_dtype(precision, amp, device, bf16) is expected
+
+
+def test_bf16_on_a_gpu_without_it_names_the_key():
+    with pytest.raises(SelmaskError, match="'precision'"):
+        engine.autocast_dtype("bf16", True, "cuda", False)
+
+
+def test_persistent_workers_keep_one_loader_per_dataset():
+    from selmask_lib.config import pretrain_preset
+
+    cfg = pretrain_preset("smoke", "synthetic", device="cpu", num_workers=1, batch_size=4)
+    kept = engine.Trainer(cfg.updated(persistent_workers=True), torch.nn.Linear(1, 1))
+    fresh = engine.Trainer(cfg, torch.nn.Linear(1, 1))
+    data = _RandomItems()
+    for epoch in range(2):
+        loader = kept.loader(data, True, epoch)
+        assert loader is kept.loader(data, True, epoch)  # the same workers every epoch
+        expected, got = list(fresh.loader(data, True, epoch)), list(loader)
+        assert all(torch.equal(a, b) for batch_a, batch_b in zip(expected, got) for a, b in zip(batch_a, batch_b))
+    assert not torch.equal(list(kept.loader(data, True, 0))[0][0], list(kept.loader(data, True, 1))[0][0])

@@ -258,11 +258,17 @@ def test_pretrain_random_forces_the_strategy(data_root, tmp_path):
     assert not list(run.run_dir.glob("step_*"))
 
 
-def test_loader_workers_do_not_change_the_weights(data_root, tmp_path):
-    """num_workers is not hashed: 0 and 2 workers must train the very same model."""
-    cfg = smoke(data_root, strategy="random", max_images=12)
-    in_process = pretrain(cfg, out_dir=tmp_path / "workers0")
-    in_workers = pretrain(cfg.updated(num_workers=2), out_dir=tmp_path / "workers2")
-    expected, got = weights_of(in_process.weights), weights_of(in_workers.weights)
+SPEED_ONLY = dict(persistent_workers=True, prefetch_factor=3,  # used on CPU too
+                  channels_last=True, compile=True, pin_memory=False, precision="bf16")  # no-ops on CPU by design
+
+
+@pytest.mark.parametrize("speed_settings", [dict(num_workers=2), dict(num_workers=1, **SPEED_ONLY)],
+                         ids=["2 workers", "speed keys"])
+def test_speed_settings_do_not_change_the_weights(data_root, tmp_path, speed_settings):
+    """num_workers and the GPU speed keys are not hashed: on a CPU they must train the very same model."""
+    cfg = smoke(data_root, strategy="random", max_images=12, epochs=2)
+    in_process = pretrain(cfg, out_dir=tmp_path / "default")
+    fast = pretrain(cfg.updated(**speed_settings), out_dir=tmp_path / "fast")
+    expected, got = weights_of(in_process.weights), weights_of(fast.weights)
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
