@@ -312,6 +312,18 @@ _CLASSES = {cls.KIND: cls for cls in (PretrainConfig, FinetuneConfig)}
 PAPER_PRETRAIN_BATCH = {"voc": 128, "cityscapes": 128, "nassar": 256, "sugarbeets": 64,
                         "folder": 128, "synthetic": 128}
 
+# The paper's four datasets: image counts of the pretraining pool and of the downstream
+# train / val / test splits, and the classes the head predicts. From METHOD.md ("Datasets and
+# splits"); VOC's pool is all 17,125 files of VOC2012 JPEGImages; Nassar uses the first 1/5 of
+# its 1784 / 168 train / val tiles; Sugarbeets cuts its 757 weed frames 70/10/20 in list order.
+# Used by `selmask estimate` to project the wall time of the whole paper run.
+PAPER_DATASET_SIZES = {
+    "voc": dict(pretrain=17125, train=1464, val=1449, test=210, classes=21),
+    "cityscapes": dict(pretrain=24997, train=2380, val=595, test=500, classes=19),
+    "nassar": dict(pretrain=40710, train=356, val=33, test=266, classes=3),
+    "sugarbeets": dict(pretrain=12330, train=529, val=76, test=152, classes=3),
+}
+
 
 def pretrain_preset(name: str, dataset: str, **overrides: Any) -> PretrainConfig:
     """A named pretraining config for ``dataset``, with ``overrides`` applied.
