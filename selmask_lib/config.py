@@ -56,10 +56,16 @@ DEFAULT_MEAN = (0.4529, 0.4317, 0.3999)
 DEFAULT_STD = (0.4443, 0.4665, 0.4887)
 PAPER_SEED = 3741
 
+# GPU path settings that change speed, never what is computed (no-ops on a CPU by design).
+GPU_SPEED_FIELDS = ("channels_last", "compile", "pin_memory", "persistent_workers", "prefetch_factor")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # 'auto': amp decides (bf16 where supported, else fp16)
+
 # Fields that change how fast or where a run goes, never what it computes.
 # They are left out of config_hash so that, e.g., more data-loader workers
 # do not invalidate a finished run.
-NON_RESULT_FIELDS = frozenset({"data_root", "num_workers", "device", "checkpoint_every"})
+NON_RESULT_FIELDS = frozenset({"data_root", "num_workers", "device", "checkpoint_every"}) | {
+    *GPU_SPEED_FIELDS,  # GPU path (benchmarks/README.md): same arithmetic, other kernels or loading
+}
 
 # Settings added after the first runs were made (most of them reproduce a detail of
 # the authors' code). Each is hashed only when it differs from its default, so a
@@ -70,6 +76,7 @@ HASHED_WHEN_CHANGED = frozenset({
     "baked_image_quality", "transfer_head_if_shapes_match",
     # data and evaluation details of the authors' code (METHOD.md items 4, 7-11)
     "void_as_class", "absent_class_iou", "drop_last", "antialias", "cityscapes_pool", "split_list",
+    "precision",  # arithmetic of CUDA runs: fp32, bf16 or fp16 autocast (CPU runs are always fp32)
 })
 RECON_LOSSES = ("ms_ssim", "ssim3")  # losses.py: L1 + (1 - MS-SSIM) or L1 + (1 - SSIM, 3x3 window)
 PRETRAINED_CHECKPOINTS = ("last", "best_val_loss")
@@ -169,6 +176,8 @@ class _ConfigBase:
         _check_at_least("num_workers", self.num_workers, 0)
         _check_at_least("checkpoint_every", self.checkpoint_every, 1)
         _check_at_least("pad_to_multiple", self.pad_to_multiple, 0)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_at_least("prefetch_factor", self.prefetch_factor, 1)
         if not _DEVICE_PATTERN.match(self.device):
             raise SelmaskError(
                 f"config key 'device' must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N', "
@@ -211,6 +220,12 @@ class PretrainConfig(_ConfigBase):
     num_workers: int = 0               # DataLoader workers (not hashed)
     device: str = "auto"               # 'auto' | 'cpu' | 'mps' | 'cuda[:N]' (not hashed)
     amp: bool = True                   # mixed precision; only ever used on CUDA
+    precision: str = "auto"           # CUDA arithmetic: auto (amp: bf16 if supported, else fp16) | fp32 | bf16 | fp16
+    channels_last: bool = False        # CUDA: NHWC memory format (not hashed)
+    compile: bool = False              # CUDA: torch.compile the training model (not hashed)
+    pin_memory: bool = True            # CUDA: pinned host memory for loaded batches (not hashed)
+    persistent_workers: bool = False   # keep loader workers alive between epochs (not hashed)
+    prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
     checkpoint_every: int = 1          # epochs between checkpoints (not hashed)
     # Details of the authors' code (docs/METHOD.md); the paper preset sets them their way.
     recon_loss: str = "ms_ssim"        # 'ms_ssim' | 'ssim3': the similarity term of the training loss
@@ -299,6 +314,12 @@ class FinetuneConfig(_ConfigBase):
     num_workers: int = 0
     device: str = "auto"
     amp: bool = True
+    precision: str = "auto"           # CUDA arithmetic: auto (amp: bf16 if supported, else fp16) | fp32 | bf16 | fp16
+    channels_last: bool = False        # CUDA: NHWC memory format (not hashed)
+    compile: bool = False              # CUDA: torch.compile the training model (not hashed)
+    pin_memory: bool = True            # CUDA: pinned host memory for loaded batches (not hashed)
+    persistent_workers: bool = False   # keep loader workers alive between epochs (not hashed)
+    prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
     checkpoint_every: int = 1
     # Details of the authors' code (docs/METHOD.md); the paper preset sets them their way.
     pad_to_multiple: int = 0           # reflect-pad every forward input to a multiple (0: never)
@@ -357,6 +378,18 @@ _CLASSES = {cls.KIND: cls for cls in (PretrainConfig, FinetuneConfig)}
 # in the paper; they get the general-dataset value (VOC, Cityscapes).
 PAPER_PRETRAIN_BATCH = {"voc": 128, "cityscapes": 128, "nassar": 256, "sugarbeets": 64,
                         "folder": 128, "synthetic": 128}
+
+# The paper's four datasets: image counts of the pretraining pool and of the downstream
+# train / val / test splits, and the classes the head predicts. From METHOD.md ("Datasets and
+# splits"); VOC's pool is all 17,125 files of VOC2012 JPEGImages; Nassar uses the first 1/5 of
+# its 1784 / 168 train / val tiles; Sugarbeets cuts its 757 weed frames 70/10/20 in list order.
+# Used by `selmask estimate` to project the wall time of the whole paper run.
+PAPER_DATASET_SIZES = {
+    "voc": dict(pretrain=17125, train=1464, val=1449, test=210, classes=21),
+    "cityscapes": dict(pretrain=24997, train=2380, val=595, test=500, classes=19),
+    "nassar": dict(pretrain=40710, train=356, val=33, test=266, classes=3),
+    "sugarbeets": dict(pretrain=12330, train=529, val=76, test=152, classes=3),
+}
 
 
 def pretrain_preset(name: str, dataset: str, **overrides: Any) -> PretrainConfig:

@@ -239,9 +239,10 @@ def masked_inputs(images: torch.Tensor, pixel_masks: torch.Tensor, crop_grid: to
     Fixed masks arrive as ``pixel_masks [B, S, S]`` from a
     :class:`ReconstructionDataset`; a batch without any (random masking)
     gets a fresh random patch mask per image on ``crop_grid``, drawn from
-    ``generator``.
+    ``generator`` (a CPU generator, so the draws are the same on any device)
+    and expanded to pixels on the images' device.
     """
     if not pixel_masks.any():
-        patches = random_mask(images.shape[0], crop_grid.shape[0], mask_ratio, generator)  # [B, P]
+        patches = random_mask(images.shape[0], crop_grid.shape[0], mask_ratio, generator).to(images.device)  # [B, P]
         pixel_masks = pixel_mask(patches, crop_grid)  # [B, S, S]
     return images.masked_fill(pixel_masks.unsqueeze(1), 0.0)

@@ -180,11 +180,11 @@ def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledIma
     def reconstruction_loss(mask_generator: torch.Generator):
         def batch_loss(model: torch.nn.Module, batch) -> torch.Tensor:
             if len(batch) == 3:  # baked masks: the dataset gives (masked input, target, pixel mask)
-                inputs, images, _ = batch
+                inputs, images, _ = (tensor.to(trainer.device, non_blocking=True) for tensor in batch)
             else:
-                images, pixels = batch
-                inputs = masked_inputs(images, pixels, crop_grid, cfg.mask_ratio, mask_generator)
-            return loss_fn(trainer.forward(model, inputs), images.to(trainer.device, non_blocking=True))
+                images, pixels = (tensor.to(trainer.device, non_blocking=True) for tensor in batch)
+                inputs = masked_inputs(images, pixels, crop_grid, cfg.mask_ratio, mask_generator)  # on the device
+            return loss_fn(trainer.forward(model, inputs), images)
         return batch_loss
 
     def train_epoch(epoch: int, optimisation: Optimisation) -> dict:

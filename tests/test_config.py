@@ -256,3 +256,16 @@ def test_config_hash_ignores_fields_the_run_does_not_use():
 
 def test_pretrain_and_finetune_hashes_differ():
     assert config_hash(pretrain_preset("smoke", "voc")) != config_hash(finetune_preset("smoke", "voc"))
+
+
+
+def test_gpu_speed_keys_are_not_hashed_and_precision_only_when_set():
+    cfg = pretrain_preset("demo", "synthetic")
+    speed = cfg.updated(channels_last=True, compile=True, pin_memory=False, persistent_workers=True,
+                        prefetch_factor=4)
+    assert config_hash(speed) == config_hash(cfg)
+    assert config_hash(cfg.updated(precision="bf16")) != config_hash(cfg)
+    with pytest.raises(SelmaskError, match="'precision'"):
+        cfg.updated(precision="half")
+    with pytest.raises(SelmaskError, match="'prefetch_factor'"):
+        cfg.updated(prefetch_factor=0)

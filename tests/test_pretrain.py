@@ -294,3 +294,19 @@ def test_pretraining_refuses_a_tiny_image_before_writing_anything(data_root, tmp
     with pytest.raises(SelmaskError, match=rf"{tiny}: image is 1x1 px"):
         pretrain(smoke(root, strategy="random"), out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+SPEED_ONLY = dict(persistent_workers=True, prefetch_factor=3,  # used on CPU too
+                  channels_last=True, compile=True, pin_memory=False, precision="bf16")  # no-ops on CPU by design
+
+
+@pytest.mark.parametrize("speed_settings", [dict(num_workers=2), dict(num_workers=1, **SPEED_ONLY)],
+                         ids=["2 workers", "speed keys"])
+def test_speed_settings_do_not_change_the_weights(data_root, tmp_path, speed_settings):
+    """num_workers and the GPU speed keys are not hashed: on a CPU they must train the very same model."""
+    cfg = smoke(data_root, strategy="random", max_images=12, epochs=2)
+    in_process = pretrain(cfg, out_dir=tmp_path / "default")
+    fast = pretrain(cfg.updated(**speed_settings), out_dir=tmp_path / "fast")
+    expected, got = weights_of(in_process.weights), weights_of(fast.weights)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
