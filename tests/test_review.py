@@ -1,0 +1,63 @@
+"""Second reader's checks of the issue-10/11/13 merge: each test fails on main at c63cc1e."""
+
+import pytest
+import torch
+
+from selmask_lib import pretraining
+from selmask_lib.config import pretrain_preset
+from selmask_lib.engine import load_checkpoint
+from selmask_lib.errors import SelmaskError
+from selmask_lib.pretraining import pretrain
+
+
+def smoke(root, **overrides):
+    return pretrain_preset("smoke", "synthetic", data_root=str(root), **overrides)
+
+
+def _fail_when_completing(monkeypatch):
+    """run.json's final write fails once (e.g. a full disk), after pretrained.pt was written."""
+    real = pretraining.update_run_info
+
+    def update(run_dir, **fields):
+        if fields.get("status") == "complete":
+            monkeypatch.setattr(pretraining, "update_run_info", real)
+            raise SelmaskError(f"{run_dir}/run.json: disk full")
+        return real(run_dir, **fields)
+
+    monkeypatch.setattr(pretraining, "update_run_info", update)
+
+
+@pytest.mark.parametrize("strategy", ["selective", "random"])
+def test_resume_after_the_final_write_failed_keeps_the_best_val_loss_weights(small_synthetic_root, tmp_path,
+                                                                              monkeypatch, strategy):
+    cfg = smoke(small_synthetic_root, strategy=strategy, epochs=4, lr=3e-2, pretrained_checkpoint="best_val_loss")
+    clean = load_checkpoint(pretrain(cfg, out_dir=tmp_path / "clean").weights)
+    _fail_when_completing(monkeypatch)
+    with pytest.raises(SelmaskError, match="disk full"):
+        pretrain(cfg, out_dir=tmp_path / "crash")
+    resumed = load_checkpoint(pretrain(cfg, out_dir=tmp_path / "crash", resume=True).weights)
+    assert resumed["weights"] == "best_val_loss" and resumed["epoch"] == clean["epoch"]
+    assert all(torch.equal(v, resumed["model"][k]) for k, v in clean["model"].items())
+
+
+def test_a_paper_config_turned_selective_afterwards_trains_the_selective_loss():
+    """Issue 10: changing a config's strategy afterwards keeps the loss consistent or refuses."""
+    random_paper = pretrain_preset("paper", "cityscapes", strategy="random")
+    try:
+        turned = random_paper.updated(strategy="selective")  # what pretrain_selective(cfg) does
+    except SelmaskError:
+        return
+    assert (turned.recon_loss, turned.bake_selective_masks) == ("ssim3", True)
+
+
+def test_a_binary_split_list_is_one_line(tmp_path):
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from fake_datasets import make_sugarbeets_tree
+    from selmask_lib.config import finetune_preset
+    from selmask_lib.finetuning import load_splits
+
+    root = make_sugarbeets_tree(tmp_path / "sb")
+    (tmp_path / "list.bin").write_bytes(bytes(range(256)))
+    with pytest.raises(SelmaskError, match="list.bin"):
+        load_splits(finetune_preset("smoke", "sugarbeets", data_root=str(root), split_list=str(tmp_path / "list.bin")))
