@@ -61,3 +61,14 @@ def test_a_binary_split_list_is_one_line(tmp_path):
     (tmp_path / "list.bin").write_bytes(bytes(range(256)))
     with pytest.raises(SelmaskError, match="list.bin"):
         load_splits(finetune_preset("smoke", "sugarbeets", data_root=str(root), split_list=str(tmp_path / "list.bin")))
+
+
+@pytest.mark.parametrize("strategy", ["random", "selective"])
+def test_loader_workers_do_not_change_the_weights_with_the_papers_resize(small_synthetic_root, tmp_path, strategy):
+    """Issue 13: any worker count gives the same run; here with antialias false (the paper preset's value).
+
+    Workers run torch single-threaded; the non-antialiased bilinear resize rounds differently with 1 and 2 threads."""
+    cfg = smoke(small_synthetic_root, strategy=strategy, max_images=12, epochs=1, antialias=False)
+    in_process = load_checkpoint(pretrain(cfg, out_dir=tmp_path / "w0").weights)["model"]
+    workers = load_checkpoint(pretrain(cfg.updated(num_workers=2), out_dir=tmp_path / "w2").weights)["model"]
+    assert all(torch.equal(in_process[k], workers[k]) for k in in_process)
