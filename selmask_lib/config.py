@@ -272,6 +272,20 @@ class PretrainConfig(_ConfigBase):
         if self.max_images is not None:
             _check_at_least("max_images", self.max_images, 1)
 
+    def updated(self, **overrides: Any) -> "PretrainConfig":
+        """A copy with ``overrides`` applied. Turning a ``paper`` config of one strategy into the
+        other also swaps the settings the authors' two kinds of run differ in (loss, baked masks),
+        so the result is the ``paper`` config of the new strategy, never a mix of the two."""
+        strategy = overrides.get("strategy", self.strategy)
+        if strategy != self.strategy and strategy in STRATEGIES and self._is_paper_config():
+            swapped = _paper_strategy_settings(self.dataset, strategy == "selective")
+            overrides = {**{k: v for k, v in swapped.items() if k not in overrides}, **overrides}
+        return super().updated(**overrides)
+
+    def _is_paper_config(self) -> bool:
+        paper = _paper_strategy_settings(self.dataset, self.strategy == "selective")
+        return all(getattr(self, key) == value for key, value in paper.items())
+
     def _result_fields(self) -> dict[str, Any]:
         fields = super()._result_fields()
         if self.dataset == "folder":  # the path is the only identity a folder dataset has
@@ -511,6 +525,13 @@ def paper_code_details(dataset: str, selective: Optional[bool] = None) -> dict[s
     if selective:
         details.update(bake_selective_masks=True, baked_image_quality=75 if dataset == "voc" else None)
     return details
+
+
+def _paper_strategy_settings(dataset: str, selective: bool) -> dict[str, Any]:
+    """:func:`paper_code_details` of a pretraining run, with every key the other strategy sets named too."""
+    defaults = {f.name: f.default for f in dataclasses.fields(PretrainConfig)}
+    both = {**paper_code_details(dataset, True), **paper_code_details(dataset, False)}
+    return {**{key: defaults[key] for key in both}, **paper_code_details(dataset, selective)}
 
 
 _PRESET_FUNCTIONS = {"pretrain": pretrain_preset, "finetune": finetune_preset}

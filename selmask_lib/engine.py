@@ -194,9 +194,16 @@ class SeededAugmentation(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         index, item_seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(item_seed)
-            return self.dataset[index]
+        threads = torch.get_num_threads()
+        # Loader workers run torch on one thread; some CPU kernels (bilinear resize without
+        # antialiasing) round differently on two, so the main process uses one thread here too.
+        torch.set_num_threads(1)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(item_seed)
+                return self.dataset[index]
+        finally:
+            torch.set_num_threads(threads)
 
 
 def seeded_order(dataset, shuffle: bool, seed: int, *keys: Any) -> Iterable[int]:

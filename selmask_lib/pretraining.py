@@ -355,11 +355,12 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
             require_finite_weights(trainer.model, f"{run_dir}: pretrained weights")
         if is_main_process():
             save_checkpoint(run_dir / PRETRAINED_FILE, _pretrained_weights(trainer, best))
-            if best is not None:
-                best.unlink()  # now a copy inside pretrained.pt
+
             update_run_info(run_dir, status="complete", steps=steps, images=len(pool), weights=PRETRAINED_FILE,
                             seconds=round(time.perf_counter() - started, 3), device=str(trainer.device))
             _drop_resume_state(run_dir)
+            if best is not None:  # a copy lives in pretrained.pt; kept until the run is marked complete
+                best.unlink()
             log.info("finished in %.1f s", time.perf_counter() - started)
         barrier()
     return PretrainRun(run_dir, cfg, run_dir / PRETRAINED_FILE, name)

@@ -252,13 +252,21 @@ def test_paper_preset_does_what_the_authors_code_did(dataset):
     assert not (selective.amp or random.amp or finetune.amp)
 
 
-def test_a_paper_config_names_its_loss_and_refuses_a_strategy_change_that_would_break_it():
-    cfg = pretrain_preset("paper", "voc")
+@pytest.mark.parametrize("dataset", ["voc", "sugarbeets"])
+def test_a_paper_config_names_its_loss_and_a_strategy_change_keeps_it_the_authors(dataset):
+    cfg = pretrain_preset("paper", dataset)
     assert cfg.recon_loss == "ssim3"  # no value is left to resolve at run time
-    with pytest.raises(SelmaskError, match="bake_selective_masks"):
-        cfg.updated(strategy="random")
+    # turned into the other strategy afterwards (pretrain_random(cfg) does this): the authors' other run
+    assert cfg.updated(strategy="random") == pretrain_preset("paper", dataset, strategy="random")
+    assert pretrain_preset("paper", dataset, strategy="random").updated(strategy="selective") == cfg
+    # a config that is not exactly the paper's keeps what it says: the user's loss stays theirs
+    mine = pretrain_preset("paper", dataset, seed=1).updated(recon_loss="ms_ssim", bake_selective_masks=False,
+                                                             baked_image_quality=None)
+    assert mine.updated(strategy="random").recon_loss == "ms_ssim"
+    with pytest.raises(SelmaskError, match="bake_selective_masks"):  # and a mix that cannot run is refused
+        pretrain_preset("paper", dataset).updated(strategy="random", bake_selective_masks=True)
     # the controlled column is a random run with the selective arm's loss, asked for explicitly
-    same_loss = pretrain_preset("paper", "voc", strategy="random", recon_loss=cfg.recon_loss)
+    same_loss = pretrain_preset("paper", dataset, strategy="random", recon_loss=cfg.recon_loss)
     assert same_loss.recon_loss == "ssim3" and same_loss.strategy == "random"
 
 

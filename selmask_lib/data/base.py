@@ -169,14 +169,27 @@ def check_split_nonempty(samples: Sequence, dataset: str, split: str, where: Pat
 # -------------------------------------------------------------- list files
 
 
+def list_entries(list_path: Path) -> list[str]:
+    """The entries of a text list file: one a line, blank lines and ``#`` comments skipped.
+
+    A file that is not text (binary, another encoding) is one error naming it.
+    """
+    try:
+        text = Path(list_path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise SelmaskError(f"{list_path}: not a text list of entries (byte {error.start} is not UTF-8)") from None
+    except OSError as error:
+        raise SelmaskError(f"{list_path}: cannot read the list ({error.strerror or error})") from None
+    return [entry for entry in (line.strip() for line in text.splitlines()) if entry and not entry.startswith("#")]
+
+
 def read_list_file(list_path: Path, make_sample: Callable[[str], Sample]) -> list[Sample]:
     """Read a split list (one entry a line, blank lines and ``#`` comments
     skipped) and turn each entry into a :class:`Sample` whose files exist."""
     list_path = Path(list_path)
     if not list_path.is_file():
         raise SelmaskError(f"{list_path}: split list not found")
-    entries = [line.strip() for line in list_path.read_text().splitlines()]
-    samples = [make_sample(entry) for entry in entries if entry and not entry.startswith("#")]
+    samples = [make_sample(entry) for entry in list_entries(list_path)]
     check_samples_exist(samples, f"{list_path}: entry")
     return samples
 

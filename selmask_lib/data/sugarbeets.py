@@ -42,6 +42,7 @@ from selmask_lib.data.base import (
     Sample,
     check_samples_exist,
     check_split,
+    list_entries,
     read_index_label,
     read_list_file,
     split_in_order,
@@ -97,8 +98,7 @@ def frames_of_list(root: Path, list_path: Path) -> list[Sample]:
             raise SelmaskError(f"{label_path}: frame name {label_path.stem!r} also labels {labels[label_path.stem]}; "
                                f"split_list entries cannot tell them apart")
         labels[label_path.stem] = label_path
-    entries = [line.strip() for line in list_path.read_text().splitlines()]
-    stems = [Path(entry).stem for entry in entries if entry and not entry.startswith("#")]
+    stems = [Path(entry).stem for entry in list_entries(list_path)]
     repeated = next((stem for i, stem in enumerate(stems) if stem in stems[:i]), None)
     if repeated is not None:
         raise SelmaskError(f"{list_path}: entry {repeated!r} is listed twice")
