@@ -119,7 +119,9 @@ class SegmentationScores:
 
     def to_dict(self) -> dict:
         """JSON-ready dict (None for undefined IoUs), without the per-image counts."""
-        return asdict(dataclasses.replace(self, per_image_confusions=None))
+        data = asdict(dataclasses.replace(self, per_image_confusions=None))
+        del data["per_image_confusions"]
+        return data
 
 
 class SegmentationEvaluator:
