@@ -28,8 +28,8 @@ above 0), "worse" (below 0), "not distinguishable" (it holds 0), or
 Everything is deterministic given ``seed`` (a numpy Generator). The
 bootstrap is vectorised: a ``[n_boot, N]`` matrix of how often each image is
 drawn times the ``[N, C*C]`` per-image counts gives every resampled matrix in
-one product (2,000 resamples of 1,449 images x 21 classes: see
-tests/test_statistics.py and docs/DESIGN.md for the time it takes).
+one product: 2,000 resamples of 1,449 images x 21 classes take about 0.2 s,
+a paired gain 0.3 s, on one CPU thread (benchmarks/bench_bootstrap.py).
 """
 
 from __future__ import annotations
