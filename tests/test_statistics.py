@@ -328,3 +328,23 @@ def test_several_seeds_use_the_t_interval_and_the_paired_t_test(tmp_path):
     row = csv.set_index("variant").loc["random_ir_self"]
     assert row["lower"] == pytest.approx(expected.lower) and row["label"] == "Random IR (self)"
     assert all(csv[c].dtype.kind == "f" for c in ("mean", "lower", "upper"))  # numbers, not "a ± b" strings
+
+
+def test_the_per_class_figure_draws_the_intervals(tmp_path):
+    import matplotlib
+    import matplotlib.container
+
+    matplotlib.use("Agg")
+    from selmask_lib.plotting import per_class_gain_figure
+
+    counts = random_confusions()
+    write_arm(tmp_path, "random", "random_ir", 1, counts)
+    write_arm(tmp_path, "selective", "selective_ir", 1, better_arm(counts))
+    gain = per_class_gain(load_results(tmp_path), "nassar", n_boot=200)
+    figure = per_class_gain_figure(gain)
+    errorbars = [c for c in figure.axes[1].containers if isinstance(c, matplotlib.container.ErrorbarContainer)]
+    assert len(errorbars) == 1  # on the gain panel
+    segments = errorbars[0].lines[2][0].get_segments()
+    assert [(s[0][0], s[1][0]) for s in segments] == [(pytest.approx(lo), pytest.approx(hi))
+                                                      for lo, hi in zip(gain["lower"], gain["upper"])]
+    assert "95 % interval" in figure.axes[1].get_xlabel()
