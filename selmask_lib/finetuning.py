@@ -44,8 +44,9 @@ Multi-GPU: ``torchrun --nproc_per_node=N -m selmask_lib.cli finetune ...``
 (see ``selmask_lib.distributed``). ``batch_size`` is per process (the paper's
 8 is global: per-GPU = 8 / N); the Jaccard loss is then the mean of the N
 per-process batch losses. Validation and test are sharded and their
-confusion matrices summed, so the scores cover every image once; rank 0
-alone writes files.
+confusion matrices summed, so the scores cover every image once (the test
+split's per-image counts, kept for the bootstrap of selmask_lib.statistics,
+are gathered in the split's order); rank 0 alone writes files.
 """
 
 from __future__ import annotations
