@@ -259,7 +259,7 @@ def _gain_estimate(gain: float, resampled_gains: np.ndarray, n_images: int) -> E
         return Estimate(gain, math.nan, math.nan, n_images, PAIRED_BOOTSTRAP, note="one test image: no interval")
     finite = resampled_gains[~np.isnan(resampled_gains)]
     tail = min((finite <= 0).sum(), (finite >= 0).sum())
-    p_value = min(1.0, 2 * (tail + 1) / (finite.size + 1)) if finite.size else math.nan
+    p_value = float(min(1.0, 2 * (tail + 1) / (finite.size + 1))) if finite.size else math.nan
     return Estimate(gain, *_percentile_interval(finite), n_images, PAIRED_BOOTSTRAP, p_value)
 
 
