@@ -19,6 +19,8 @@ masks) shows the extra cost of the scoring view per training image.
 
     .venv/bin/python benchmarks/bench_budget.py                  # demo preset, 1 round
     .venv/bin/python benchmarks/bench_budget.py --epochs 1 --max-images 64   # quick look
+    .venv/bin/python benchmarks/bench_budget.py --repeats 3 --set max_images=560 --set image_size=64 \
+        --set score_size=64 --set epochs=30 --set batch_size=16             # the issue's second size
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import torch  # noqa: E402
 
 import selmask_lib.engine as engine_module  # noqa: E402
 import selmask_lib.pretraining as pretrain_module  # noqa: E402
+from selmask_lib.cli import parse_overrides  # noqa: E402
 from selmask_lib.config import pretrain_preset  # noqa: E402
 from selmask_lib.data.synthetic import ensure_synthetic_voc  # noqa: E402
 from selmask_lib.masking import patch_grid, random_mask  # noqa: E402
@@ -171,6 +174,9 @@ def main() -> None:
                         help="torch.set_num_threads (default: all cores available to this process)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="rounds of (random, selective), order alternating; medians are reported")
+    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
+                        help="override any pretrain config key, e.g. --set image_size=64 --set score_size=64 "
+                             "(repeatable; read as YAML like `selmask --set`)")
     parser.add_argument("--pipeline-items", type=int, default=64,
                         help="images for the data-pipeline micro-benchmark (0 skips it)")
     args = parser.parse_args()
@@ -181,6 +187,7 @@ def main() -> None:
         ("epochs", args.epochs), ("max_images", args.max_images), ("batch_size", args.batch_size),
         ("n_partitions", args.partitions), ("n_scoring_draws", args.draws),
         ("checkpoint_every", args.checkpoint_every)) if value is not None}
+    overrides.update(parse_overrides(args.overrides))
     data_root = args.data_root or str(ensure_synthetic_voc())
     cfg = pretrain_preset(args.preset, "synthetic", data_root=data_root, device="cpu", **overrides)
     pool = pretraining_pool(cfg)

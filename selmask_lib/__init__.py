@@ -69,6 +69,10 @@ _EXPORTS = {
     "masked_views_figure": "plotting",
     "per_class_gain_figure": "plotting",
     "masking_figure": "plotting",
+    # notebooks
+    "setup_notebook": "notebook",
+    "check_parameter": "notebook",
+    "require_imagenet_weights": "notebook",
     # data, models, errors
     "ensure_synthetic_voc": "data.synthetic",
     "build_reconstruction_model": "models",

@@ -1,4 +1,4 @@
-"""The ``selmask`` command: ``demo``, ``pretrain``, ``finetune``, ``reproduce``, ``config`` and ``synthetic``.
+"""The ``selmask`` command: ``demo``, ``pretrain``, ``finetune``, ``reproduce``, ``config``, ``estimate``, ``synthetic``.
 
 The command line lives here alone: argument definitions, the one step that
 turns arguments into a config, error printing and exit codes. Each
@@ -16,7 +16,7 @@ import sys
 import traceback
 from typing import Any
 
-from .config import DATASET_NAMES, INITS, PAPER_SEED, PRESET_NAMES, STRATEGIES, parse_value
+from .config import DATASET_NAMES, INITS, PAPER_DATASET_SIZES, PAPER_SEED, PRESET_NAMES, STRATEGIES, parse_value
 from .errors import SelmaskError, one_line_message
 
 EXIT_USER_ERROR = 2
@@ -83,20 +83,21 @@ def parse_data_roots(pairs: list[str] | None) -> dict[str, str]:
 
 
 def _pretrain_command(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args, "pretrain")  # before torch is imported: a config mistake is reported at once
     from .distributed import is_main_process
     from .pretraining import pretrain
 
-    run = pretrain(config_from_args(args, "pretrain"), out_dir=args.out, resume=args.resume)
+    run = pretrain(cfg, out_dir=args.out, resume=args.resume)
     if is_main_process():  # once, not once per torchrun process
         print(f"pretrained weights: {run.weights}")
     return 0
 
 
 def _finetune_command(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args, "finetune")  # before torch is imported
     from .distributed import is_main_process
     from .finetuning import finetune
 
-    cfg = config_from_args(args, "finetune")
     run = finetune(cfg, out_dir=args.out, resume=args.resume)
     if is_main_process():
         miou = run.results["miou"]
@@ -154,6 +155,21 @@ def _config_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _estimate_command(args: argparse.Namespace) -> int:
+    import os
+
+    from .estimate import estimate_report
+
+    os.environ.setdefault("SELMASK_NO_PROGRESS", "1")  # a bar per timed step would only clutter the report
+    overrides = parse_overrides(args.overrides)
+    if "dataset" in overrides:
+        raise SelmaskError("--set dataset=... is not allowed: name the datasets with --dataset")
+    for line in estimate_report(args.datasets or list(PAPER_DATASET_SIZES), args.preset, overrides,
+                                steps=args.steps, warmup=args.warmup, gpus=args.gpus):
+        print(line, flush=True)
+    return 0
+
+
 def _synthetic_command(args: argparse.Namespace) -> int:
     from .data.synthetic import ensure_synthetic_voc
 
@@ -180,8 +196,15 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                              "`selmask config KIND` lists every key with its preset values")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other selmask error (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"selmask: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="selmask", description="Selective masking pretraining for segmentation.")
+    parser = _OneLineParser(prog="selmask", description="Selective masking pretraining for segmentation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     parser.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -243,6 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("kind", choices=("pretrain", "finetune"), help="which config")
     config.add_argument("--dataset", default="voc", choices=DATASET_NAMES,
                         help="presets differ per dataset (e.g. the paper's batch); default: %(default)s")
+
+    estimate = command("estimate", _estimate_command,
+                       "time training steps here and project the wall time of the whole paper run per dataset")
+    estimate.add_argument("--dataset", dest="datasets", action="append", choices=tuple(PAPER_DATASET_SIZES),
+                          help="a paper dataset (repeatable; default: all four)")
+    estimate.add_argument("--preset", default="paper", choices=PRESET_NAMES,
+                          help="batch, image size and epochs to time and project (default: %(default)s)")
+    estimate.add_argument("--steps", type=int, default=20, help="timed steps of each kind (default: %(default)s)")
+    estimate.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
+    estimate.add_argument("--gpus", type=int, default=1,
+                          help="project for N GPUs, assuming linear scaling (default: %(default)s)")
+    estimate.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                          help="override a key of both configs, e.g. --set image_size=128 (repeatable)")
 
     synthetic = command("synthetic", _synthetic_command, "generate (or find) the embedded synthetic dataset")
     synthetic.add_argument("--root", default=None,

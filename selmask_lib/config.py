@@ -56,10 +56,16 @@ DEFAULT_MEAN = (0.4529, 0.4317, 0.3999)
 DEFAULT_STD = (0.4443, 0.4665, 0.4887)
 PAPER_SEED = 3741
 
+# GPU path settings that change speed, never what is computed (no-ops on a CPU by design).
+GPU_SPEED_FIELDS = ("channels_last", "compile", "pin_memory", "persistent_workers", "prefetch_factor")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # 'auto': amp decides (bf16 where supported, else fp16)
+
 # Fields that change how fast or where a run goes, never what it computes.
 # They are left out of config_hash so that, e.g., more data-loader workers
 # do not invalidate a finished run.
-NON_RESULT_FIELDS = frozenset({"data_root", "num_workers", "device", "checkpoint_every"})
+NON_RESULT_FIELDS = frozenset({"data_root", "num_workers", "device", "checkpoint_every"}) | {
+    *GPU_SPEED_FIELDS,  # GPU path (benchmarks/README.md): same arithmetic, other kernels or loading
+}
 
 # Settings added after the first runs were made (most of them reproduce a detail of
 # the authors' code). Each is hashed only when it differs from its default, so a
@@ -68,9 +74,22 @@ NON_RESULT_FIELDS = frozenset({"data_root", "num_workers", "device", "checkpoint
 HASHED_WHEN_CHANGED = frozenset({
     "recon_loss", "pretrained_checkpoint", "pad_to_multiple", "bake_selective_masks",
     "baked_image_quality", "transfer_head_if_shapes_match",
+    # data and evaluation details of the authors' code (METHOD.md items 4, 7-11)
+    "void_as_class", "absent_class_iou", "drop_last", "antialias", "cityscapes_pool", "split_list",
+    "precision",  # arithmetic of CUDA runs: fp32, bf16 or fp16 autocast (CPU runs are always fp32)
 })
 RECON_LOSSES = ("ms_ssim", "ssim3")  # losses.py: L1 + (1 - MS-SSIM) or L1 + (1 - SSIM, 3x3 window)
 PRETRAINED_CHECKPOINTS = ("last", "best_val_loss")
+
+# Data and evaluation settings of the authors' code (METHOD.md items 4, 7-11).
+# Datasets whose labels mark void pixels (255), the only ones that can train void
+# as a class: VOC and Cityscapes, synthetic (a VOC tree with a void band round each
+# object) and folder (its format reserves 255 for unlabelled pixels). Nassar and
+# Sugarbeets label every pixel (background, crop or weed).
+VOID_LABEL_DATASETS = ("voc", "cityscapes", "synthetic", "folder")
+ABSENT_CLASS_IOU_RULES = ("nan", "zero")
+CITYSCAPES_POOLS = ("train", "all_fine_and_extra")
+SPLIT_LIST_DATASETS = ("sugarbeets",)
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -157,6 +176,8 @@ class _ConfigBase:
         _check_at_least("num_workers", self.num_workers, 0)
         _check_at_least("checkpoint_every", self.checkpoint_every, 1)
         _check_at_least("pad_to_multiple", self.pad_to_multiple, 0)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_at_least("prefetch_factor", self.prefetch_factor, 1)
         if not _DEVICE_PATTERN.match(self.device):
             raise SelmaskError(
                 f"config key 'device' must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N', "
@@ -199,6 +220,12 @@ class PretrainConfig(_ConfigBase):
     num_workers: int = 0               # DataLoader workers (not hashed)
     device: str = "auto"               # 'auto' | 'cpu' | 'mps' | 'cuda[:N]' (not hashed)
     amp: bool = True                   # mixed precision; only ever used on CUDA
+    precision: str = "auto"           # CUDA arithmetic: auto (amp: bf16 if supported, else fp16) | fp32 | bf16 | fp16
+    channels_last: bool = False        # CUDA: NHWC memory format (not hashed)
+    compile: bool = False              # CUDA: torch.compile the training model (not hashed)
+    pin_memory: bool = True            # CUDA: pinned host memory for loaded batches (not hashed)
+    persistent_workers: bool = False   # keep loader workers alive between epochs (not hashed)
+    prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
     checkpoint_every: int = 1          # epochs between checkpoints (not hashed)
     # Details of the authors' code (docs/METHOD.md); the paper preset sets them their way.
     recon_loss: str = "ms_ssim"        # 'ms_ssim' | 'ssim3': the similarity term of the training loss
@@ -206,6 +233,10 @@ class PretrainConfig(_ConfigBase):
     pad_to_multiple: int = 0           # reflect-pad every forward input to a multiple (0: never)
     bake_selective_masks: bool = False  # burn fixed masks into the images before augmentation
     baked_image_quality: Optional[int] = None  # JPEG quality of baked images; None: lossless
+    # -- data details of the authors' code (METHOD.md items 8-10)
+    drop_last: bool = False            # train and val loaders drop their last partial batch
+    antialias: bool = True             # antialiased resizes (torchvision); False: OpenCV-like bilinear
+    cityscapes_pool: str = "train"     # 'train' (+ train_extra) | 'all_fine_and_extra' (24,997 frames)
 
     def _check_values(self) -> None:
         self._check_common()
@@ -224,6 +255,10 @@ class PretrainConfig(_ConfigBase):
         if self.bake_selective_masks and self.strategy != "selective":
             raise SelmaskError("config key 'bake_selective_masks' needs strategy 'selective' "
                                "(only the selective loop fixes each image's mask)")
+        _check_choice("cityscapes_pool", self.cityscapes_pool, CITYSCAPES_POOLS)
+        if self.cityscapes_pool != "train" and self.dataset != "cityscapes":
+            raise SelmaskError(f"config key 'cityscapes_pool' is for dataset cityscapes only; "
+                               f"dataset {self.dataset!r} needs the default 'train'")
         _check_at_least("n_patches", self.n_patches, 4)
         if not 0 < self.mask_ratio < 1:
             raise SelmaskError(f"config key 'mask_ratio' must be in (0, 1), got {self.mask_ratio}")
@@ -279,14 +314,35 @@ class FinetuneConfig(_ConfigBase):
     num_workers: int = 0
     device: str = "auto"
     amp: bool = True
+    precision: str = "auto"           # CUDA arithmetic: auto (amp: bf16 if supported, else fp16) | fp32 | bf16 | fp16
+    channels_last: bool = False        # CUDA: NHWC memory format (not hashed)
+    compile: bool = False              # CUDA: torch.compile the training model (not hashed)
+    pin_memory: bool = True            # CUDA: pinned host memory for loaded batches (not hashed)
+    persistent_workers: bool = False   # keep loader workers alive between epochs (not hashed)
+    prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
     checkpoint_every: int = 1
     # Details of the authors' code (docs/METHOD.md); the paper preset sets them their way.
     pad_to_multiple: int = 0           # reflect-pad every forward input to a multiple (0: never)
     transfer_head_if_shapes_match: bool = False  # IR inits: copy the RGB head into a 3-class head
+    # -- data and evaluation details of the authors' code (METHOD.md items 4, 7-9, 11)
+    void_as_class: bool = False        # void (255) trained as one more output; only VOID_LABEL_DATASETS
+    absent_class_iou: str = "nan"      # class absent from truth and prediction: 'nan' (left out) | 'zero'
+    drop_last: bool = False            # train and val loaders drop their last partial batch
+    antialias: bool = True             # antialiased resizes (torchvision); False: OpenCV-like bilinear
+    split_list: Optional[str] = None   # sugarbeets: file listing the downstream frames (its content is hashed)
 
     def _check_values(self) -> None:
         self._check_common()
         _check_choice("init", self.init, INITS)
+        _check_choice("absent_class_iou", self.absent_class_iou, ABSENT_CLASS_IOU_RULES)
+        if self.void_as_class and self.dataset not in VOID_LABEL_DATASETS:
+            raise SelmaskError(f"config key 'void_as_class' needs a dataset with a void label "
+                               f"({', '.join(VOID_LABEL_DATASETS)}); {self.dataset!r} has none")
+        if self.split_list is not None and self.dataset not in SPLIT_LIST_DATASETS:
+            raise SelmaskError(f"config key 'split_list' is for dataset {', '.join(SPLIT_LIST_DATASETS)} only, "
+                               f"not {self.dataset!r}")
+        if self.split_list == "":
+            raise SelmaskError("config key 'split_list' must be a file path or null, got ''")
         if self.init in IR_INITS and self.pretrained is None:
             raise SelmaskError(
                 f"config key 'pretrained' must name a pretraining run directory "
@@ -303,6 +359,10 @@ class FinetuneConfig(_ConfigBase):
             fields.pop("pretrained")
         if self.init != "imagenet":
             fields.pop("imagenet_weights")
+        # The list's content, not its path, is the run's identity: finetuning.load_splits hashes
+        # the file into the data fingerprint, so a moved list keeps its run and an edited one
+        # (another order, other frames) gets a new run, whatever its path.
+        fields.pop("split_list", None)
         return fields
 
 
@@ -319,6 +379,18 @@ _CLASSES = {cls.KIND: cls for cls in (PretrainConfig, FinetuneConfig)}
 PAPER_PRETRAIN_BATCH = {"voc": 128, "cityscapes": 128, "nassar": 256, "sugarbeets": 64,
                         "folder": 128, "synthetic": 128}
 
+# The paper's four datasets: image counts of the pretraining pool and of the downstream
+# train / val / test splits, and the classes the head predicts. From METHOD.md ("Datasets and
+# splits"); VOC's pool is all 17,125 files of VOC2012 JPEGImages; Nassar uses the first 1/5 of
+# its 1784 / 168 train / val tiles; Sugarbeets cuts its 757 weed frames 70/10/20 in list order.
+# Used by `selmask estimate` to project the wall time of the whole paper run.
+PAPER_DATASET_SIZES = {
+    "voc": dict(pretrain=17125, train=1464, val=1449, test=210, classes=21),
+    "cityscapes": dict(pretrain=24997, train=2380, val=595, test=500, classes=19),
+    "nassar": dict(pretrain=40710, train=356, val=33, test=266, classes=3),
+    "sugarbeets": dict(pretrain=12330, train=529, val=76, test=152, classes=3),
+}
+
 
 def pretrain_preset(name: str, dataset: str, **overrides: Any) -> PretrainConfig:
     """A named pretraining config for ``dataset``, with ``overrides`` applied.
@@ -329,7 +401,12 @@ def pretrain_preset(name: str, dataset: str, **overrides: Any) -> PretrainConfig
     warm-up epochs then cosine to 0.01x, K = 10, S = 5, 90/10 train/val,
     scored at shorter side 256, seed 3741, all images. Only departure:
     ``folder`` and ``synthetic`` (not in the paper) use batch 128.
-    ``num_workers`` is 4 (speed only, not hashed).
+    ``num_workers`` is 4 (speed only, not hashed). As the authors' code
+    does (METHOD.md, "Details of the authors' code"): loaders drop their
+    last partial batch (``drop_last``), resizes are bilinear without
+    antialiasing (``antialias=False``), and the Cityscapes pool is all 5,000
+    fine frames plus train_extra (``cityscapes_pool='all_fine_and_extra'``,
+    24,997 images, the downstream test frames included).
 
     ``demo`` -- a few minutes on a laptop CPU (meant for ``synthetic``).
     Departures: 96 px crops and score size 96 (CPU time grows with pixels);
@@ -355,6 +432,10 @@ def pretrain_preset(name: str, dataset: str, **overrides: Any) -> PretrainConfig
     ``smoke`` -- seconds, for CI. Departures: 64 px crops and score size 64;
     64 nominal patches (8x8 grid of 8 px); E = 1 epoch; batch 4; no warm-up
     (one epoch at full lr); K = 2, S = 2; at most 24 images.
+
+    ``demo`` and ``smoke`` keep the kit's defaults for the authors' code
+    details: partial batches kept, antialiased resizes, Cityscapes pool =
+    train + train_extra (no val or test frame).
     """
     _check_choice("dataset", dataset, DATASET_NAMES)
     values: dict[str, Any] = dict(dataset=dataset)
@@ -381,13 +462,23 @@ def finetune_preset(name: str, dataset: str, **overrides: Any) -> FinetuneConfig
 
     ``paper`` -- METHOD.md exactly: 256 px crops, 500 epochs, batch 8, Adam
     lr 3e-3, 10 warm-up epochs then cosine to 0.01x, head dropout 0.2, seed
-    3741, all training images. ``num_workers`` is 4 (speed only).
+    3741, all training images. ``num_workers`` is 4 (speed only). As the
+    authors' code does: void is a trained class on voc and cityscapes
+    (``void_as_class``, 22 and 20 outputs), a class absent from truth and
+    prediction scores 0 in the mean (``absent_class_iou='zero'``), loaders
+    drop their last partial batch, resizes do not antialias. ``split_list``
+    stays null: pass the authors' Sugarbeets list (``--set
+    split_list=FILE``) to test on their frames.
 
     ``demo`` -- minutes on a CPU. Departures: 96 px crops; 12 epochs; 1
     warm-up epoch; at most 128 training images. Batch 8 as in the paper.
 
     ``smoke`` -- seconds, for CI. Departures: 64 px crops; 2 epochs; batch 4;
     no warm-up; at most 8 training images.
+
+    ``demo`` and ``smoke`` keep the kit's defaults for the authors' code
+    details: void ignored, absent classes left out of the mean, partial
+    batches kept, antialiased resizes.
     """
     _check_choice("dataset", dataset, DATASET_NAMES)
     values: dict[str, Any] = dict(dataset=dataset)
@@ -410,10 +501,13 @@ def paper_code_details(dataset: str, selective: Optional[bool] = None) -> dict[s
     L1 + (1 - SSIM 3x3) at every step and bake their fixed masks into the
     images; their random-masking runs train on L1 + (1 - MS-SSIM).
     """
-    shared: dict[str, Any] = dict(pad_to_multiple=64, amp=False)
+    shared: dict[str, Any] = dict(pad_to_multiple=64, amp=False, drop_last=True, antialias=False)  # 5, 12, 8, 9
     if selective is None:
-        return dict(shared, transfer_head_if_shapes_match=True)
+        return dict(shared, transfer_head_if_shapes_match=True, absent_class_iou="zero",  # 2, 7
+                    void_as_class=dataset in ("voc", "cityscapes"))  # 4
     details = dict(shared, recon_loss="ssim3" if selective else "ms_ssim", pretrained_checkpoint="best_val_loss")
+    if dataset == "cityscapes":
+        details.update(cityscapes_pool="all_fine_and_extra")  # 10
     if selective:
         details.update(bake_selective_masks=True, baked_image_quality=75 if dataset == "voc" else None)
     return details

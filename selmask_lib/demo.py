@@ -51,7 +51,7 @@ def run_demo(out_dir: str | Path = "figures", data_root: str | Path | None = Non
     pool = pretraining_pool(cfg)
     _, held_out = train_val_split(range(len(pool)), cfg.val_fraction)  # not trained on
     # Square crops so the rows share one grid: the scoring view's centre.
-    views = [scoring_view(pool, index, cfg.score_size) for index in held_out[:n_images]]
+    views = [scoring_view(pool, index, cfg.score_size, cfg.antialias) for index in held_out[:n_images]]
     side = cfg.score_size
     crops = []
     for view in views:

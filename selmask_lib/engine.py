@@ -26,7 +26,9 @@ weights at the best ``best_metric``, if one is chosen), ``metrics.csv`` and
 
 Resume is exact on CPU: the checkpoint holds the model, optimiser,
 schedule, grad scaler and every RNG state (Python, NumPy, torch, CUDA), and
-randomness drawn from :func:`epoch_generator` depends on (seed, epoch) alone.
+randomness drawn from :func:`epoch_generator` depends on (seed, epoch) alone;
+the augmentation of each sample on (seed, epoch, sample index) alone
+(:func:`seeded_loader`), whatever the number of loader workers.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +54,7 @@ import torch
 from .device import pick_device
 from .distributed import (
     all_reduce_mean,
+    is_distributed,
     barrier,
     broadcast_buffers,
     eval_shard,
@@ -61,7 +65,7 @@ from .distributed import (
     wrap_model,
 )
 from .errors import DivergenceError, SelmaskError
-from .files import atomic_write, ensure_writable_dir, write_text_atomic
+from .files import append_text, atomic_write, ensure_writable_dir, write_text_atomic
 
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
@@ -148,20 +152,95 @@ def epoch_generator(seed: int, *keys: Any) -> torch.Generator:
     return generator
 
 
-def seeded_loader(dataset, batch_size: int, shuffle: bool, seed: int, *keys: Any, num_workers: int = 0,
-                  pin_memory: bool = False) -> "torch.utils.data.DataLoader":
-    """A DataLoader whose order and worker seeds depend only on ``(seed, keys)``: exact resume.
+class SeededItems(torch.utils.data.Sampler):
+    """The indices of ``order``, each paired with its own augmentation seed: ``(index, item_seed)``.
 
-    Pass the epoch among ``keys`` for a new order every epoch. Under torchrun
+    ``item_seed`` depends only on ``(seed, "augment", *keys, index)``, so a
+    sample is augmented the same way whichever worker loads it, with 0, 1 or
+    8 workers, in one process or under torchrun. The sampler runs in the main
+    process; the seed travels to the worker with the index.
+    """
+
+    def __init__(self, order: Iterable[int], seed: int, *keys: Any):
+        self.order, self.seed, self.keys = order, seed, keys
+
+    def reorder(self, order: Iterable[int], *keys: Any) -> None:
+        """The next epoch of a loader that keeps its workers: its order and keys."""
+        self.order, self.keys = order, keys
+
+    def __iter__(self):
+        for index in self.order:
+            yield index, derive_seed(self.seed, "augment", *self.keys, index)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class SeededAugmentation(torch.utils.data.Dataset):
+    """``dataset[(index, item_seed)]`` is ``dataset[index]`` with torch's RNG seeded by ``item_seed``.
+
+    torchvision's transforms draw from torch's global RNG. Seeding it per
+    item (inside ``fork_rng``, so the caller's stream is left as it was)
+    makes augmentation independent of worker count and of what the main
+    process drew before, e.g. dropout.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, item_seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(item_seed)
+            return self.dataset[index]
+
+
+def seeded_order(dataset, shuffle: bool, seed: int, *keys: Any) -> Iterable[int]:
+    """The indices of one pass over ``dataset``: this process's shard under torchrun, shuffled from ``(seed, keys)``."""
+    order = shard_sampler(dataset, True, derive_seed(seed, "order", *keys)) if shuffle else eval_shard(dataset)
+    if order is None and shuffle:  # one process; drawn now, so iterating twice gives the same order
+        order = torch.randperm(len(dataset), generator=epoch_generator(seed, "order", *keys)).tolist()
+    elif order is None:
+        order = range(len(dataset))
+    return order
+
+
+def seeded_loader(dataset, batch_size: int, shuffle: bool, seed: int, *keys: Any, num_workers: int = 0,
+                  pin_memory: bool = False, drop_last: bool = False,
+                  **worker_options: Any) -> "torch.utils.data.DataLoader":
+    """A DataLoader whose order and augmentation depend only on ``(seed, keys)``: exact resume.
+
+    Pass the epoch among ``keys`` for a new order and new augmentations every
+    epoch. Each item is augmented from its own seed (:class:`SeededItems`),
+    so ``num_workers`` changes the speed, never the batches. Under torchrun
     it loads this process's shard (training: shuffled and padded;
-    evaluation: strided, each item once).
+    evaluation: strided, each item once). ``worker_options``
+    (``persistent_workers``, ``prefetch_factor``) apply with workers only.
+    ``drop_last`` (config key) skips the last partial batch, as the authors'
+    loaders do; a set smaller than one batch is then refused, since an epoch
+    would have no batch at all.
     """
     from torch.utils.data import DataLoader
 
-    sampler = shard_sampler(dataset, True, derive_seed(seed, "order", *keys)) if shuffle else eval_shard(dataset)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=num_workers, drop_last=False, pin_memory=pin_memory,
-                      generator=epoch_generator(seed, "order", *keys, *rank_key()))
+    order = seeded_order(dataset, shuffle, seed, *keys)
+    if drop_last:
+        where = "training set" if shuffle else "validation set"
+        check_fills_a_batch(len(order), batch_size, where + (" (this process's shard)" if is_distributed() else ""))
+    sampler = SeededItems(order, seed, *keys)
+    return DataLoader(SeededAugmentation(dataset), batch_size=batch_size, sampler=sampler,
+                      num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory,
+                      generator=epoch_generator(seed, "workers", *keys),  # worker seeds: not from torch's RNG
+                      **(worker_options if num_workers else {}))
+
+
+def check_fills_a_batch(n_images: int, batch_size: int, what: str) -> None:
+    """With drop_last, a set of fewer images than ``batch_size`` would give epochs of no batch: refuse it."""
+    if 0 < n_images < batch_size:
+        raise SelmaskError(f"config key 'batch_size' ({batch_size}) is more than the {n_images} images of the {what}: "
+                           f"with drop_last true no batch is left; lower batch_size or set drop_last false")
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -216,7 +295,10 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for bad files
-        raise SelmaskError(f"checkpoint {path} is corrupt or unreadable: {err}") from err
+        # Only torch's first sentence: the rest of a weights-only failure advises weights_only=False,
+        # which would run code from the file; a corrupt file needs replacing instead.
+        reason = str(err).strip().splitlines()[0].split(". ")[0][:200] if str(err).strip() else ""
+        raise SelmaskError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {reason})") from err
     if not isinstance(state, dict):
         raise SelmaskError(f"checkpoint {path} is corrupt: expected a dict, got {type(state).__name__}")
     if expected_config_hash is not None and state.get("config_hash") != expected_config_hash:
@@ -267,16 +349,16 @@ class MetricsLogger:
         row = {key: _json_value(value) for key, value in row.items()}
         if any(old["epoch"] >= row["epoch"] for old in self._rows):
             self.truncate(row["epoch"])
+        append_text(self.jsonl_path, json.dumps(row) + "\n")  # a full disk: one line naming the file
         self._rows.append(row)
-        with open(self.jsonl_path, "a") as jsonl:
-            jsonl.write(json.dumps(row) + "\n")
         new_columns = [key for key in row if key not in self._columns]
         if new_columns or not self.csv_path.exists():
             self._columns += new_columns
             self._rewrite_csv()
         else:
-            with open(self.csv_path, "a", newline="") as csv_file:
-                csv.DictWriter(csv_file, self._columns, lineterminator="\n").writerow(row)
+            line = io.StringIO()
+            csv.DictWriter(line, self._columns, lineterminator="\n").writerow(row)
+            append_text(self.csv_path, line.getvalue())
 
     def truncate(self, epoch: int) -> None:
         """Drop the rows of ``epoch`` and later (called by :func:`fit` on resume)."""
@@ -356,15 +438,36 @@ def _device_type(device: str | torch.device) -> str:
     return torch.device(device).type
 
 
-def autocast(device: str | torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """float16 autocast on CUDA when ``enabled``; a no-op context elsewhere.
+def autocast(device: str | torch.device, enabled: bool = True,
+             dtype: torch.dtype = torch.float16) -> contextlib.AbstractContextManager:
+    """``dtype`` autocast on CUDA when ``enabled``; a no-op context elsewhere.
 
     CPU/MPS runs stay in float32: bfloat16 on CPU is slow on most laptops and
     would make CPU results depend on the hardware.
     """
     if enabled and _device_type(device) == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cuda", dtype=dtype)
     return contextlib.nullcontext()
+
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(precision: str, amp: bool, device_type: str, bf16_supported: bool) -> Optional[torch.dtype]:
+    """The autocast dtype of a run (None = float32) from config keys ``precision`` and ``amp``.
+
+    Only CUDA runs use one. ``precision: auto`` follows ``amp``: bfloat16
+    where the GPU supports it (same range as float32, no loss scaling),
+    float16 with a grad scaler otherwise; an explicit precision wins over
+    ``amp``.
+    """
+    if device_type != "cuda":
+        return None
+    if precision == "auto":
+        precision = ("bf16" if bf16_supported else "fp16") if amp else "fp32"
+    if precision == "bf16" and not bf16_supported:
+        raise SelmaskError("config key 'precision' is bf16 but this GPU does not support bfloat16; use fp16 or auto")
+    return AUTOCAST_DTYPES[precision]
 
 
 def make_grad_scaler(device: str | torch.device, enabled: bool = True) -> torch.amp.GradScaler:
@@ -384,8 +487,11 @@ def progress(iterable: Iterable, **kwargs: Any):
     from tqdm.auto import tqdm
 
     if os.environ.get("SELMASK_NO_PROGRESS", "") not in ("", "0") or not is_main_process():
-        kwargs["disable"] = True  # also off on every torchrun process but rank 0
-    return tqdm(iterable, **kwargs)
+        return iterable  # also off on every torchrun process but rank 0
+    # tqdm.auto calls iter() on an iterable in __init__ and again to loop: a DataLoader given as it
+    # is would start its workers twice per epoch. Hand it one iterator and the length.
+    kwargs.setdefault("total", len(iterable) if hasattr(iterable, "__len__") else None)
+    return tqdm(iter(iterable), **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -620,28 +726,62 @@ class Trainer:
 
         self.cfg = cfg
         self.device = local_device(pick_device(cfg.device))
-        self.use_amp = cfg.amp and self.device.type == "cuda"
-        self.model = model.to(self.device)
+        on_cuda = self.device.type == "cuda"
+        self.amp_dtype = autocast_dtype(getattr(cfg, "precision", "auto"), cfg.amp, self.device.type,
+                                        on_cuda and torch.cuda.is_bf16_supported())
+        self.use_amp = self.amp_dtype is not None
+        # The GPU speed settings (config.GPU_SPEED_FIELDS) are no-ops elsewhere: CPU results stay bit-identical.
+        self.channels_last = getattr(cfg, "channels_last", False) and on_cuda
+        self.model = model.to(self.device, memory_format=torch.channels_last) if self.channels_last \
+            else model.to(self.device)
         self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun, else self.model
+        if getattr(cfg, "compile", False) and on_cuda:
+            self.train_model = torch.compile(self.train_model)  # evaluation runs the plain model
         self.config_hash = config_hash(cfg)
+        self._kept_loaders: dict[tuple, tuple[Any, Any]] = {}  # persistent_workers: loaders reused per dataset
 
-    def loader(self, dataset, shuffle: bool, *keys: Any, batch_size: Optional[int] = None):
-        """A :func:`seeded_loader` over ``dataset`` whose order depends on ``(seed, keys)`` only."""
-        return seeded_loader(dataset, batch_size or self.cfg.batch_size, shuffle, self.cfg.seed, *keys,
-                             num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda")
+    def loader(self, dataset, shuffle: bool, *keys: Any, batch_size: Optional[int] = None,
+               drop_last: Optional[bool] = None):
+        """A :func:`seeded_loader` over ``dataset`` whose order and augmentation depend on ``(seed, keys)`` only.
+
+        ``drop_last`` defaults to ``cfg.drop_last`` (train and validation); pass False for a test split.
+        With ``persistent_workers`` (and workers) the loader of a dataset is
+        kept and given each epoch's order, so its workers start once per
+        dataset, not once per epoch; the last three datasets' loaders are kept.
+        """
+        cfg, batch_size = self.cfg, batch_size or self.cfg.batch_size
+        drop_last = cfg.drop_last if drop_last is None else drop_last
+        options = dict(num_workers=cfg.num_workers, pin_memory=getattr(cfg, "pin_memory", True)
+                       and self.device.type == "cuda", prefetch_factor=getattr(cfg, "prefetch_factor", 2),
+                       drop_last=drop_last)
+        if not (getattr(cfg, "persistent_workers", False) and cfg.num_workers):
+            return seeded_loader(dataset, batch_size, shuffle, cfg.seed, *keys, **options)
+        cache_key = (id(dataset), shuffle, batch_size, drop_last)
+        if cache_key not in self._kept_loaders:
+            while len(self._kept_loaders) >= 3:  # their workers exit with them
+                del self._kept_loaders[next(iter(self._kept_loaders))]
+            loader = seeded_loader(dataset, batch_size, shuffle, cfg.seed, *keys, persistent_workers=True, **options)
+            self._kept_loaders[cache_key] = (dataset, loader)  # the dataset is held so its id stays its own
+        loader = self._kept_loaders[cache_key][1]
+        loader.sampler.reorder(seeded_order(dataset, shuffle, cfg.seed, *keys), *keys)
+        return loader
 
     def seed_torch(self, *keys: Any) -> None:
         """Seed torch's global RNG from ``(seed, keys, rank)``.
 
-        Augmentation and dropout draw from it: seeding it per epoch makes a
-        resumed run replay exactly the epochs it lost.
+        Dropout draws from it (augmentation has its own seed per sample,
+        :func:`seeded_loader`): seeding it per epoch makes a resumed run
+        replay exactly the epochs it lost.
         """
         torch.manual_seed(derive_seed(self.cfg.seed, *keys, *rank_key()))
 
     def forward(self, model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         """``model(inputs)`` on the device, under autocast with AMP; the output in float32."""
-        with autocast(self.device, self.use_amp):
-            outputs = model(inputs.to(self.device, non_blocking=True))
+        inputs = inputs.to(self.device, non_blocking=True)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.use_amp, self.amp_dtype or torch.float16):
+            outputs = model(inputs)
         return outputs.float()
 
     def train_one_epoch(self, loader, batch_loss: BatchLoss, optimisation: Optimisation,
@@ -686,11 +826,25 @@ class Trainer:
             best_metric: Optional[str] = None, best_mode: str = "max",
             checkpoint_final: bool = True) -> FitResult:
         """:func:`fit` ``cfg.epochs`` epochs with a fresh Adam and warm-up + cosine schedule."""
-        optimisation = Optimisation.adam(self.model, self.cfg, self.device, self.use_amp)
+        # Loss scaling for float16 only: bfloat16 has float32's range.
+        optimisation = Optimisation.adam(self.model, self.cfg, self.device, self.amp_dtype == torch.float16)
         return fit(self.model, optimisation, lambda epoch: train_epoch(epoch, optimisation), self.cfg.epochs,
                    run_dir, evaluate=evaluate, resume=resume, config_hash=self.config_hash,
                    best_metric=best_metric, best_mode=best_mode, checkpoint_every=self.cfg.checkpoint_every,
                    checkpoint_final=checkpoint_final)
+
+
+class _RunLogHandler(logging.FileHandler):
+    """run.log's handler: a line the disk refuses (full, read-only) is dropped without a word.
+
+    logging would print a traceback to stderr for it; the run's next
+    checkpoint or metrics row meets the same disk and stops the run with one
+    clear line instead (files.atomic_write, files.append_text).
+    """
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)
 
 
 @contextlib.contextmanager
@@ -701,7 +855,7 @@ def run_log(run_dir: str | Path, name: str = "run.log"):
     too small for MS-SSIM and single-scale SSIM is used instead.
     """
     package_logger = logging.getLogger("selmask_lib")
-    handler = logging.FileHandler(Path(run_dir) / name)
+    handler = _RunLogHandler(Path(run_dir) / name)
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     previous_level = package_logger.level

@@ -97,12 +97,51 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
         reason = _disk_problem(error)
         if reason is None:
             raise
-        free = shutil.disk_usage(path.parent).free
         raise SelmaskError(f"cannot write {path}: {reason} ({written} bytes written before it failed, "
-                           f"{free} bytes free there); free some space or choose another output folder; "
+                           f"{_free_bytes(path.parent)} bytes free there); free some space or choose another output folder; "
                            f"{path} still holds its previous content, if any") from None
     _fsync_dir(path.parent)
     return path
+
+
+def append_text(path: str | Path, text: str) -> Path:
+    """Append ``text`` (UTF-8) to ``path``, for logs that grow a row at a time.
+
+    A full, read-only or forbidden disk is one SelmaskError naming the file
+    and the bytes needed, and the file is cut back to its old length first:
+    the failed write may have stored part of ``text``, and half a row would
+    corrupt the log for the next reader (shrinking a file needs no space).
+    """
+    path = Path(path)
+    old_size = _size(path) if path.exists() else None
+    try:
+        with open(path, "a", encoding="utf-8", newline="") as file:
+            file.write(text)
+    except OSError as error:
+        _restore_length(path, old_size)
+        reason = _disk_problem(error)
+        if reason is None:
+            raise
+        raise SelmaskError(f"cannot write {path}: {reason} ({len(text.encode())} bytes needed, "
+                           f"{_free_bytes(path.parent)} bytes free there); free some space or choose another "
+                           f"output folder; {path} keeps its previous content") from None
+    return path
+
+
+def _restore_length(path: Path, old_size: int | None) -> None:
+    """Undo a failed append: back to ``old_size`` bytes, or no file if there was none."""
+    with contextlib.suppress(OSError):
+        if old_size is None:
+            path.unlink()
+        else:
+            os.truncate(path, old_size)
+
+
+def _free_bytes(folder: Path) -> int | str:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return "unknown"
 
 
 _DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",

@@ -26,6 +26,13 @@ the mean over the C classes (so the loss of a batch showing 3 of 21 classes
 is at most 3/21). That is the pytorch-toolbelt / smp behaviour the authors'
 code inherits; it is kept as is.
 
+``void_as_class`` (the authors' VOC and Cityscapes runs, METHOD.md item 4):
+the model gets one more output, void (255) pixels are relabelled to that
+class, so they take part in the softmax and are negatives of every other
+class, and the loss averages over the real classes only (smp's ``classes``).
+Evaluation then counts a labelled pixel predicted as void as a miss of its
+class (``selmask_lib.metrics``); void itself is never scored.
+
 Run directory::
 
     config.yaml               the run's config
@@ -69,6 +76,7 @@ from .engine import (
     LAST_CHECKPOINT,
     Optimisation,
     Trainer,
+    check_fills_a_batch,
     load_checkpoint,
     require_finite_weights,
     seed_everything,
@@ -76,6 +84,7 @@ from .engine import (
 from .errors import SelmaskError
 from .metrics import SegmentationEvaluator, SegmentationScores
 from .models import (
+    ENCODER_STRIDE,
     HEAD_PREFIX,
     IMAGENET_RESNET34_URL,
     UNet,
@@ -114,9 +123,30 @@ class FinetuneRun:
 # --------------------------------------------------------------------------- loss
 
 
-def segmentation_loss(ignore_index: int = 255) -> torch.nn.Module:
-    """The paper's loss: smp's multiclass Jaccard loss on logits, void pixels excluded (module docstring)."""
-    return smp.losses.JaccardLoss(mode="multiclass", from_logits=True, ignore_index=ignore_index)
+def segmentation_loss(ignore_index: int = 255, void_class: Optional[int] = None) -> torch.nn.Module:
+    """The paper's loss: smp's multiclass Jaccard loss on logits, void pixels excluded (module docstring).
+
+    With ``void_class`` (the index of a trained void output) void pixels are that class instead.
+    """
+    if void_class is None:
+        return smp.losses.JaccardLoss(mode="multiclass", from_logits=True, ignore_index=ignore_index)
+    return VoidAsClassJaccardLoss(void_class, ignore_index)
+
+
+class VoidAsClassJaccardLoss(torch.nn.Module):
+    """Jaccard loss over ``void_class + 1`` outputs with void pixels as class ``void_class``.
+
+    Void competes in the softmax and counts against every real class, but its
+    own IoU term is left out of the mean (the authors' class list excludes it).
+    """
+
+    def __init__(self, void_class: int, ignore_index: int = 255):
+        super().__init__()
+        self.void_class, self.ignore_index = void_class, ignore_index
+        self.jaccard = smp.losses.JaccardLoss(mode="multiclass", from_logits=True, classes=list(range(void_class)))
+
+    def forward(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return self.jaccard(logits, masks.masked_fill(masks == self.ignore_index, self.void_class))
 
 
 # --------------------------------------------------------------------------- run directories
@@ -144,34 +174,53 @@ class _Splits:
     ignore_index: int
     root: Path
     fingerprint: str  # of every image and label file the run reads (selmask_lib.data.fingerprint)
+    void_as_class: bool = False  # the model has one more output, void
+
+    @property
+    def num_outputs(self) -> int:
+        """Channels of the segmentation head: the classes, plus void when it is trained as a class."""
+        return len(self.class_names) + int(self.void_as_class)
+
+    @property
+    def void_class(self) -> Optional[int]:
+        return len(self.class_names) if self.void_as_class else None
 
 
 def load_splits(cfg: FinetuneConfig) -> _Splits:
-    """Train (first ``max_train_images``, augmented), val (centre crop) and test (shorter side) splits."""
+    """Train (first ``max_train_images``, augmented), val (centre crop) and test (shorter side) splits.
+
+    With ``cfg.split_list`` the list's content joins the data fingerprint (its path is not hashed).
+    """
     root = resolve_data_root(cfg.dataset, cfg.data_root)
     info = dataset_info(cfg.dataset, root)
-    mean, std = tuple(cfg.mean), tuple(cfg.std)
-    train = load_segmentation_split(cfg.dataset, root, "train",
-                                    train_transform(cfg.image_size, tuple(cfg.crop_scale), mean, std))
+    mean, std, antialias = tuple(cfg.mean), tuple(cfg.std), cfg.antialias
+
+    def split(name: str, transform):
+        return load_segmentation_split(cfg.dataset, root, name, transform, split_list=cfg.split_list)
+
+    train = split("train", train_transform(cfg.image_size, tuple(cfg.crop_scale), mean, std, antialias=antialias))
     used = list(train.samples)
     if cfg.max_train_images is not None and cfg.max_train_images < len(train):
         train, used = Subset(train, range(cfg.max_train_images)), used[: cfg.max_train_images]
-    val = load_segmentation_split(cfg.dataset, root, "val", val_transform(cfg.image_size, mean, std))
-    test = load_segmentation_split(cfg.dataset, root, "test", test_transform(cfg.image_size, mean, std))
+    val = split("val", val_transform(cfg.image_size, mean, std, antialias=antialias))
+    test = split("test", test_transform(cfg.image_size, mean, std, antialias=antialias))
     samples = [*used, *val.samples, *test.samples]
     files = [path for sample in samples for path in (sample.image_path, sample.label_path)]
-    return _Splits(train, val, test, list(info.class_names), info.ignore_index, root, fingerprint(files, root))
+    lists = [] if cfg.split_list is None else [cfg.split_list]
+    return _Splits(train, val, test, list(info.class_names), info.ignore_index, root,
+                   fingerprint(files, root, lists=lists), void_as_class=cfg.void_as_class)
 
 
 def check_every_sample(splits: _Splits, dataset: str) -> None:
     """Decode every sample a run will read (images, labels, sizes, class ids) once, before training.
 
-    Not part of :func:`load_splits`: a finished run that is reused reads no data.
+    Not part of :func:`load_splits`: a finished run that is reused reads no data. An image with a
+    side under 32 px (``models.ENCODER_STRIDE``) is refused too.
     """
     for name in ("train", "val", "test"):
         split = getattr(splits, name)
         base, indices = (split.dataset, split.indices) if isinstance(split, Subset) else (split, None)
-        base.check_all(indices, f"checking {dataset} {name} split")
+        base.check_all(indices, f"checking {dataset} {name} split", min_side=ENCODER_STRIDE)
 
 
 # --------------------------------------------------------------------------- initialisation
@@ -270,10 +319,12 @@ def evaluate_split(trainer: Trainer, splits: _Splits, loss_fn: torch.nn.Module, 
     ``per_image``: the scores also hold each image's confusion counts, in the split's order.
     """
     trainer.model.eval()
-    evaluator = SegmentationEvaluator(len(splits.class_names), splits.class_names,
-                                      ignore_index=splits.ignore_index, per_image=per_image)
+    evaluator = SegmentationEvaluator(len(splits.class_names), splits.class_names, ignore_index=splits.ignore_index,
+                                      absent_class_iou=trainer.cfg.absent_class_iou,  # val too: it picks best.pt
+                                      void_as_class=splits.void_as_class, per_image=per_image)
     dataset = getattr(splits, split)
-    loader = trainer.loader(dataset, False, split, batch_size=batch_size)
+    loader = trainer.loader(dataset, False, split, batch_size=batch_size,
+                            drop_last=None if split == "val" else False)  # cfg.drop_last never drops test images
     loss = trainer.mean_loss(loader, _segmentation_loss_of(trainer, loss_fn, evaluator), split)
     gather_confusion(evaluator)  # torchrun: sum the shards' counts so every process scores the whole split
     try:
@@ -342,7 +393,10 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path | None = None, resume: boo
 
     pick_device(cfg.device)  # an unavailable device fails before anything is written
     check_every_sample(splits, cfg.dataset)  # a bad test label fails now, not after all the training
-    model, transfer = build_initialised_model(cfg, len(splits.class_names), pretrain_run)
+    if cfg.drop_last:  # an epoch of no batch fails now, not inside the first epoch
+        for name in ("train", "val"):
+            check_fills_a_batch(len(getattr(splits, name)), cfg.batch_size, f"{cfg.dataset} {name} split")
+    model, transfer = build_initialised_model(cfg, splits.num_outputs, pretrain_run)
     with training_run(run_dir, RUN_KIND, cfg, resume, identity=identity, finished=finished,
                       data_fingerprint=splits.fingerprint, data_root=str(splits.root),
                       dataset=cfg.dataset, init=cfg.init,
@@ -355,7 +409,7 @@ def _train_and_test(cfg: FinetuneConfig, run_dir: Path, splits: _Splits, model: 
     """Train with resume, test the best checkpoint at batch 1, write results.json."""
     pretrain_dataset = None if pretrain_run is None else pretrain_run.config.dataset
     trainer = Trainer(cfg, model)
-    loss_fn = segmentation_loss(splits.ignore_index)
+    loss_fn = segmentation_loss(splits.ignore_index, splits.void_class)
     with failed_if_diverged(run_dir, "fine-tuning", "no results are written"):
         fitted = _train(trainer, splits, loss_fn, run_dir)  # check_run_dir refused an unfinished run unless resume
 
@@ -396,6 +450,7 @@ def _train_and_test(cfg: FinetuneConfig, run_dir: Path, splits: _Splits, model: 
                  "test_seconds": round(test_seconds, 3)},
         images={"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
         device=str(trainer.device),
+        **({} if scores.predicted_void is None else {"predicted_void": scores.predicted_void}),
     )
     update_run_info(run_dir, status="complete", results=RESULTS_FILENAME, best_epoch=fitted.best_epoch,
                     miou=scores.miou)
@@ -414,4 +469,5 @@ __all__ = [
     "finetune",
     "load_splits",
     "segmentation_loss",
+    "VoidAsClassJaccardLoss",
 ]

@@ -28,6 +28,24 @@ The absent-class rule
 The rule is applied to the counts of the whole split, never per image or per
 batch: "absent" means absent from every evaluated pixel.
 
+``absent_class_iou="zero"`` (config key of the same name) is the authors'
+rule instead (torchmetrics 0.9 ``JaccardIndex(absent_score=0)``): a class in
+neither truth nor prediction scores 0 and counts in the mean. It changes
+only those classes, and with them which validation epoch looks best.
+
+Void as a class
+---------------
+With ``void_as_class=True`` (the authors' VOC and Cityscapes runs) the model
+has one more output than there are classes, a trained void class at index
+``num_classes``. The evaluator then counts a ``(C + 1) x (C + 1)`` matrix
+in which void ground truth (``ignore_index``) is still dropped, so only the
+void class's own row is ignored (as torchmetrics 0.9 does with
+``ignore_index`` = the void class). A labelled pixel predicted as void is
+a false negative of its class: it lowers that class's IoU. Void is never
+scored and never shown: per-class IoU, mIoU and ``confusion_matrix`` cover
+the C real classes, and ``predicted_void`` counts, per class, its pixels
+predicted as void (row sum + ``predicted_void`` = the class's pixels).
+
 What torchmetrics 1.9 does (checked in this venv, pinned by a test):
 ``MulticlassJaccardIndex(average="none")`` returns ``zero_division`` (default
 0) for a class absent from both prediction and target, so per-class IoU
@@ -52,6 +70,7 @@ from typing import Sequence
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from .config import ABSENT_CLASS_IOU_RULES
 from .errors import SelmaskError
 
 __all__ = [
@@ -61,9 +80,6 @@ __all__ = [
     "mean_iou",
     "mean_iou_of_rows",
 ]
-
-#: How a class in neither truth nor prediction scores: left out of the mean (NaN) or 0 (module docstring).
-ABSENT_RULES = ("nan", "zero")
 
 
 def iou_from_confusion(confusion, absent: str = "nan") -> torch.Tensor:
@@ -75,8 +91,8 @@ def iou_from_confusion(confusion, absent: str = "nan") -> torch.Tensor:
     module docstring. A stack ``[..., C, C]`` gives ``[..., C]`` (the
     bootstrap of :mod:`selmask_lib.statistics` scores thousands of matrices at once).
     """
-    if absent not in ABSENT_RULES:
-        raise SelmaskError(f"absent_class_iou must be one of {', '.join(ABSENT_RULES)}, got {absent!r}")
+    if absent not in ABSENT_CLASS_IOU_RULES:
+        raise SelmaskError(f"absent_class_iou must be one of {', '.join(ABSENT_CLASS_IOU_RULES)}, got {absent!r}")
     cm = torch.as_tensor(confusion).detach().to("cpu", torch.float64)
     if cm.ndim < 2 or cm.shape[-1] != cm.shape[-2]:
         raise SelmaskError(f"confusion matrix must be square [C, C], got shape {tuple(cm.shape)}")
@@ -104,7 +120,9 @@ class SegmentationScores:
 
     ``per_class_iou`` maps class name -> IoU, ``None`` when the class is absent
     from both truth and prediction (excluded from ``miou``).
-    ``confusion_matrix[t][p]`` counts pixels of true class t predicted as p.
+    ``confusion_matrix[t][p]`` counts pixels of true class t predicted as p;
+    ``predicted_void[t]`` those predicted as the trained void class (None
+    when the model has no void class).
     """
 
     miou: float
@@ -113,7 +131,8 @@ class SegmentationScores:
     pixel_accuracy: float
     num_pixels: int = 0
     class_names: list[str] = field(default_factory=list)
-    #: ``[N, C, C]`` int64 counts of each evaluated image, in the order seen (per-image mode only);
+    predicted_void: list[int] | None = None
+    #: ``[N, K, K]`` int64 counts of each evaluated image (K: the classes, plus void with void_as_class), in the order seen (per-image mode only);
     #: results.json stores them sparsely (selmask_lib.results.per_image_entries), not through to_dict.
     per_image_confusions: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
@@ -133,6 +152,9 @@ class SegmentationEvaluator:
     pixels. Unbatched ``[C, H, W]`` / ``[H, W]`` inputs are accepted too.
     ``per_image=True`` also keeps each image's own confusion matrix (the
     bootstrap over test images of :mod:`selmask_lib.statistics` needs them).
+    ``absent_class_iou`` and ``void_as_class`` are the rules of the module
+    docstring; with ``void_as_class`` predictions have ``num_classes + 1``
+    channels (ids up to ``num_classes``, the void class).
     """
 
     def __init__(
@@ -142,6 +164,8 @@ class SegmentationEvaluator:
         ignore_index: int | None = 255,
         validate: bool = True,
         device: torch.device | str | None = None,
+        absent_class_iou: str = "nan",
+        void_as_class: bool = False,
         per_image: bool = False,
     ):
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
@@ -160,14 +184,23 @@ class SegmentationEvaluator:
                 f"ignore_index={ignore_index} is a valid class id (num_classes={num_classes}); "
                 "the ignore label must lie outside 0..num_classes-1"
             )
+        if absent_class_iou not in ABSENT_CLASS_IOU_RULES:
+            raise SelmaskError(
+                f"absent_class_iou must be one of {', '.join(ABSENT_CLASS_IOU_RULES)}, got {absent_class_iou!r}"
+            )
+        if void_as_class and ignore_index is None:
+            raise SelmaskError("void_as_class needs an ignore_index: the void label of the targets")
         self.num_classes = num_classes
         self.class_names = class_names
         self.ignore_index = ignore_index
         self.validate = validate
+        self.absent_class_iou = absent_class_iou
+        self.void_as_class = void_as_class
+        self.num_outputs = num_classes + 1 if void_as_class else num_classes  # the void class is the last id
         # validate_args=False: torchmetrics only counts unique values, which misses
         # out-of-range ids; we do our own check below with a clear message.
         self._confmat = MulticlassConfusionMatrix(
-            num_classes, ignore_index=ignore_index, normalize=None, validate_args=False
+            self.num_outputs, ignore_index=ignore_index, normalize=None, validate_args=False
         )
         self._per_image: list[torch.Tensor] | None = [] if per_image else None
         if device is not None:
@@ -191,8 +224,8 @@ class SegmentationEvaluator:
 
     @property
     def confusion_matrix(self) -> torch.Tensor:
-        """The current ``[C, C]`` int64 counts (rows = truth, cols = prediction)."""
-        return self._confmat.confmat.detach().clone()
+        """The current ``[C, C]`` int64 counts (rows = truth, cols = prediction; real classes only)."""
+        return self._confmat.confmat.detach()[: self.num_classes, : self.num_classes].clone()
 
     def combine_counts(self, reduce_sum) -> None:
         """Replace the counts by ``reduce_sum(counts)``, e.g. their sum over the processes of a torchrun job.
@@ -214,10 +247,11 @@ class SegmentationEvaluator:
                     f"got predictions {tuple(preds.shape)} and target {tuple(target.shape)}"
                 )
             cdim = 1 if target.ndim == 3 else 0
-            if preds.shape[cdim] != self.num_classes:
+            if preds.shape[cdim] != self.num_outputs:
                 raise SelmaskError(
-                    f"logits have {preds.shape[cdim]} channels but the evaluator has "
-                    f"num_classes={self.num_classes} (shape {tuple(preds.shape)})"
+                    f"logits have {preds.shape[cdim]} channels but the evaluator expects {self.num_outputs} "
+                    f"(num_classes={self.num_classes}, void_as_class={self.void_as_class}; "
+                    f"shape {tuple(preds.shape)})"
                 )
             preds = preds.argmax(dim=cdim)
         elif preds.dtype == torch.bool:
@@ -263,7 +297,7 @@ class SegmentationEvaluator:
         bad_t = (target < 0) | (target >= c)
         if self.ignore_index is not None:
             bad_t &= target != self.ignore_index
-        bad_p = (preds < 0) | (preds >= c)
+        bad_p = (preds < 0) | (preds >= self.num_outputs)
         # one host sync for both checks
         flags = torch.stack([bad_t.any(), bad_p.any()]).tolist()
         if flags[0]:
@@ -274,19 +308,20 @@ class SegmentationEvaluator:
             )
         if flags[1]:
             vals = sorted(torch.unique(preds[bad_p]).tolist())[:10]
-            raise SelmaskError(f"predictions contain class ids {vals} outside 0..{c - 1}")
+            raise SelmaskError(f"predictions contain class ids {vals} outside 0..{self.num_outputs - 1}")
 
     # ---------------------------------------------------------------- compute
     def compute(self) -> SegmentationScores:
         """Scores over everything passed to :meth:`update` since the last reset."""
-        cm = self._confmat.confmat.detach().to("cpu", torch.int64)
-        total = int(cm.sum())
+        full = self._confmat.confmat.detach().to("cpu", torch.int64)  # void's row is empty: its truth was dropped
+        total = int(full.sum())
         if total == 0:
             raise SelmaskError(
                 "no labelled pixels were evaluated (update() never called, or every "
                 f"target pixel equals ignore_index={self.ignore_index})"
             )
-        iou = iou_from_confusion(cm)
+        c = self.num_classes
+        iou = iou_from_confusion(full, self.absent_class_iou)[:c]  # pixels predicted void are misses; void unscored
         per_class = {
             name: (None if math.isnan(v) else float(v))
             for name, v in zip(self.class_names, iou.tolist())
@@ -294,11 +329,12 @@ class SegmentationEvaluator:
         return SegmentationScores(
             miou=mean_iou(iou),
             per_class_iou=per_class,
-            confusion_matrix=cm.tolist(),
-            pixel_accuracy=float(torch.diagonal(cm).sum()) / total,
+            confusion_matrix=full[:c, :c].tolist(),
+            pixel_accuracy=float(torch.diagonal(full).sum()) / total,
             num_pixels=total,
             class_names=list(self.class_names),
-            per_image_confusions=None if self._per_image is None else self._stacked_per_image(cm.shape[-1]),
+            predicted_void=full[:c, c].tolist() if self.void_as_class else None,
+            per_image_confusions=None if self._per_image is None else self._stacked_per_image(full.shape[-1]),
         )
 
     def _stacked_per_image(self, k: int) -> torch.Tensor:
@@ -307,5 +343,6 @@ class SegmentationEvaluator:
     def __repr__(self) -> str:
         return (
             f"SegmentationEvaluator(num_classes={self.num_classes}, "
-            f"ignore_index={self.ignore_index}, device={self.device})"
+            f"ignore_index={self.ignore_index}, absent_class_iou={self.absent_class_iou!r}, "
+            f"void_as_class={self.void_as_class}, device={self.device})"
         )

@@ -27,6 +27,10 @@ from torch import nn
 from .errors import SelmaskError
 
 DECODER_CHANNELS = (256, 128, 64)  # at strides 16, 8, 4
+# The encoder's total stride. The transforms resize every image, so the model runs on any size, but an
+# image with a side under this holds less than one pixel per cell of the deepest feature map: fine-tuning
+# refuses such images (finetuning.check_every_sample).
+ENCODER_STRIDE = 32
 HEAD_PREFIX = "head."
 IMAGENET_RESNET34_FILE = "resnet34-b627a593.pth"  # torchvision's IMAGENET1K_V1 weights
 IMAGENET_RESNET34_URL = f"https://download.pytorch.org/models/{IMAGENET_RESNET34_FILE}"

@@ -10,7 +10,10 @@ mask moves with the image (METHOD.md).
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -23,16 +26,84 @@ from torchvision.transforms import v2
 from .config import PretrainConfig
 from .data import UnlabelledImages, load_pretraining_images, resolve_data_root
 from .errors import SelmaskError
-from .masking import patch_grid, pixel_mask, random_mask
+from .masking import PATCH_SSIM_WINDOW, patch_grid, pixel_mask, random_mask
 from .transforms import normalise
+
+# The smallest patch, in pixels of the image, that is worth scoring or reconstructing (check_patch_size).
+MIN_PATCH_SIDE = PATCH_SSIM_WINDOW
 
 
 def pretraining_pool(cfg: PretrainConfig) -> UnlabelledImages:
-    """The pretraining images of ``cfg.dataset``, the first ``cfg.max_images`` in list order."""
-    pool = load_pretraining_images(cfg.dataset, resolve_data_root(cfg.dataset, cfg.data_root))
+    """The pretraining images of ``cfg.dataset`` (``cfg.cityscapes_pool``), the first ``cfg.max_images``."""
+    pool = load_pretraining_images(cfg.dataset, resolve_data_root(cfg.dataset, cfg.data_root),
+                                   cityscapes_pool=cfg.cityscapes_pool)
     if cfg.max_images is not None and cfg.max_images < len(pool):
         pool = UnlabelledImages(pool.paths[: cfg.max_images])
     return pool
+
+
+def check_pool(pool: UnlabelledImages, cfg: PretrainConfig) -> None:
+    """Decode every pretraining image and check its size (:func:`check_patch_size`) before training starts.
+
+    A corrupt or too small image fails here, naming its file, before
+    anything is written, instead of in a DataLoader worker mid-run.
+    """
+    pool.check_all(description=f"checking {cfg.dataset} pretraining images",
+                   check_size=partial(check_patch_size, score_size=cfg.score_size, n_patches=cfg.n_patches))
+
+
+def check_patch_size(path: Path, height: int, width: int, score_size: int, n_patches: int) -> None:
+    """An image is too small if a patch of its scoring grid holds less than 3x3 px of it.
+
+    The rule is decided on the scoring view, the size the pipeline gives the
+    image (shorter side ``score_size``), where :func:`patch_grid` lays about
+    sqrt(n_patches) strips along *each* side whatever the aspect ratio: a
+    3x200 image becomes 256x17066 px and its patches 12x755 px. So at the
+    scoring size alone every image passes; what a patch really holds is the
+    image's own pixels under it, and upsampling adds none: those 12 rows of
+    the view are 0.14 rows of the image. Hence the grid's patches (its
+    regular step; only an axis's last strip differs, and it is never less
+    than half a step) must span at least ``MIN_PATCH_SIDE`` (3) px of the
+    image, and of the view (the 3x3 SSIM window of scoring must fit). A long
+    axis's patches hold at least as many image pixels as the short axis's,
+    so the shorter side decides: :func:`min_shorter_side`, 64 px with the
+    paper's 256 px and 512 patches, 24 px with the smoke preset's 64 and 64.
+    A 1x1 image and a 3x200 one fail. Random masking is held to the same
+    rule, so both strategies train on the same pool.
+    """
+    needed = min_shorter_side(score_size, n_patches)
+    if min(height, width) >= needed:
+        return
+    view_height, view_width = scoring_size(height, width, score_size)
+    across = _patch_step(score_size, n_patches) * min(height, width) / score_size
+    raise SelmaskError(
+        f"{path}: image is {width}x{height} px, too small for the patch grid: scored at {view_width}x{view_height} "
+        f"px, its patches would hold {across:.2f} px of the image across, fewer than {MIN_PATCH_SIDE}; "
+        f"pretraining images need a shorter side of at least {needed} px (score_size={score_size}, "
+        f"n_patches={n_patches})")
+
+
+def min_shorter_side(score_size: int, n_patches: int) -> int:
+    """The shortest shorter side a pretraining image may have (:func:`check_patch_size`)."""
+    step = _patch_step(score_size, n_patches)
+    if step < MIN_PATCH_SIDE:  # no image fits: the config's fault, not a file's
+        raise SelmaskError(f"score_size={score_size} is too small for n_patches={n_patches}: its patches are "
+                           f"{step} px, fewer than {MIN_PATCH_SIDE}; raise score_size or lower n_patches")
+    return math.ceil(MIN_PATCH_SIDE * score_size / step)
+
+
+def _patch_step(side: int, n_patches: int) -> int:
+    """The regular patch side of :func:`patch_grid` on a ``side`` x ``side`` view, in px."""
+    first = patch_grid(side, side, n_patches)[0]  # (y0, y1, x0, x1)
+    return int(first[1] - first[0])
+
+
+def scoring_size(height: int, width: int, score_size: int) -> tuple[int, int]:
+    """(height, width) of :func:`scoring_view`: the shorter side ``score_size``, the other scaled and
+    truncated to an integer as torchvision's resize does."""
+    if height <= width:
+        return score_size, int(score_size * width / height)
+    return int(score_size * height / width), score_size
 
 
 def partition_indices(n_images: int, n_partitions: int) -> list[list[int]]:
@@ -58,13 +129,14 @@ def train_val_split(indices: Sequence[int], val_fraction: float) -> tuple[list[i
     return indices[: len(indices) - n_val], indices[len(indices) - n_val :]
 
 
-def scoring_view(pool: UnlabelledImages, index: int, score_size: int) -> torch.Tensor:
+def scoring_view(pool: UnlabelledImages, index: int, score_size: int, antialias: bool = True) -> torch.Tensor:
     """Image ``index`` with its shorter side resized to ``score_size``: float [3, h, w] in [0, 1].
 
     Selective masks are scored, saved and later applied on exactly this view.
+    ``antialias=False`` is the authors' OpenCV-like bilinear resize (config key ``antialias``).
     """
     image = tv_tensors.Image(pool[index])
-    return v2.functional.resize(image, [score_size], antialias=True).as_subclass(torch.Tensor)
+    return v2.functional.resize(image, [score_size], antialias=antialias).as_subclass(torch.Tensor)
 
 
 @dataclass(frozen=True)
@@ -122,10 +194,12 @@ class ReconstructionDataset(Dataset):
         n_patches: int,
         patch_masks: dict[int, torch.Tensor] | None = None,
         baked: Optional[BakedMasks] = None,
+        antialias: bool = True,
     ):
         self.pool, self.indices, self.transform = pool, list(indices), transform
         self.baked = baked if patch_masks is not None else None  # only fixed masks can be baked
         self.score_size, self.n_patches, self.patch_masks = score_size, n_patches, patch_masks
+        self.antialias = antialias  # of the scoring view (the transform carries its own)
         if patch_masks is not None:
             missing = [i for i in self.indices if i not in patch_masks]
             if missing:
@@ -140,7 +214,7 @@ class ReconstructionDataset(Dataset):
             image = self.pool[index]  # [3, H, W]
             pixels = torch.zeros(image.shape[-2:], dtype=torch.bool)
         else:
-            image = scoring_view(self.pool, index, self.score_size)  # [3, h, w]
+            image = scoring_view(self.pool, index, self.score_size, self.antialias)  # [3, h, w]
             grid = patch_grid(*image.shape[-2:], self.n_patches)
             pixels = pixel_mask(self.patch_masks[index][None], grid)[0]  # [h, w]
         if self.baked is not None:
@@ -165,9 +239,10 @@ def masked_inputs(images: torch.Tensor, pixel_masks: torch.Tensor, crop_grid: to
     Fixed masks arrive as ``pixel_masks [B, S, S]`` from a
     :class:`ReconstructionDataset`; a batch without any (random masking)
     gets a fresh random patch mask per image on ``crop_grid``, drawn from
-    ``generator``.
+    ``generator`` (a CPU generator, so the draws are the same on any device)
+    and expanded to pixels on the images' device.
     """
     if not pixel_masks.any():
-        patches = random_mask(images.shape[0], crop_grid.shape[0], mask_ratio, generator)  # [B, P]
+        patches = random_mask(images.shape[0], crop_grid.shape[0], mask_ratio, generator).to(images.device)  # [B, P]
         pixel_masks = pixel_mask(patches, crop_grid)  # [B, S, S]
     return images.masked_fill(pixel_masks.unsqueeze(1), 0.0)

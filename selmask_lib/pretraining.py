@@ -74,6 +74,7 @@ from .models import build_reconstruction_model
 from .pretrain_data import (
     BakedMasks,
     ReconstructionDataset,
+    check_pool,
     masked_inputs,
     partition_indices,
     pretraining_pool,
@@ -169,19 +170,21 @@ def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledIma
     baked = BakedMasks(cfg.mean, cfg.std, cfg.baked_image_quality) if cfg.bake_selective_masks else None
 
     def dataset(indices, transform) -> ReconstructionDataset:
-        return ReconstructionDataset(pool, indices, transform, cfg.score_size, cfg.n_patches, patch_masks, baked)
+        return ReconstructionDataset(pool, indices, transform, cfg.score_size, cfg.n_patches, patch_masks, baked,
+                                     antialias=cfg.antialias)
 
-    train_set = dataset(train_indices, train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std))
-    val_set = dataset(val_indices, val_transform(cfg.image_size, cfg.mean, cfg.std))
+    train_set = dataset(train_indices, train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std,
+                                                       antialias=cfg.antialias))
+    val_set = dataset(val_indices, val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias))
 
     def reconstruction_loss(mask_generator: torch.Generator):
         def batch_loss(model: torch.nn.Module, batch) -> torch.Tensor:
             if len(batch) == 3:  # baked masks: the dataset gives (masked input, target, pixel mask)
-                inputs, images, _ = batch
+                inputs, images, _ = (tensor.to(trainer.device, non_blocking=True) for tensor in batch)
             else:
-                images, pixels = batch
-                inputs = masked_inputs(images, pixels, crop_grid, cfg.mask_ratio, mask_generator)
-            return loss_fn(trainer.forward(model, inputs), images.to(trainer.device, non_blocking=True))
+                images, pixels = (tensor.to(trainer.device, non_blocking=True) for tensor in batch)
+                inputs = masked_inputs(images, pixels, crop_grid, cfg.mask_ratio, mask_generator)  # on the device
+            return loss_fn(trainer.forward(model, inputs), images)
         return batch_loss
 
     def train_epoch(epoch: int, optimisation: Optimisation) -> dict:
@@ -230,7 +233,7 @@ def select_masks(
     (False / NaN), with each image's scoring size so its grid can be rebuilt.
     """
     model.eval()
-    views = {index: scoring_view(pool, index, cfg.score_size) for index in indices}
+    views = {index: scoring_view(pool, index, cfg.score_size, cfg.antialias) for index in indices}
     by_size: dict[tuple[int, int], list[int]] = {}
     for index in indices:
         by_size.setdefault(tuple(views[index].shape[-2:]), []).append(index)
@@ -329,6 +332,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
         log.info("reusing finished pretraining run %s", run_dir)
         return PretrainRun(run_dir, cfg, run_dir / finished["weights"], name)
     pick_device(cfg.device)  # and on a device this machine does not have
+    check_pool(pool, cfg)  # a corrupt or too small image fails now, naming itself, not in a loader worker
     with training_run(run_dir, RUN_KIND, cfg, resume, identity=identity,  # locked, begun, logged
                       strategy=cfg.strategy, masking=name, dataset=cfg.dataset, data_fingerprint=data,
                       data_root=str(data_root)):

@@ -26,7 +26,8 @@ File format (JSON object, written atomically: temp file + ``os.replace``)::
     per_image_confusions  optional: each test image's confusion counts, sparse, in
                       the test split's order: [{"id": image id, "cells": [[truth,
                       prediction, count], ...]}, ...], only the non-zero cells;
-                      their sum is confusion_matrix. The bootstrap over test images
+                      their sum is confusion_matrix (a trained void class is the
+                      last id: its column sums to predicted_void). The bootstrap over test images
                       (selmask_lib.statistics) needs them; files without them stay
                       valid (their intervals are NaN). Sparse because a VOC test image
                       shows a handful of its 21 x 21 cells: ~0.2 MB for 1,449 images
@@ -38,6 +39,8 @@ File format (JSON object, written atomically: temp file + ``os.replace``)::
                       wrote the file (selmask_lib.provenance; added by
                       write_results). Readers ignore keys they do not know,
                       so it needed no new format version.
+    predicted_void    optional: per class, its pixels predicted as the trained
+                      void class (config void_as_class; see selmask_lib.metrics)
     val_miou, best_epoch, pixel_accuracy, ...       optional; extra keys are kept
 
 NaN anywhere becomes ``null`` (strict JSON). IoUs are stored as fractions.
@@ -249,19 +252,20 @@ def _validate(data: dict, source: str) -> None:
             not isinstance(data["best_epoch"], int) or isinstance(data["best_epoch"], bool)):
         raise SelmaskError(f"{source}: results field 'best_epoch' must be an integer or null")
     if data.get("per_image_confusions") is not None:
-        _check_per_image(data["per_image_confusions"], cm, source)
+        _check_per_image(data["per_image_confusions"], cm, data.get("predicted_void"), source)
 
 
 def _is_count(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-def _check_per_image(entries, confusion: list[list[int]], source: str) -> None:
-    """Each entry ``{"id", "cells": [[t, p, n], ...]}`` well formed, ids unique, cells summing to the matrix."""
+def _check_per_image(entries, confusion: list[list[int]], predicted_void, source: str) -> None:
+    """Each entry ``{"id", "cells": [[t, p, n], ...]}`` well formed, ids unique, cells summing to the matrix
+    (and to ``predicted_void`` in the void column of a run that trained void as a class)."""
     where = f"{source}: results field 'per_image_confusions'"
     if not isinstance(entries, list):
         raise SelmaskError(f"{where} must be a list of {{'id', 'cells'}} objects")
-    n = len(confusion)
+    c, n = len(confusion), len(confusion) + (predicted_void is not None)
     total = [[0] * n for _ in range(n)]
     seen: set[str] = set()
     for i, entry in enumerate(entries):
@@ -272,12 +276,14 @@ def _check_per_image(entries, confusion: list[list[int]], source: str) -> None:
         seen.add(entry["id"])
         for cell in entry["cells"]:
             if (not isinstance(cell, list) or len(cell) != 3 or not all(map(_is_count, cell))
-                    or cell[0] >= n or cell[1] >= n):
+                    or cell[0] >= c or cell[1] >= n):
                 raise SelmaskError(f"{where}[{i}] (image {entry['id']!r}): cell {cell!r} is not "
-                                   f"[truth, prediction, count] with class ids below {n}")
+                                   f"[truth, prediction, count] with class ids below {c} (predictions {n})")
             total[cell[0]][cell[1]] += cell[2]
-    if total != confusion:
+    if [row[:c] for row in total[:c]] != confusion:
         raise SelmaskError(f"{where}: the images' counts do not sum to 'confusion_matrix'")
+    if predicted_void is not None and [row[c] for row in total[:c]] != predicted_void:
+        raise SelmaskError(f"{where}: the images' void column does not sum to 'predicted_void'")
 
 
 # ------------------------------------------------------------------ write/read
@@ -377,7 +383,7 @@ class PerImageConfusions:
     """Each test image's confusion counts of one run, as the bootstrap takes them."""
 
     ids: tuple[str, ...]  # test image ids, in the split's order
-    counts: np.ndarray  # [N, C, C] int64, rows = truth, cols = prediction
+    counts: np.ndarray  # [N, K, K] int64, rows = truth, cols = prediction; K = C, or C + 1 with a trained void class
     class_names: tuple[str, ...]
     absent_class_iou: str  # the run's rule for a class in neither truth nor prediction ("nan" by default)
 
@@ -388,7 +394,7 @@ def read_per_image_confusions(path) -> PerImageConfusions | None:
     entries = data.get("per_image_confusions")
     if entries is None:
         return None
-    n = len(data["class_names"])
+    n = len(data["class_names"]) + (data.get("predicted_void") is not None)  # a trained void class: one more
     counts = np.zeros((len(entries), n, n), dtype=np.int64)
     for i, entry in enumerate(entries):
         if entry["cells"]:

@@ -25,6 +25,10 @@ can exclude 0 while another seed's gain has the other sign. Prefer seeds.
 above 0), "worse" (below 0), "not distinguishable" (it holds 0), or
 "no interval" (fewer than two seeds or images, or no per-image counts).
 
+A run that trained void as a class (``void_as_class``) keeps a void column
+in its per-image counts; as in :mod:`selmask_lib.metrics`, a pixel predicted
+as void is a miss of its class and void itself is never scored.
+
 Everything is deterministic given ``seed`` (a numpy Generator). The
 bootstrap is vectorised: a ``[n_boot, N]`` matrix of how often each image is
 drawn times the ``[N, C*C]`` per-image counts gives every resampled matrix in
@@ -161,15 +165,21 @@ def resample_counts(n_images: int, n_boot: int = N_BOOT, seed: int = BOOT_SEED) 
     return np.bincount((drawn + offsets).ravel(), minlength=n_boot * n_images).reshape(n_boot, n_images)
 
 
-def _resampled_class_iou(counts: np.ndarray, weights: np.ndarray, absent: str) -> torch.Tensor:
+def _class_iou(summed, absent: str, scored: int) -> torch.Tensor:
+    """IoU of the first ``scored`` classes of ``[..., K, K]`` counts: a trained void class (K = C + 1)
+    is a miss of the pixels predicted as it and is never scored itself (selmask_lib.metrics)."""
+    return iou_from_confusion(torch.as_tensor(summed), absent)[..., :scored]
+
+
+def _resampled_class_iou(counts: np.ndarray, weights: np.ndarray, absent: str, scored: int) -> torch.Tensor:
     """``[n_boot, C]`` per-class IoU of each resample's summed confusion matrix (the kit's rule)."""
-    n, c, _ = counts.shape
-    summed = weights.astype(np.float64) @ counts.reshape(n, c * c).astype(np.float64)  # exact below 2**53
-    return iou_from_confusion(torch.from_numpy(summed.reshape(-1, c, c)), absent)
+    n, k, _ = counts.shape
+    summed = weights.astype(np.float64) @ counts.reshape(n, k * k).astype(np.float64)  # exact below 2**53
+    return _class_iou(torch.from_numpy(summed.reshape(-1, k, k)), absent, scored)
 
 
 def _as_counts(per_image, ids, what: str) -> tuple[np.ndarray, tuple | None, tuple | None]:
-    """``(counts [N, C, C], ids or None, class names or None)`` from a PerImageConfusions or an array."""
+    """``(counts [N, K, K], ids or None, class names or None)`` from a PerImageConfusions or an array."""
     names = None
     if hasattr(per_image, "counts") and hasattr(per_image, "ids"):  # results.PerImageConfusions
         ids = per_image.ids if ids is None else ids
@@ -199,11 +209,12 @@ def _percentile_interval(resampled: np.ndarray) -> tuple[float, float]:
 
 def _one_arm_interval(per_image, score: Callable[[torch.Tensor], torch.Tensor], n_boot: int, seed: int,
                       absent: str, what: str) -> Estimate:
-    counts, _ids, _names = _as_counts(per_image, None, what)
-    estimate = float(score(iou_from_confusion(torch.from_numpy(counts.sum(0)), absent)))
+    counts, _ids, names = _as_counts(per_image, None, what)
+    scored = counts.shape[-1] if names is None else len(names)
+    estimate = float(score(_class_iou(counts.sum(0), absent, scored)))
     if len(counts) < 2:
         return Estimate(estimate, math.nan, math.nan, len(counts), BOOTSTRAP, note="one test image: no interval")
-    resampled = score(_resampled_class_iou(counts, resample_counts(len(counts), n_boot, seed), absent))
+    resampled = score(_resampled_class_iou(counts, resample_counts(len(counts), n_boot, seed), absent, scored))
     return Estimate(estimate, *_percentile_interval(resampled.numpy()), len(counts), BOOTSTRAP)
 
 
@@ -247,9 +258,10 @@ def _paired_resamples(confusions_a, confusions_b, n_boot: int, seed: int, absent
     _check_same_images(ids_a, ids_b, names_a, names_b)
     if counts_a.shape != counts_b.shape:
         raise SelmaskError(f"paired bootstrap: arm A's confusions are {counts_a.shape}, arm B's {counts_b.shape}")
-    whole = [iou_from_confusion(torch.from_numpy(c.sum(0)), absent) for c in (counts_a, counts_b)]
+    scored = counts_a.shape[-1] if names_a is None else len(names_a)
+    whole = [_class_iou(c.sum(0), absent, scored) for c in (counts_a, counts_b)]
     weights = resample_counts(len(counts_a), n_boot, seed)  # one draw, both arms: the pairing
-    resampled = [_resampled_class_iou(c, weights, absent) for c in (counts_a, counts_b)]
+    resampled = [_resampled_class_iou(c, weights, absent, scored) for c in (counts_a, counts_b)]
     return whole, resampled, len(counts_a)
 
 

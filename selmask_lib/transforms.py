@@ -23,6 +23,11 @@ centre crop; test = shorter side only (any size, batch 1). The colour jitter
 strength is not in METHOD.md: the authors used albumentations' ``ColorJitter``
 with its defaults (0.2 for brightness/contrast/saturation/hue, applied with
 probability 0.5), which is what ``color_jitter=0.2, jitter_p=0.5`` gives.
+
+Resizing (config key ``antialias``): images are resized bilinearly with
+antialiasing by default (torchvision's default); ``antialias=False`` is the
+authors' OpenCV-like bilinear resize, which samples without low-pass
+filtering when it shrinks (METHOD.md item 9). Masks always use NEAREST.
 """
 
 from __future__ import annotations
@@ -51,12 +56,13 @@ def train_transform(
     std: Sequence[float] = DEFAULT_STD,
     color_jitter: float = 0.2,
     jitter_p: float = 0.5,
+    antialias: bool = True,
 ) -> v2.Compose:
     """Training augmentation: random crop of ``scale`` of the area resized to
     ``size`` x ``size``, horizontal flip (p=0.5), colour jitter (image only),
     then float conversion and normalisation. ``color_jitter=0`` drops the
     jitter (useful for tests and for geometry-only pipelines)."""
-    steps = [v2.RandomResizedCrop(size, scale=scale), v2.RandomHorizontalFlip(p=0.5)]
+    steps = [v2.RandomResizedCrop(size, scale=scale, antialias=antialias), v2.RandomHorizontalFlip(p=0.5)]
     if color_jitter > 0 and jitter_p > 0:
         jitter = v2.ColorJitter(color_jitter, color_jitter, color_jitter, min(color_jitter, 0.5))
         steps.append(v2.RandomApply([jitter], p=jitter_p))
@@ -64,19 +70,21 @@ def train_transform(
 
 
 def val_transform(
-    size: int = 256, mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD
+    size: int = 256, mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD,
+    antialias: bool = True,
 ) -> v2.Compose:
     """Validation: shorter side to ``size``, then a centre ``size`` x ``size``
     crop, so that validation images can be batched."""
-    return v2.Compose([v2.Resize(size), v2.CenterCrop(size)] + _to_normalised_float(mean, std))
+    return v2.Compose([v2.Resize(size, antialias=antialias), v2.CenterCrop(size)] + _to_normalised_float(mean, std))
 
 
 def test_transform(
-    size: int = 256, mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD
+    size: int = 256, mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD,
+    antialias: bool = True,
 ) -> v2.Compose:
     """Test: shorter side to ``size`` only; the aspect ratio is kept, so the
     result has any size and test batches hold one image."""
-    return v2.Compose([v2.Resize(size)] + _to_normalised_float(mean, std))
+    return v2.Compose([v2.Resize(size, antialias=antialias)] + _to_normalised_float(mean, std))
 
 
 def normalise_transform(

@@ -28,6 +28,8 @@ VOC_SIZES = {"train": 4, "val": 2, "test": 2, "pretrain": 8}  # 2 VOC2012 images
 CITYSCAPES_RAW = [0, 1, 4, 7, 8, 26, 33, 255]
 CITYSCAPES_EXPECTED = [255, 255, 255, 0, 1, 13, 18, 255]
 CITYSCAPES_SIZES = {"train": 4, "val": 1, "test": 2, "pretrain": 7}  # 5 official train -> 4/1; 2 train_extra
+# Pretraining pool per cityscapes_pool: 5 train + 2 train_extra; + 2 val + 1 official test (unlabelled) frames.
+CITYSCAPES_POOL_SIZES = {"train": 7, "all_fine_and_extra": 10}
 
 # Nassar: 0 background, 1 crop, 2 weed, stored as is.
 NASSAR_RAW = [0, 1, 2, 0, 1, 2, 0, 0]
@@ -103,6 +105,7 @@ def make_cityscapes_tree(root: Path) -> Path:
     frames = {
         "train": ["aachen", "aachen", "aachen", "bochum", "bochum"],
         "val": ["frankfurt", "frankfurt"],
+        "test": ["berlin"],  # the official test frames: public images, no public labels
         "train_extra": ["augsburg", "augsburg"],
     }
     seed = 0
@@ -111,7 +114,7 @@ def make_cityscapes_tree(root: Path) -> Path:
             seed += 1
             stem = f"{city}/{city}_{i:06d}_000019"
             _save(random_rgb(seed), root / "leftImg8bit" / folder / f"{stem}_leftImg8bit.png")
-            if folder != "train_extra":
+            if folder in ("train", "val"):
                 _save(label, root / "gtFine" / folder / f"{stem}_gtFine_labelIds.png")
     return root
 

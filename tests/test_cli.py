@@ -216,3 +216,37 @@ def test_debug_shows_the_traceback_above_the_one_line(where, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("selmask: error:")
     assert main(args) == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_estimate_projection_is_the_measured_step_times_the_paper_steps(capsys):
+    """Arithmetic only: every phase is steps x measured seconds, the total their sum, N GPUs divide it."""
+    import math
+    import re
+
+    from selmask_lib.config import PAPER_DATASET_SIZES
+
+    assert main(["estimate", "--dataset", "sugarbeets", "--steps", "1", "--warmup", "0", "--gpus", "2",
+                 "--set", "image_size=64", "--set", "batch_size=2", "--set", "n_patches=64"]) == 0
+    out = capsys.readouterr().out
+    phases = re.findall(r"  (.+): (\d+) train steps x ([\d.e+-]+) s \+ (\d+) eval steps x ([\d.e+-]+) s = ([\d.]+) s",
+                        out)
+    assert [name for name, *_ in phases] == ["pretraining, random masking", "pretraining, selective masking",
+                                             "fine-tuning, 4 inits"]
+    for _, train_steps, train_s, eval_steps, eval_s, seconds in phases:
+        assert float(train_s) > 0 and float(eval_s) > 0
+        assert math.isclose(int(train_steps) * float(train_s) + int(eval_steps) * float(eval_s), float(seconds),
+                            rel_tol=1e-4)
+    sizes = PAPER_DATASET_SIZES["sugarbeets"]
+    assert int(phases[0][1]) == 1000 * math.ceil((sizes["pretrain"] - sizes["pretrain"] // 10) / 2)  # E x batches
+    assert int(phases[2][1]) == 4 * 500 * math.ceil(sizes["train"] / 2)  # four inits x E x batches
+    one = float(re.search(r"total on 1 device: ([\d.]+) s", out).group(1))
+    two = float(re.search(r"total on 2 GPUs: ([\d.]+) s .*linear scaling", out).group(1))
+    assert math.isclose(one, sum(float(phase[5]) for phase in phases), rel_tol=1e-4)
+    assert math.isclose(two, one / 2, rel_tol=1e-4)
+
+
+def test_estimate_help_does_not_import_torch():
+    code = ("import sys; from selmask_lib.cli import main\n"
+            "try:\n    main(['estimate', '--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -217,8 +217,13 @@ def test_demo_preset_gives_both_strategies_the_same_work_per_epoch():
 def test_config_hash_is_stable():
     # Changing these values invalidates every cached run: do it on purpose only. The paper
     # preset's changed once, when it took on the details of the authors' code (docs/METHOD.md).
-    assert config_hash(pretrain_preset("paper", "voc")) == "c0fba9261e5407ce"
+    assert config_hash(pretrain_preset("paper", "voc")) == "38452569410512ac"
     assert config_hash(pretrain_preset("demo", "voc")) == "b73dc690150f3eb2"
+    # The settings of the authors' code hash only when changed: at their defaults the
+    # config keeps the hash it had before they existed.
+    defaults = dict(drop_last=False, antialias=True, recon_loss="ms_ssim", pretrained_checkpoint="last",
+                    pad_to_multiple=0, bake_selective_masks=False, baked_image_quality=None, amp=True)
+    assert config_hash(pretrain_preset("paper", "voc", **defaults)) == "7317d9ca212717ae"
     assert config_hash(pretrain_preset("paper", "voc")) == config_hash(pretrain_preset("paper", "voc"))
 
 
@@ -251,3 +256,16 @@ def test_config_hash_ignores_fields_the_run_does_not_use():
 
 def test_pretrain_and_finetune_hashes_differ():
     assert config_hash(pretrain_preset("smoke", "voc")) != config_hash(finetune_preset("smoke", "voc"))
+
+
+
+def test_gpu_speed_keys_are_not_hashed_and_precision_only_when_set():
+    cfg = pretrain_preset("demo", "synthetic")
+    speed = cfg.updated(channels_last=True, compile=True, pin_memory=False, persistent_workers=True,
+                        prefetch_factor=4)
+    assert config_hash(speed) == config_hash(cfg)
+    assert config_hash(cfg.updated(precision="bf16")) != config_hash(cfg)
+    with pytest.raises(SelmaskError, match="'precision'"):
+        cfg.updated(precision="half")
+    with pytest.raises(SelmaskError, match="'prefetch_factor'"):
+        cfg.updated(prefetch_factor=0)

@@ -1,7 +1,9 @@
 """The training engine: schedule, RNG, atomic checkpoints, resume, metrics log."""
 
+import errno
 import json
 import math
+import os
 import random
 
 import numpy as np
@@ -181,6 +183,70 @@ def test_metrics_logger_drops_a_half_written_last_line(tmp_path):
     assert [row["epoch"] for row in MetricsLogger(tmp_path).read()] == [0, 1]
 
 
+class FillingDisk:
+    """A file on a disk that fills half-way through a write, as ``open`` returns it."""
+
+    def __init__(self, file, errno_code):
+        self.file, self.errno_code = file, errno_code
+
+    def write(self, text):
+        self.file.write(text[: len(text) // 2])
+        self.file.flush()
+        raise OSError(self.errno_code, os.strerror(self.errno_code))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+    def flush(self):
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "the disk is full"),
+                                         (errno.EROFS, "the file system is read-only")], ids=["full", "read-only"])
+def test_metrics_log_on_a_full_or_read_only_disk_is_one_error_that_keeps_the_log(tmp_path, monkeypatch, code,
+                                                                                 words):
+    import selmask_lib.files as files
+
+    logger = MetricsLogger(tmp_path)
+    logger.log({"epoch": 0, "loss": 1.0})
+    logger.log({"epoch": 1, "loss": 0.5})  # the CSV now grows by appends too
+    before = {name: (tmp_path / name).read_bytes() for name in ("metrics.jsonl", "metrics.csv")}
+    monkeypatch.setattr(files, "open", lambda *a, **k: FillingDisk(open(*a, **k), code), raising=False)
+    with pytest.raises(SelmaskError, match=rf"cannot write {tmp_path}/metrics.jsonl: {words} \(\d+ bytes needed"):
+        logger.log({"epoch": 2, "loss": 0.25})
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before  # no half row left behind
+    assert [row["epoch"] for row in logger.read()] == [0, 1]
+    monkeypatch.undo()
+    logger.log({"epoch": 2, "loss": 0.25})  # space again: the log goes on where it was
+    assert [row["epoch"] for row in MetricsLogger(tmp_path).read()] == [0, 1, 2]
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[-1] == "2,0.25"
+
+
+def test_an_append_error_that_is_not_the_disks_fault_stays_itself(tmp_path, monkeypatch):
+    import selmask_lib.files as files
+
+    monkeypatch.setattr(files, "open", lambda *a, **k: FillingDisk(open(*a, **k), errno.EIO), raising=False)
+    with pytest.raises(OSError) as caught:
+        files.append_text(tmp_path / "log.txt", "row\n")
+    assert not isinstance(caught.value, SelmaskError) and not (tmp_path / "log.txt").exists()
+
+
+def test_a_run_log_line_the_full_disk_refuses_prints_no_traceback(tmp_path, capsys):
+    import logging
+
+    with engine.run_log(tmp_path):
+        handler = logging.getLogger("selmask_lib").handlers[-1]
+        handler.stream = FillingDisk(handler.stream, errno.ENOSPC)
+        logging.getLogger("selmask_lib.test").info("a line for the full disk")
+    assert capsys.readouterr().err == ""  # logging's default: "--- Logging error ---" and a traceback
+
+
 # --- AMP and progress -------------------------------------------------------
 
 
@@ -193,8 +259,27 @@ def test_amp_is_cuda_only():
 
 def test_progress_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("SELMASK_NO_PROGRESS", "1")
-    bar = progress(range(3))
-    assert bar.disable and list(bar) == [0, 1, 2]
+    items = range(3)
+    assert progress(items) is items  # no bar at all
+
+
+class _CountedIterable:
+    def __init__(self):
+        self.iterators = 0
+
+    def __len__(self):
+        return 3
+
+    def __iter__(self):
+        self.iterators += 1
+        return iter(range(3))
+
+
+def test_progress_bar_iterates_once(monkeypatch):
+    """A DataLoader iterated twice per epoch would start its workers twice (tqdm.auto calls iter() early)."""
+    monkeypatch.setenv("SELMASK_NO_PROGRESS", "0")
+    items = _CountedIterable()
+    assert list(progress(items, disable=True)) == [0, 1, 2] and items.iterators == 1
 
 
 # --- fit ----------------------------------------------------------------------
@@ -330,3 +415,85 @@ def test_checkpoint_final_false_skips_only_the_last_epochs_checkpoint(tmp_path, 
     # epochs 0..2 write their own checkpoint; the last epoch writes none
     assert saved == [0, 1, 2]
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+
+
+# --- seeded loaders -------------------------------------------------------------
+
+
+class _RandomItems(torch.utils.data.Dataset):
+    """Item i is (i, a draw from torch's global RNG), like a torchvision augmentation."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, index):
+        return torch.tensor(index), torch.rand(3)
+
+
+def _items(loader):
+    """index -> its augmentation draw, over one pass of ``loader``."""
+    return {int(i): draw for indices, draws in loader for i, draw in zip(indices, draws)}
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_worker_count_does_not_change_the_augmentation(num_workers):
+    in_process = engine.seeded_loader(_RandomItems(), 4, True, SEED, "augment-test", 0)
+    in_workers = engine.seeded_loader(_RandomItems(), 4, True, SEED, "augment-test", 0, num_workers=num_workers)
+    expected, got = list(in_process), list(in_workers)
+    assert len(expected) == len(got) == 3
+    for (indices_a, draws_a), (indices_b, draws_b) in zip(expected, got):
+        assert torch.equal(indices_a, indices_b) and torch.equal(draws_a, draws_b)
+
+
+def test_augmentation_depends_on_seed_keys_and_index_only():
+    epoch_0 = _items(engine.seeded_loader(_RandomItems(), 4, True, SEED, 0))
+    torch.rand(5)  # whatever the main process drew before (dropout) plays no part
+    again = _items(engine.seeded_loader(_RandomItems(), 3, False, SEED, 0))  # other batches and order
+    epoch_1 = _items(engine.seeded_loader(_RandomItems(), 4, True, SEED, 1))
+    assert all(torch.equal(epoch_0[i], again[i]) for i in range(10))
+    assert all(not torch.equal(epoch_0[i], epoch_1[i]) for i in range(10))
+    assert len({tuple(draw.tolist()) for draw in epoch_0.values()}) == 10  # every item its own seed
+
+
+def test_seeded_loader_leaves_the_callers_rng_stream_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(2)
+    torch.manual_seed(0)
+    list(engine.seeded_loader(_RandomItems(), 4, True, SEED, 0))
+    assert torch.equal(torch.rand(2), expected)
+
+
+# --- GPU path settings ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("precision, amp, device, bf16, expected", [
+    ("auto", True, "cpu", True, None),               # CPU runs are always float32
+    ("bf16", True, "mps", True, None),
+    ("auto", True, "cuda", True, torch.bfloat16),
+    ("auto", True, "cuda", False, torch.float16),    # with a grad scaler
+    ("auto", False, "cuda", True, None),             # amp false = fp32 (the paper preset)
+    ("fp16", False, "cuda", True, torch.float16),    # an explicit precision wins over amp
+    ("fp32", True, "cuda", True, None),
+])
+def test_autocast_dtype_follows_precision_then_amp(precision, amp, device, bf16, expected):
+    assert engine.autocast_dtype(precision, amp, device, bf16) is expected
+
+
+def test_bf16_on_a_gpu_without_it_names_the_key():
+    with pytest.raises(SelmaskError, match="'precision'"):
+        engine.autocast_dtype("bf16", True, "cuda", False)
+
+
+def test_persistent_workers_keep_one_loader_per_dataset():
+    from selmask_lib.config import pretrain_preset
+
+    cfg = pretrain_preset("smoke", "synthetic", device="cpu", num_workers=1, batch_size=4)
+    kept = engine.Trainer(cfg.updated(persistent_workers=True), torch.nn.Linear(1, 1))
+    fresh = engine.Trainer(cfg, torch.nn.Linear(1, 1))
+    data = _RandomItems()
+    for epoch in range(2):
+        loader = kept.loader(data, True, epoch)
+        assert loader is kept.loader(data, True, epoch)  # the same workers every epoch
+        expected, got = list(fresh.loader(data, True, epoch)), list(loader)
+        assert all(torch.equal(a, b) for batch_a, batch_b in zip(expected, got) for a, b in zip(batch_a, batch_b))
+    assert not torch.equal(list(kept.loader(data, True, 0))[0][0], list(kept.loader(data, True, 1))[0][0])

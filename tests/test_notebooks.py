@@ -49,9 +49,47 @@ def test_notebook_runs_with_stored_defaults(path, runs_root, tmp_path, monkeypat
     papermill.execute_notebook(str(path), str(output), parameters={"runs_root": str(runs_root)},
                                kernel_name="python3", progress_bar=False, cwd=str(path.parent))
     executed = json.loads(output.read_text())
-    errors = [out for cell in executed["cells"] for out in cell.get("outputs", [])
-              if out.get("output_type") == "error"]
-    assert errors == []
+    outputs = [out for cell in executed["cells"] for out in cell.get("outputs", [])]
+    assert [out for out in outputs if out.get("output_type") == "error"] == []
+    # no progress-bar widgets (they stay behind as stale lines and weigh megabytes) ...
+    assert not [out for out in outputs if "application/vnd.jupyter.widget-view+json" in out.get("data", {})]
+    # ... and every figure is kept, even under the Agg backend of a batch run
+    if "plt.show()" in path.read_text():
+        assert [out for out in outputs if "image/png" in out.get("data", {})], f"{path.name} kept no figure"
+
+
+def run_expecting_error(path, tmp_path, parameters):
+    """Execute a notebook that should stop; return the error's text (name and value)."""
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        papermill.execute_notebook(str(path), str(tmp_path / path.name), parameters=parameters,
+                                   kernel_name="python3", progress_bar=False, cwd=str(path.parent))
+    return f"{error.value.ename}: {error.value.evalue}", error.value.exec_count
+
+
+def test_a_list_passed_as_text_stops_in_the_first_cell_after_the_parameters(tmp_path, runs_root):
+    path = next(p for p in NOTEBOOKS if p.name.startswith("02_"))
+    message, cell = run_expecting_error(path, tmp_path, {"runs_root": str(runs_root), "datasets": '["synthetic"]'})
+    assert "SelmaskError" in message and "parameter 'datasets'" in message and "-y" in message
+    assert cell == 3  # 1: the parameters, 2: the injected parameters, 3: the first cell after them
+
+
+def test_an_unknown_dataset_and_a_missing_imagenet_baseline_name_their_parameter(tmp_path, runs_root):
+    path = next(p for p in NOTEBOOKS if p.name.startswith("03_"))
+    message, _ = run_expecting_error(path, tmp_path, {"runs_root": str(runs_root), "dataset": "vocc"})
+    assert "parameter 'dataset'" in message and "vocc" in message
+    message, _ = run_expecting_error(path, tmp_path, {"runs_root": str(runs_root), "baseline": "imagenet",
+                                                      "imagenet_weights": str(tmp_path / "none.pth")})
+    assert "parameter 'baseline' is 'imagenet'" in message and "none.pth" in message
+
+
+def test_a_missing_figures_dir_is_created(tmp_path, runs_root, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    path = next(p for p in NOTEBOOKS if p.name.startswith("03_"))
+    figures = tmp_path / "new" / "figures"
+    papermill.execute_notebook(str(path), str(tmp_path / path.name),
+                               parameters={"runs_root": str(runs_root), "figures_dir": str(figures)},
+                               kernel_name="python3", progress_bar=False, cwd=str(path.parent))
+    assert [p.suffix for p in figures.iterdir()] == [".png"]
 
 
 def test_reproduce_notebook_compares_injected_maskings(runs_root, tmp_path, monkeypatch):

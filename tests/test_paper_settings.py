@@ -236,6 +236,18 @@ def test_paper_preset_does_what_the_authors_code_did(dataset):
     # 6: fixed masks are baked into the images, VOC's as JPEG quality 75
     assert selective.bake_selective_masks and not random.bake_selective_masks
     assert selective.baked_image_quality == (75 if dataset == "voc" else None)
+    # 4: void is a trained class where the labels have one
+    assert finetune.void_as_class == (dataset in ("voc", "cityscapes"))
+    # 7: a class absent from truth and prediction scores 0 and counts in the mean
+    assert finetune.absent_class_iou == "zero"
+    # 8, 9: loaders drop the last partial batch; resizing without antialiasing (OpenCV)
+    assert selective.drop_last and random.drop_last and finetune.drop_last
+    assert not (selective.antialias or random.antialias or finetune.antialias)
+    # 10: the Cityscapes pool is every fine frame plus train_extra
+    assert selective.cityscapes_pool == random.cityscapes_pool == \
+        ("all_fine_and_extra" if dataset == "cityscapes" else "train")
+    # 11: the Sugarbeets list cannot ship with the kit: a user passes it
+    assert finetune.split_list is None
     # 12: fp32
     assert not (selective.amp or random.amp or finetune.amp)
 

@@ -20,9 +20,12 @@ from selmask_lib.pretraining import (
 )
 from selmask_lib.pretrain_data import (
     ReconstructionDataset,
+    check_patch_size,
     masked_inputs,
+    min_shorter_side,
     partition_indices,
     pretraining_pool,
+    scoring_size,
     scoring_view,
     train_val_split,
 )
@@ -256,3 +259,54 @@ def test_pretrain_random_forces_the_strategy(data_root, tmp_path):
     run = pretrain_random(smoke(data_root, strategy="selective"), out_dir=tmp_path / "r")
     assert run.config.strategy == "random"
     assert not list(run.run_dir.glob("step_*"))
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (200, 3), (3, 200), (23, 40), (63, 1000)])
+def test_an_image_whose_patches_hold_under_3x3_of_its_pixels_is_too_small(height, width):
+    # At its scoring size every image holds the grid (a 3x200 one becomes 256x17066, patches 12x755 px),
+    # but 12 rows of that view are 0.14 rows of the image: the rule counts the image's own pixels.
+    with pytest.raises(SelmaskError, match=rf"^/d/x.jpg: image is {width}x{height} px, too small .* at least 64 px"):
+        check_patch_size("/d/x.jpg", height, width, score_size=256, n_patches=512)
+
+
+def test_the_patch_rule_needs_a_shorter_side_of_64_px_at_the_papers_settings():
+    assert min_shorter_side(256, 512) == 64  # 12 px patches of a 256 px view: 3 image px at 64 px
+    assert min_shorter_side(64, 64) == 24    # smoke: 8 px patches of a 64 px view
+    for height, width in [(64, 64), (64, 65), (64, 5000), (5000, 64), (375, 500)]:
+        check_patch_size("x.jpg", height, width, score_size=256, n_patches=512)  # no error
+    with pytest.raises(SelmaskError, match="score_size=32 is too small for n_patches=1024"):
+        min_shorter_side(32, 1024)  # 1 px patches: no image could pass, so the keys are named
+
+
+@pytest.mark.parametrize("height, width", [(3, 200), (375, 500), (500, 375), (333, 517), (97, 31)])
+def test_scoring_size_is_the_size_of_the_scoring_view(height, width):
+    pool = [torch.zeros(3, height, width)]
+    assert tuple(scoring_view(pool, 0, 256).shape[-2:]) == scoring_size(height, width, 256)
+
+
+def test_pretraining_refuses_a_tiny_image_before_writing_anything(data_root, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    tiny = pretraining_pool(smoke(root)).paths[2]
+    Image.new("RGB", (1, 1)).save(tiny, format="JPEG")
+    with pytest.raises(SelmaskError, match=rf"{tiny}: image is 1x1 px"):
+        pretrain(smoke(root, strategy="random"), out_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+SPEED_ONLY = dict(persistent_workers=True, prefetch_factor=3,  # used on CPU too
+                  channels_last=True, compile=True, pin_memory=False, precision="bf16")  # no-ops on CPU by design
+
+
+@pytest.mark.parametrize("speed_settings", [dict(num_workers=2), dict(num_workers=1, **SPEED_ONLY)],
+                         ids=["2 workers", "speed keys"])
+def test_speed_settings_do_not_change_the_weights(data_root, tmp_path, speed_settings):
+    """num_workers and the GPU speed keys are not hashed: on a CPU they must train the very same model."""
+    cfg = smoke(data_root, strategy="random", max_images=12, epochs=2)
+    in_process = pretrain(cfg, out_dir=tmp_path / "default")
+    fast = pretrain(cfg.updated(**speed_settings), out_dir=tmp_path / "fast")
+    expected, got = weights_of(in_process.weights), weights_of(fast.weights)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name

@@ -235,16 +235,21 @@ def test_the_lock_is_released_after_a_run_finishes_and_after_it_raises(tmp_path,
     assert lock_is_free(tmp_path / "crashed")
 
 
-def test_a_run_that_fails_before_its_first_epoch_does_not_block_the_next_plain_run(tmp_path, data_root):
+def test_a_run_that_fails_before_its_first_epoch_does_not_block_the_next_plain_run(tmp_path, data_root,
+                                                                                  monkeypatch):
+    from selmask_lib.data import UnlabelledImages
+
     data = shutil.copytree(data_root, tmp_path / "data")
     cfg = smoke(data)
     image = pretraining_pool(cfg).paths[0]
     good = image.read_bytes()
-    image.write_bytes(b"not an image")  # the data check lists the files; epoch 0 is the first to read them
+    image.write_bytes(b"not an image")
+    monkeypatch.setattr(UnlabelledImages, "check_all", lambda *args, **kwargs: None)  # it goes bad after the check
     with pytest.raises(SelmaskError, match="cannot read image"):
-        pretrain(cfg, out_dir=tmp_path / "run")
+        pretrain(cfg, out_dir=tmp_path / "run")  # in epoch 0
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "running"
 
+    monkeypatch.undo()
     image.write_bytes(good)
     run = pretrain(cfg, out_dir=tmp_path / "run", resume=False)  # no --resume needed: nothing was trained
     assert json.loads((run.run_dir / "run.json").read_text())["status"] == "complete"

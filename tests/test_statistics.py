@@ -242,9 +242,32 @@ def test_results_json_keeps_the_counts_sparsely_and_reads_them_back(tmp_path):
     assert read_per_image_confusions(write_results(tmp_path / "old", **fields())) is None  # older files
 
 
+def test_a_trained_void_class_is_kept_as_a_column_and_scored_as_the_evaluator_does(tmp_path):
+    evaluator = SegmentationEvaluator(3, ["background", "crop", "weed"], void_as_class=True, per_image=True)
+    target = torch.tensor([[[0, 0, 1, 1], [2, 2, 255, 255]], [[1, 1, 1, 0], [0, 0, 2, 2]]])
+    preds = torch.tensor([[[0, 3, 1, 1], [2, 0, 3, 1]], [[1, 3, 3, 0], [0, 2, 2, 2]]])  # 3: void predicted
+    evaluator.update(preds, target)
+    scores = evaluator.compute()
+    assert scores.per_image_confusions.shape == (2, 4, 4)
+    entries = per_image_entries(["a", "b"], scores.per_image_confusions)
+    path = write_results(tmp_path / "run", **fields(per_image_confusions=entries, miou=scores.miou,
+                                                    per_class_iou=scores.per_class_iou,
+                                                    confusion_matrix=scores.confusion_matrix,
+                                                    predicted_void=scores.predicted_void))
+    found = read_per_image_confusions(path)
+    assert found.counts.shape == (2, 4, 4) and found.counts[:, :3, 3].sum(0).tolist() == scores.predicted_void
+    assert st.miou_interval(found, n_boot=50).estimate == pytest.approx(scores.miou)  # void: a miss, never scored
+    broken = [dict(e, cells=[c for c in e["cells"] if c[1] != 3]) for e in entries]
+    with pytest.raises(SelmaskError, match="void column does not sum to 'predicted_void'"):
+        write_results(tmp_path / "broken", **fields(per_image_confusions=broken, miou=scores.miou,
+                                                   per_class_iou=scores.per_class_iou,
+                                                   confusion_matrix=scores.confusion_matrix,
+                                                   predicted_void=scores.predicted_void))
+
+
 @pytest.mark.parametrize("entries, message", [
     ([{"id": "a", "cells": [[0, 0, 5]]}], "do not sum to 'confusion_matrix'"),
-    ([{"id": "a", "cells": [[0, 3, 5]]}], r"cell \[0, 3, 5\] is not \[truth, prediction, count\]"),
+    ([{"id": "a", "cells": [[0, 3, 5]]}], r"cell \[0, 3, 5\] is not \[truth, prediction, count\] with class ids below 3"),
     ([{"id": "a", "cells": []}, {"id": "a", "cells": []}], "image id 'a' appears twice"),
     ([{"cells": []}], "string 'id'"),
 ])

@@ -85,17 +85,21 @@ def resolve_data_root(dataset: str, data_root: str | Path | None) -> Path:
     raise SelmaskError(f"data_root is required for dataset {dataset!r} (pass --data-root DIR)")
 
 
-def fingerprint(paths: Iterable[Path | str], root: Path | str) -> str:
+def fingerprint(paths: Iterable[Path | str], root: Path | str, lists: Iterable[Path | str] = ()) -> str:
     """A 16-hex-digit id of a run's data: SHA-256 over each file's path (relative to ``root``) and size.
 
     Part of a run's identity, so a finished run is reused only on the data
     it was trained on: another data root with other files (or other sizes)
     gets another run, while the same files moved elsewhere keep their id.
     Sizes, not contents: reading every byte of a dataset would cost minutes;
-    stat-ing every file costs milliseconds.
+    stat-ing every file costs milliseconds. ``lists`` are small files that
+    choose the data (a ``split_list``): their content is hashed, not their
+    path, so the same list anywhere is the same run and an edited one is not.
     """
     root = Path(root).resolve()
     digest = hashlib.sha256()
+    for path in lists:
+        digest.update(f"list\t{file_sha256(path)}\n".encode())
     for path in paths:
         path = Path(path).resolve()
         try:
@@ -107,29 +111,56 @@ def fingerprint(paths: Iterable[Path | str], root: Path | str) -> str:
     return digest.hexdigest()[:16]
 
 
+def file_sha256(path: Path | str) -> str:
+    """SHA-256 of a file's bytes, in hex (for small files such as split lists)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as error:
+        raise SelmaskError(f"{path}: cannot read ({error.strerror or error})") from None
+
+
 def dataset_info(name: str, root: Path | str) -> DatasetInfo:
     return get_dataset(name).info(_existing_root(root))
 
 
 def load_segmentation_split(
-    name: str, root: Path | str, split: str, transform: Callable | None = None
+    name: str, root: Path | str, split: str, transform: Callable | None = None,
+    split_list: Path | str | None = None,
 ) -> SegmentationDataset:
     """The labelled ``split`` ("train", "val" or "test") of dataset ``name``
-    stored under ``root``, yielding ``(image [3, H, W] float, mask [H, W] int64)``."""
+    stored under ``root``, yielding ``(image [3, H, W] float, mask [H, W] int64)``.
+
+    ``split_list`` (sugarbeets only) names the file listing the downstream
+    frames instead of the dataset's own list (see ``sugarbeets.py``).
+    """
     dataset, root = get_dataset(name), _existing_root(root)
     check_split(split)
     info = dataset.info(root)
-    samples = dataset.samples(root, split)
+    if split_list is None:
+        samples = dataset.samples(root, split)
+    elif name == "sugarbeets":
+        samples = dataset.samples(root, split, split_list=Path(split_list))
+    else:
+        raise SelmaskError(f"config key 'split_list' is for dataset sugarbeets only, not {name!r}")
     check_split_nonempty(samples, name, split, root)
     return SegmentationDataset(
         samples, dataset.decode_label, info.num_classes, transform, ignore_index=info.ignore_index, info=info
     )
 
 
-def load_pretraining_images(name: str, root: Path | str, transform: Callable | None = None) -> UnlabelledImages:
-    """The unlabelled pretraining pool of dataset ``name``: float [3, H, W] in [0, 1]."""
+def load_pretraining_images(name: str, root: Path | str, transform: Callable | None = None,
+                            cityscapes_pool: str = "train") -> UnlabelledImages:
+    """The unlabelled pretraining pool of dataset ``name``: float [3, H, W] in [0, 1].
+
+    ``cityscapes_pool`` picks the Cityscapes folders (see ``cityscapes.py``).
+    """
     root = _existing_root(root)
-    paths = get_dataset(name).pretraining_images(root)
+    if name == "cityscapes":
+        paths = cityscapes.pretraining_images(root, cityscapes_pool)
+    elif cityscapes_pool != "train":
+        raise SelmaskError(f"config key 'cityscapes_pool' is for dataset cityscapes only, not {name!r}")
+    else:
+        paths = get_dataset(name).pretraining_images(root)
     if not paths:
         raise SelmaskError(f"{root}: no pretraining images found for dataset {name!r}")
     return UnlabelledImages(paths, transform)
@@ -144,6 +175,7 @@ __all__ = [
     "SegmentationDataset",
     "UnlabelledImages",
     "dataset_info",
+    "file_sha256",
     "fingerprint",
     "get_dataset",
     "load_pretraining_images",

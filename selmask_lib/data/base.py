@@ -248,6 +248,30 @@ def unique_ids(paths: Sequence[Path]) -> list[str]:
     return [p.relative_to(common).with_suffix("").as_posix() for p in paths]
 
 
+def check_min_side(path: Path, height: int, width: int, min_side: int) -> None:
+    if min(height, width) < min_side:
+        raise SelmaskError(f"{path}: image is {width}x{height} px, too small: "
+                           f"each side must be at least {min_side} px")
+
+
+# ----------------------------------------------------------------- checking every file
+
+
+def decode_each(check: Callable[[int], None], indices: Sequence[int], description: str) -> None:
+    """Call ``check(index)`` for every index, behind a progress bar: the one loop of every pre-training check.
+
+    The checks decode each file fully rather than read its header: a
+    truncated JPEG has an intact header and fails only when its pixels are
+    decoded, which is the failure this check exists to move before training.
+    A full decode costs about one epoch of data loading without the
+    augmentation, once per run start (the paper trains hundreds of epochs).
+    """
+    from selmask_lib.engine import progress  # lazy: the data layer does not need the engine otherwise
+
+    for index in progress(indices, desc=description, leave=False):
+        check(index)
+
+
 # ----------------------------------------------------------------- datasets
 
 
@@ -297,16 +321,19 @@ class SegmentationDataset(Dataset):
         check_label_values(label, self.num_classes, self.ignore_index, sample.label_path)
         return image, label.astype(np.int64)
 
-    def check_all(self, indices: Sequence[int] | None = None, description: str = "checking data") -> None:
+    def check_all(self, indices: Sequence[int] | None = None, description: str = "checking data",
+                  min_side: int = 1) -> None:
         """Decode every sample once (image, label, sizes, class ids): a bad file fails now, naming itself.
 
         Runs before the first epoch, so a bad label in the test split is
-        found in seconds, not after hours of training.
+        found in seconds, not after hours of training. An image with a side
+        shorter than ``min_side`` px is an error too.
         """
-        from selmask_lib.engine import progress  # lazy: the data layer does not need the engine otherwise
+        def check(index: int) -> None:
+            image, _ = self.load(index)
+            check_min_side(self.samples[index].image_path, *image.shape[:2], min_side)
 
-        for index in progress(range(len(self)) if indices is None else indices, desc=description, leave=False):
-            self.load(index)
+        decode_each(check, range(len(self)) if indices is None else indices, description)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = self.load(index)
@@ -332,6 +359,20 @@ class UnlabelledImages(Dataset):
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def check_all(self, indices: Sequence[int] | None = None, description: str = "checking images",
+                  check_size: Callable[[Path, int, int], None] | None = None) -> None:
+        """Decode every image once, so a corrupt file fails now naming itself, not inside a DataLoader worker.
+
+        ``check_size(path, height, width)``, if given, judges each image's size
+        (pretraining passes its patch-grid rule, ``pretrain_data.check_patch_size``).
+        """
+        def check(index: int) -> None:
+            height, width = read_rgb(self.paths[index]).shape[:2]
+            if check_size is not None:
+                check_size(self.paths[index], height, width)
+
+        decode_each(check, range(len(self)) if indices is None else indices, description)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         image = torch.from_numpy(read_rgb(self.paths[index])).permute(2, 0, 1)  # [3, H, W] uint8

@@ -16,7 +16,12 @@ run reproduce the authors' exact 80/20 cut.
 Labels are the 34 ``labelIds``; they are mapped to the 19 evaluation
 ``trainIds`` through a lookup table, everything else (including ids 0-6 and
 license plate -1, stored as 255) becomes the ignore value 255.
-Pretraining pool: leftImg8bit train + train_extra (train_extra optional).
+Pretraining pool (config key ``cityscapes_pool``): ``train`` = leftImg8bit
+train + train_extra (train_extra optional), the kit's default, which keeps the
+downstream val and test frames out of pretraining; ``all_fine_and_extra`` =
+leftImg8bit train + val + test + train_extra, the authors' pool (METHOD.md
+item 10: 5,000 + 19,997 = 24,997 frames, the downstream test frames included).
+Each folder's frames are sorted, the folders follow in that order.
 """
 
 from __future__ import annotations
@@ -69,6 +74,8 @@ for _label_id, (_train_id, _, _) in LABEL_TABLE.items():
     TRAIN_ID_LUT[_label_id] = _train_id
 
 TRAIN_FRACTION = 0.8
+# leftImg8bit folders of each pretraining pool, in list order (config key cityscapes_pool).
+POOL_FOLDERS = {"train": ("train", "train_extra"), "all_fine_and_extra": ("train", "val", "test", "train_extra")}
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 
@@ -120,8 +127,8 @@ def decode_label(path: Path) -> np.ndarray:
     return TRAIN_ID_LUT[read_index_label(path, modes=("L", "P"))]
 
 
-def pretraining_images(root: Path) -> list[Path]:
+def pretraining_images(root: Path, pool: str = "train") -> list[Path]:
+    if pool not in POOL_FOLDERS:
+        raise SelmaskError(f"config key 'cityscapes_pool' must be one of {', '.join(POOL_FOLDERS)}; got {pool!r}")
     image_dir = _folder(root, "leftImg8bit")
-    return sorted(image_dir.glob(f"train/*/*{IMAGE_SUFFIX}")) + sorted(
-        image_dir.glob(f"train_extra/*/*{IMAGE_SUFFIX}")
-    )
+    return [path for folder in POOL_FOLDERS[pool] for path in sorted(image_dir.glob(f"{folder}/*/*{IMAGE_SUFFIX}"))]

@@ -17,6 +17,12 @@ the authors' conversion; any other value in 1..9999 is reported as an error.
 into train/val/test in list order (METHOD.md: 757 frames with weeds).
 :func:`write_weed_list` builds such a list from the labels.
 
+The config key ``split_list`` names another list file, e.g. the authors' own
+list kept outside the dataset (METHOD.md item 11: their shuffle had no seed,
+so only their file gives their test frames). Its entries are matched to the
+labels by frame name (file stem), so label paths from any machine, relative
+paths or bare frame names all work; the 70/10/20 cut follows its order.
+
 Pretraining pool: every ``<day>/images/rgb/*.png`` (12,330 frames).
 """
 
@@ -34,6 +40,7 @@ from selmask_lib.data.base import (
     SPLITS,
     DatasetInfo,
     Sample,
+    check_samples_exist,
     check_split,
     read_index_label,
     read_list_file,
@@ -61,16 +68,47 @@ def info(root: Path | None = None) -> DatasetInfo:
     return DatasetInfo(NAME, CLASS_NAMES, CLASS_COLORS)
 
 
-def samples(root: Path, split: str) -> list[Sample]:
+def samples(root: Path, split: str, split_list: Path | None = None) -> list[Sample]:
+    """The ``split`` part of the downstream list: ``<root>/weed_frames.txt``, or ``split_list`` if given."""
     check_split(split)
     root = Path(root)
+    if split_list is None:
+        def make_sample(entry: str) -> Sample:
+            label_path = root / entry.lstrip("/")
+            return Sample(label_path.stem, image_path_for(label_path), label_path)
 
-    def make_sample(entry: str) -> Sample:
-        label_path = root / entry.lstrip("/")
-        return Sample(label_path.stem, image_path_for(label_path), label_path)
-
-    frames = read_list_file(root / LIST_FILE, make_sample)
+        frames = read_list_file(root / LIST_FILE, make_sample)
+    else:
+        frames = frames_of_list(root, Path(split_list))
     return split_in_order(frames, SPLIT_FRACTIONS)[SPLITS.index(split)]
+
+
+def frames_of_list(root: Path, list_path: Path) -> list[Sample]:
+    """The samples a user's list names, in its order, each found under ``root`` by its frame name.
+
+    Matching by stem, not by path: the authors' list holds label paths of
+    their own machine. Every entry must name a labelled frame of ``root``.
+    """
+    if not list_path.is_file():
+        raise SelmaskError(f"config key 'split_list': {list_path} not found")
+    labels: dict[str, Path] = {}
+    for label_path in sorted(root.glob(f"*/{LABEL_PART}/*.png")):
+        if label_path.stem in labels:
+            raise SelmaskError(f"{label_path}: frame name {label_path.stem!r} also labels {labels[label_path.stem]}; "
+                               f"split_list entries cannot tell them apart")
+        labels[label_path.stem] = label_path
+    entries = [line.strip() for line in list_path.read_text().splitlines()]
+    stems = [Path(entry).stem for entry in entries if entry and not entry.startswith("#")]
+    repeated = next((stem for i, stem in enumerate(stems) if stem in stems[:i]), None)
+    if repeated is not None:
+        raise SelmaskError(f"{list_path}: entry {repeated!r} is listed twice")
+    missing = [stem for stem in stems if stem not in labels]
+    if missing:
+        raise SelmaskError(f"{list_path}: entry {missing[0]!r} is not a labelled frame under "
+                           f"{root}/*/{LABEL_PART}/ ({len(missing)} of {len(stems)} entries missing)")
+    frames = [Sample(stem, image_path_for(labels[stem]), labels[stem]) for stem in stems]
+    check_samples_exist(frames, f"{list_path}: entry")
+    return frames
 
 
 def decode_label(path: Path) -> np.ndarray:

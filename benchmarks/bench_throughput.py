@@ -1,0 +1,277 @@
+"""The kit's training step against the simplest loop that trains the same model: images per second.
+
+Kit: the real entry points, ``pretrain_random`` and ``finetune`` (init none),
+with their data pipeline (decoding, augmentation, seeded loaders, masks drawn
+per batch, the divergence guard, progress bars off). Only training epochs are
+timed: the wall time inside ``Trainer.train_one_epoch`` (validation, test,
+checkpoints and set-up are left out).
+
+Bare: a loop written here, on the same U-Net (``selmask_lib.models``), batch,
+image size, loss (``ReconstructionLoss`` / the Jaccard loss) and Adam, on
+images already in memory as tensors (the same training images, centre-cropped
+once): shuffle, mask, forward, loss, backward, step. No checks, no loader.
+
+Each round runs both sides back to back on fresh models (order alternating)
+and prints kit images/s divided by bare images/s; the medians close the
+output, the last line reading ``kit/bare: pretraining 0.97x, fine-tuning 0.98x``.
+Target: >= 0.95x.
+
+    .venv/bin/python benchmarks/bench_throughput.py                 # demo preset size, this CPU
+    .venv/bin/python benchmarks/bench_throughput.py --device cuda --image-size 256 --batch-size 32
+    .venv/bin/python benchmarks/bench_throughput.py --profile       # where the kit's epoch time goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["SELMASK_NO_PROGRESS"] = "1"
+
+import torch  # noqa: E402
+
+from selmask_lib.config import finetune_preset, pretrain_preset  # noqa: E402
+from selmask_lib.data import load_segmentation_split, resolve_data_root  # noqa: E402
+from selmask_lib.data.synthetic import ensure_synthetic_voc  # noqa: E402
+from selmask_lib.engine import Trainer  # noqa: E402
+from selmask_lib.finetuning import finetune, segmentation_loss  # noqa: E402
+from selmask_lib.losses import ReconstructionLoss  # noqa: E402
+from selmask_lib.masking import patch_grid, patch_index_map  # noqa: E402
+from selmask_lib.models import build_reconstruction_model, build_segmentation_model  # noqa: E402
+from selmask_lib.pretrain_data import ReconstructionDataset, pretraining_pool, train_val_split  # noqa: E402
+from selmask_lib.pretraining import pretrain_random  # noqa: E402
+from selmask_lib.transforms import val_transform  # noqa: E402
+
+TARGET = 0.95
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------------- the kit
+
+
+class EpochTimer:
+    """Wraps ``Trainer.train_one_epoch`` while a run lasts: seconds and images of each training epoch."""
+
+    def __enter__(self):
+        self.original, self.epochs = Trainer.train_one_epoch, []
+        timer = self
+
+        def timed(trainer, loader, *args, **kwargs):
+            synchronise(trainer.device)
+            started = time.perf_counter()
+            result = timer.original(trainer, loader, *args, **kwargs)
+            synchronise(trainer.device)
+            timer.epochs.append((time.perf_counter() - started, len(loader.sampler)))
+            return result
+
+        Trainer.train_one_epoch = timed
+        return self
+
+    def __exit__(self, *exc):
+        Trainer.train_one_epoch = self.original
+
+    def images_per_second(self) -> float:
+        return sum(images for _, images in self.epochs) / sum(seconds for seconds, _ in self.epochs)
+
+
+def kit_pretraining(cfg, out_dir: Path) -> float:
+    with EpochTimer() as timer:
+        pretrain_random(cfg, out_dir, resume=False)
+    return timer.images_per_second()
+
+
+def kit_finetuning(cfg, out_dir: Path) -> float:
+    with EpochTimer() as timer:
+        finetune(cfg, out_dir, resume=False)
+    return timer.images_per_second()
+
+
+# --------------------------------------------------------------------------- the bare loop
+
+
+def in_memory_pretraining_images(cfg) -> torch.Tensor:
+    """The kit's training images of a random-masking run, centre-cropped once: [N, 3, S, S]."""
+    pool = pretraining_pool(cfg)
+    train, _ = train_val_split(range(len(pool)), cfg.val_fraction)
+    dataset = ReconstructionDataset(pool, train, val_transform(cfg.image_size, cfg.mean, cfg.std),
+                                    cfg.score_size, cfg.n_patches)
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
+
+
+def in_memory_segmentation_split(cfg) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The kit's fine-tuning training images and labels, centre-cropped once; and the class count."""
+    root = resolve_data_root(cfg.dataset, cfg.data_root)
+    split = load_segmentation_split(cfg.dataset, root, "train", val_transform(cfg.image_size, cfg.mean, cfg.std))
+    count = min(len(split), cfg.max_train_images or len(split))
+    images, labels = zip(*(split[i] for i in range(count)))
+    return torch.stack(images), torch.stack(labels), split.num_classes
+
+
+def bare_epochs(model, images, targets, loss_of, cfg, device, epochs: int) -> float:
+    """``epochs`` plain epochs (shuffle, forward, loss, backward, Adam); images per second.
+
+    On CUDA it uses the kit's resolved precision (autocast dtype, float16 loss scaling).
+    """
+    model = model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    amp_dtype = Trainer(cfg, torch.nn.Identity()).amp_dtype
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    images, targets = images.to(device), targets.to(device)
+    generator = torch.Generator().manual_seed(0)
+    synchronise(device)
+    started = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(len(images), generator=generator)
+        for start in range(0, len(images), cfg.batch_size):
+            batch = order[start:start + cfg.batch_size].to(device)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = loss_of(model, images[batch], targets[batch])
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+    synchronise(device)
+    return epochs * len(images) / (time.perf_counter() - started)
+
+
+def bare_pretraining(cfg, images: torch.Tensor, device: torch.device) -> float:
+    torch.manual_seed(cfg.seed)
+    loss_fn = ReconstructionLoss()
+    cell_of_pixel = patch_index_map(patch_grid(cfg.image_size, cfg.image_size, cfg.n_patches)).to(device)
+    n_patches = int(cell_of_pixel.max()) + 1
+    n_masked = int(cfg.mask_ratio * n_patches)
+
+    def loss_of(model, batch, target):
+        chosen = torch.rand(len(batch), n_patches, device=device).topk(n_masked, dim=1).indices
+        masked_patches = torch.zeros(len(batch), n_patches, dtype=torch.bool, device=device).scatter_(1, chosen, True)
+        pixels = masked_patches[:, cell_of_pixel].unsqueeze(1)  # [B, 1, S, S]
+        return loss_fn(model(batch.masked_fill(pixels, 0.0)).float(), target)
+
+    return bare_epochs(build_reconstruction_model(cfg.dropout), images, images, loss_of, cfg, device, cfg.epochs)
+
+
+def bare_finetuning(cfg, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                    device: torch.device) -> float:
+    torch.manual_seed(cfg.seed)
+    loss_fn = segmentation_loss()
+
+    def loss_of(model, batch, target):
+        return loss_fn(model(batch).float(), target)
+
+    model = build_segmentation_model(num_classes, cfg.dropout)
+    return bare_epochs(model, images, labels, loss_of, cfg, device, cfg.epochs)
+
+
+# --------------------------------------------------------------------------- rounds
+
+
+def load() -> str:
+    return "load " + ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def one_round(round_: int, configs, data, device, tmp: Path) -> dict[str, float]:
+    """Kit and bare, back to back (order alternating), for pretraining and fine-tuning: kit/bare ratios."""
+    pre_cfg, fine_cfg = configs
+    images, seg_images, seg_labels, num_classes = data
+    sides = {
+        "pretraining": (lambda: kit_pretraining(pre_cfg, tmp / f"pretrain-{round_}"),
+                        lambda: bare_pretraining(pre_cfg, images, device)),
+        "fine-tuning": (lambda: kit_finetuning(fine_cfg, tmp / f"finetune-{round_}"),
+                        lambda: bare_finetuning(fine_cfg, seg_images, seg_labels, num_classes, device)),
+    }
+    ratios = {}
+    for loop, (kit, bare) in sides.items():
+        speed = {}
+        for side in (("kit", "bare") if round_ % 2 == 0 else ("bare", "kit")):
+            speed[side] = (kit if side == "kit" else bare)()
+        ratios[loop] = speed["kit"] / speed["bare"]
+        print(f"  round {round_} {loop:11s} kit {speed['kit']:8.2f} img/s  bare {speed['bare']:8.2f} img/s  "
+              f"kit/bare {ratios[loop]:.3f}x  ({load()})", flush=True)
+    return ratios
+
+
+def profile_kit(configs, tmp: Path, top: int) -> None:
+    """cProfile of one kit run of each loop (training epochs dominate): the functions with the most time."""
+    for name, run in (("pretraining", lambda: kit_pretraining(configs[0], tmp / "profile-pretrain")),
+                      ("fine-tuning", lambda: kit_finetuning(configs[1], tmp / "profile-finetune"))):
+        profiler = cProfile.Profile()
+        with EpochTimer() as timer:
+            profiler.enable()
+            run()
+            profiler.disable()
+        print(f"\nprofile of a kit {name} run ({sum(s for s, _ in timer.epochs):.1f} s in training epochs), "
+              f"top {top} by cumulative time:")
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(top)
+
+
+def build_configs(args, data_root: str):
+    shared = dict(data_root=data_root, device=args.device)
+    if args.image_size:
+        shared["image_size"] = args.image_size
+    if args.batch_size:
+        shared["batch_size"] = args.batch_size
+    if args.workers is not None:
+        shared["num_workers"] = args.workers
+    pre = pretrain_preset(args.preset, "synthetic", epochs=args.pretrain_epochs, checkpoint_every=10_000,
+                          **shared, **({"score_size": args.image_size} if args.image_size else {}))
+    fine = finetune_preset(args.preset, "synthetic", epochs=args.finetune_epochs, checkpoint_every=10_000, **shared)
+    return pre, fine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    parser.add_argument("--preset", default="demo", help="preset whose sizes are used (default demo)")
+    parser.add_argument("--image-size", type=int, help="override the preset's image_size (and score_size)")
+    parser.add_argument("--batch-size", type=int, help="override the preset's batch_size (both loops)")
+    parser.add_argument("--workers", type=int, help="override num_workers of the kit's loaders")
+    parser.add_argument("--rounds", type=int, default=5, help="paired rounds (default 5)")
+    parser.add_argument("--pretrain-epochs", type=int, default=3, help="timed epochs per pretraining run")
+    parser.add_argument("--finetune-epochs", type=int, default=2, help="timed epochs per fine-tuning run")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch.set_num_threads (default: every core available)")
+    parser.add_argument("--profile", action="store_true", help="also cProfile one kit run of each loop")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    data_root = str(ensure_synthetic_voc())
+    configs = build_configs(args, data_root)
+    device = Trainer(configs[0], torch.nn.Identity()).device
+    pre, fine = configs
+    images = in_memory_pretraining_images(pre)
+    seg_images, seg_labels, num_classes = in_memory_segmentation_split(fine)
+    print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}; {load()}")
+    print(f"pretraining: {len(images)} images/epoch, {pre.image_size} px, batch {pre.batch_size}, "
+          f"{pre.epochs} epochs a run; fine-tuning: {len(seg_images)} images/epoch, {fine.image_size} px, "
+          f"batch {fine.batch_size}, {fine.epochs} epochs a run; kit loader workers {pre.num_workers}")
+    data = (images, seg_images, seg_labels, num_classes)
+    with tempfile.TemporaryDirectory(prefix="selmask-throughput-") as tmp:
+        tmp = Path(tmp)
+        warm = (pre.updated(epochs=1, max_images=16), fine.updated(epochs=1, max_train_images=16))
+        with contextlib.redirect_stdout(open(os.devnull, "w")):  # untimed: first passes of a process are slow
+            one_round(-2, warm, data, device, tmp)
+        results = [one_round(round_, configs, data, device, tmp) for round_ in range(args.rounds)]
+        if args.profile:
+            profile_kit(configs, tmp, top=25)
+    medians = {loop: statistics.median(r[loop] for r in results) for loop in results[0]}
+    for loop, values in ((loop, [r[loop] for r in results]) for loop in medians):
+        print(f"{loop}: per round " + ", ".join(f"{v:.3f}x" for v in values)
+              + f"; median {medians[loop]:.3f}x, spread {min(values):.3f}-{max(values):.3f} "
+              f"(target >= {TARGET:.2f}x: {'MET' if medians[loop] >= TARGET else 'MISSED'})")
+    print(f"kit/bare: pretraining {medians['pretraining']:.2f}x, fine-tuning {medians['fine-tuning']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
