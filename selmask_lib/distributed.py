@@ -220,6 +220,21 @@ def all_reduce_mean(value: float, count: int) -> float:
     return float(totals[0] / totals[1]) if totals[1] > 0 else math.nan
 
 
+def finite_on_every_process(loss: torch.Tensor, value: float) -> bool:
+    """Whether one step's ``loss`` (``value`` is this process's, already read) is finite on every process.
+
+    Why: the divergence guard must stop every process at the same step. A
+    process that stopped alone would leave the others waiting forever in
+    the next gradient all-reduce. Under torchrun: one scalar all-reduce on
+    the loss's device; in one process no work at all.
+    """
+    if not is_distributed():
+        return math.isfinite(value)
+    total = loss.detach().float().reshape(1).clone()
+    dist.all_reduce(total)  # NaN or infinity anywhere makes the sum non-finite
+    return bool(torch.isfinite(total).item())
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """The sum of ``tensor`` over all processes (a CPU copy; ``tensor`` itself in one process)."""
     if not is_distributed():

@@ -54,10 +54,11 @@ import torch
 from .device import pick_device
 from .distributed import (
     all_reduce_mean,
-    is_distributed,
     barrier,
     broadcast_buffers,
     eval_shard,
+    finite_on_every_process,
+    is_distributed,
     is_main_process,
     local_device,
     rank_key,
@@ -799,9 +800,10 @@ class Trainer:
         for batch_index, batch in enumerate(progress(loader, desc=description, leave=False)):
             loss = batch_loss(self.train_model, batch)
             value = float(loss.detach())
-            if not math.isfinite(value) and not optimisation.scaler.is_enabled():
+            if not optimisation.scaler.is_enabled() and not finite_on_every_process(loss, value):
                 lr = optimisation.optimizer.param_groups[0]["lr"]
-                raise DivergenceError(f"{description}: training loss is {value} at batch {batch_index} (lr {lr:g})")
+                which = f"is {value}" if not math.isfinite(value) else "of another process is not finite"
+                raise DivergenceError(f"{description}: training loss {which} at batch {batch_index} (lr {lr:g})")
             optimisation.step(loss)  # with AMP, a non-finite loss gives non-finite gradients: the step is skipped
             if not math.isfinite(value):
                 continue

@@ -141,6 +141,19 @@ WORKER = textwrap.dedent('''
         a = torch.load(uninterrupted.weights, weights_only=True)["model"]
         b = torch.load(resumed.weights, weights_only=True)["model"]
         seen["resumed_equals_uninterrupted"] = all(torch.equal(a[k], b[k]) for k in a)
+
+    # A loss that is NaN on rank 1 only: every rank stops at the same batch, none waits forever.
+    from selmask_lib.errors import DivergenceError
+    from selmask_lib.losses import ReconstructionLoss
+    forward = ReconstructionLoss.forward
+    if rank == 1:
+        ReconstructionLoss.forward = lambda self, pred, target: forward(self, pred, target) * float("nan")
+    try:
+        pretrain(cfg, out_dir=out / "diverged")
+    except DivergenceError as error:
+        seen["diverged"] = str(error)
+    finally:
+        ReconstructionLoss.forward = forward
     (out / f"seen_rank{rank}.json").write_text(json.dumps(seen))
 ''')
 
@@ -189,6 +202,12 @@ def test_single_process_under_a_one_process_torchrun_env_is_not_initialised(monk
 
 
 # --------------------------------------------------------------------------- two processes, gloo
+
+
+def test_a_loss_that_diverges_on_one_process_stops_every_process(worker_runs):
+    _, seen, _ = worker_runs
+    assert "training loss is nan at batch 0" in seen[1]["diverged"]
+    assert "training loss of another process is not finite at batch 0" in seen[0]["diverged"]
 
 
 def test_helpers_across_two_gloo_processes(worker_runs):
