@@ -47,6 +47,13 @@ _EXPORTS = {
     "results_table": "tables",
     "format_table": "tables",
     "per_class_gain": "tables",
+    "compare": "tables",
+    "tidy_table": "tables",
+    "miou_interval": "statistics",
+    "paired_bootstrap_gain": "statistics",
+    "t_interval": "statistics",
+    "paired_t_test": "statistics",
+    "verdict": "statistics",
     "PAPER_COLUMNS": "tables",
     # masking
     "patch_grid": "masking",

@@ -116,7 +116,7 @@ def _demo_command(args: argparse.Namespace) -> int:
 
 def _reproduce_command(args: argparse.Namespace) -> int:
     from .reproduction import reproduce
-    from .tables import format_table, results_table
+    from .tables import format_table, results_table, tidy_table
 
     reproduction = reproduce(
         args.datasets, preset=args.preset, data_roots=parse_data_roots(args.data_roots), seeds=args.seeds,
@@ -127,10 +127,10 @@ def _reproduce_command(args: argparse.Namespace) -> int:
     )
     for reason in reproduction.skipped:
         print(f"skipped: {reason}")
-    table = format_table(results_table(reproduction.results, columns=reproduction.columns))
-    print(table.to_string())
-    if args.table:
-        table.to_csv(args.table)
+    numbers = results_table(reproduction.results, columns=reproduction.columns)
+    print(format_table(numbers).to_string())
+    if args.table:  # numbers (mean, lower, upper, n), not the printed strings
+        tidy_table(numbers).to_csv(args.table, index=False)
         print(f"table: {args.table}")
     return 0
 
@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="override a key of every pretraining run (repeatable)")
     reproduce.add_argument("--set-finetune", dest="finetune_overrides", action="append", metavar="KEY=VALUE",
                            help="override a key of every fine-tuning run (repeatable)")
-    reproduce.add_argument("--table", default=None, help="also write the table to this CSV file")
+    reproduce.add_argument("--table", default=None, help="also write the table's numbers (mean, 95 %% interval, n) to this CSV file")
 
     config = command("config", _config_command, "list every config key with its type and preset values")
     config.add_argument("kind", choices=("pretrain", "finetune"), help="which config")

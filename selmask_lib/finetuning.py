@@ -51,8 +51,9 @@ Multi-GPU: ``torchrun --nproc_per_node=N -m selmask_lib.cli finetune ...``
 (see ``selmask_lib.distributed``). ``batch_size`` is per process (the paper's
 8 is global: per-GPU = 8 / N); the Jaccard loss is then the mean of the N
 per-process batch losses. Validation and test are sharded and their
-confusion matrices summed, so the scores cover every image once; rank 0
-alone writes files.
+confusion matrices summed, so the scores cover every image once (the test
+split's per-image counts, kept for the bootstrap of selmask_lib.statistics,
+are gathered in the split's order); rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ from torch.utils.data import Dataset, Subset
 from .config import IR_INIT_STRATEGY, FinetuneConfig, config_hash
 from .data import dataset_info, fingerprint, load_segmentation_split, resolve_data_root
 from .device import pick_device
-from .distributed import barrier, gather_confusion, init_distributed, is_main_process
+from .distributed import all_reduce_sum, barrier, eval_shard, gather_confusion, init_distributed, is_main_process
 from .engine import (
     LAST_CHECKPOINT,
     Optimisation,
@@ -93,7 +94,7 @@ from .models import (
     transfer_weights,
 )
 from .pretraining import PretrainRun, load_pretrain_run
-from .results import RESULTS_FILENAME, read_results, write_results
+from .results import RESULTS_FILENAME, per_image_entries, read_results, write_results
 from .runs import check_run_dir, failed_if_diverged, training_run, update_run_info
 from .transforms import test_transform, train_transform, val_transform
 
@@ -312,20 +313,35 @@ def _segmentation_loss_of(trainer: Trainer, loss_fn: torch.nn.Module,
 
 
 def evaluate_split(trainer: Trainer, splits: _Splits, loss_fn: torch.nn.Module, split: str,
-                   batch_size: int) -> tuple[SegmentationScores, float]:
-    """Scores and mean Jaccard loss of the current model on ``split`` ("val" or "test")."""
+                   batch_size: int, per_image: bool = False) -> tuple[SegmentationScores, float]:
+    """Scores and mean Jaccard loss of the current model on ``split`` ("val" or "test").
+
+    ``per_image``: the scores also hold each image's confusion counts, in the split's order.
+    """
     trainer.model.eval()
     evaluator = SegmentationEvaluator(len(splits.class_names), splits.class_names, ignore_index=splits.ignore_index,
                                       absent_class_iou=trainer.cfg.absent_class_iou,  # val too: it picks best.pt
-                                      void_as_class=splits.void_as_class)
-    loader = trainer.loader(getattr(splits, split), False, split, batch_size=batch_size,
+                                      void_as_class=splits.void_as_class, per_image=per_image)
+    dataset = getattr(splits, split)
+    loader = trainer.loader(dataset, False, split, batch_size=batch_size,
                             drop_last=None if split == "val" else False)  # cfg.drop_last never drops test images
     loss = trainer.mean_loss(loader, _segmentation_loss_of(trainer, loss_fn, evaluator), split)
     gather_confusion(evaluator)  # torchrun: sum the shards' counts so every process scores the whole split
     try:
-        return evaluator.compute(), loss
+        scores = evaluator.compute()
     except SelmaskError as error:
         raise SelmaskError(f"{split} split of dataset {trainer.cfg.dataset!r}: {error}") from None
+    if per_image:
+        scores.per_image_confusions = _gather_per_image(scores.per_image_confusions, len(dataset))
+    return scores, loss
+
+
+def _gather_per_image(local: torch.Tensor, n_images: int) -> torch.Tensor:
+    """Every image's counts in split order: under torchrun each process holds its shard (eval_shard's indices)."""
+    shard = eval_shard(range(n_images))
+    full = torch.zeros(n_images, *local.shape[1:], dtype=torch.int64)
+    full[list(range(n_images)) if shard is None else shard] = local
+    return all_reduce_sum(full)
 
 
 def _train(trainer: Trainer, splits: _Splits, loss_fn: torch.nn.Module, run_dir: Path):
@@ -401,7 +417,7 @@ def _train_and_test(cfg: FinetuneConfig, run_dir: Path, splits: _Splits, model: 
     trainer.model.load_state_dict(load_checkpoint(best_path, expected_config_hash=trainer.config_hash,
                                                   map_location=trainer.device)["model"])
     started = time.perf_counter()
-    scores, test_loss = evaluate_split(trainer, splits, loss_fn, "test", batch_size=1)
+    scores, test_loss = evaluate_split(trainer, splits, loss_fn, "test", batch_size=1, per_image=True)
     test_seconds = time.perf_counter() - started
 
     relation = None
@@ -423,6 +439,7 @@ def _train_and_test(cfg: FinetuneConfig, run_dir: Path, splits: _Splits, model: 
         seed=cfg.seed,
         data_fingerprint=splits.fingerprint,
         scores=scores,
+        per_image_confusions=per_image_entries(splits.test.ids, scores.per_image_confusions),  # statistics
         test_loss=test_loss,
         val_miou=fitted.best_value,
         best_epoch=fitted.best_epoch,

@@ -63,6 +63,7 @@ they move), and IoU is computed on the CPU in float64 from the integer counts
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -77,6 +78,7 @@ __all__ = [
     "SegmentationScores",
     "iou_from_confusion",
     "mean_iou",
+    "mean_iou_of_rows",
 ]
 
 
@@ -86,26 +88,30 @@ def iou_from_confusion(confusion, absent: str = "nan") -> torch.Tensor:
     Returns a float64 CPU tensor of length C. A class with
     ``TP + FP + FN == 0`` (in neither truth nor prediction) gets NaN, or 0
     with ``absent="zero"``; a class that is only predicted gets 0. See the
-    module docstring.
+    module docstring. A stack ``[..., C, C]`` gives ``[..., C]`` (the
+    bootstrap of :mod:`selmask_lib.statistics` scores thousands of matrices at once).
     """
     if absent not in ABSENT_CLASS_IOU_RULES:
         raise SelmaskError(f"absent_class_iou must be one of {', '.join(ABSENT_CLASS_IOU_RULES)}, got {absent!r}")
     cm = torch.as_tensor(confusion).detach().to("cpu", torch.float64)
-    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+    if cm.ndim < 2 or cm.shape[-1] != cm.shape[-2]:
         raise SelmaskError(f"confusion matrix must be square [C, C], got shape {tuple(cm.shape)}")
     if bool((cm < 0).any()):
         raise SelmaskError("confusion matrix has negative counts")
-    tp = torch.diagonal(cm)
-    denom = cm.sum(dim=0) + cm.sum(dim=1) - tp  # TP + FP + FN
+    tp = torch.diagonal(cm, dim1=-2, dim2=-1)
+    denom = cm.sum(dim=-2) + cm.sum(dim=-1) - tp  # TP + FP + FN
     undefined = torch.full_like(tp, float("nan") if absent == "nan" else 0.0)
     return torch.where(denom > 0, tp / denom.clamp_min(1), undefined)
 
 
 def mean_iou(per_class_iou) -> float:
     """Mean over the classes with a defined (non-NaN) IoU; NaN if there are none."""
-    iou = torch.as_tensor(per_class_iou, dtype=torch.float64)
-    defined = iou[~torch.isnan(iou)]
-    return float(defined.mean()) if defined.numel() else float("nan")
+    return float(mean_iou_of_rows(torch.as_tensor(per_class_iou, dtype=torch.float64)))
+
+
+def mean_iou_of_rows(per_class_iou: torch.Tensor) -> torch.Tensor:
+    """:func:`mean_iou` of each row of a ``[..., C]`` stack of per-class IoUs (NaN rows give NaN)."""
+    return torch.nanmean(per_class_iou, dim=-1)
 
 
 @dataclass
@@ -126,10 +132,15 @@ class SegmentationScores:
     num_pixels: int = 0
     class_names: list[str] = field(default_factory=list)
     predicted_void: list[int] | None = None
+    #: ``[N, K, K]`` int64 counts of each evaluated image (K: the classes, plus void with void_as_class), in the order seen (per-image mode only);
+    #: results.json stores them sparsely (selmask_lib.results.per_image_entries), not through to_dict.
+    per_image_confusions: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (None for undefined IoUs)."""
-        return asdict(self)
+        """JSON-ready dict (None for undefined IoUs), without the per-image counts."""
+        data = asdict(dataclasses.replace(self, per_image_confusions=None))
+        del data["per_image_confusions"]
+        return data
 
 
 class SegmentationEvaluator:
@@ -139,6 +150,8 @@ class SegmentationEvaluator:
     (float; argmax over C) or predicted class ids ``[B, H, W]`` (integer), and
     target class ids ``[B, H, W]`` where ``ignore_index`` marks unlabelled
     pixels. Unbatched ``[C, H, W]`` / ``[H, W]`` inputs are accepted too.
+    ``per_image=True`` also keeps each image's own confusion matrix (the
+    bootstrap over test images of :mod:`selmask_lib.statistics` needs them).
     ``absent_class_iou`` and ``void_as_class`` are the rules of the module
     docstring; with ``void_as_class`` predictions have ``num_classes + 1``
     channels (ids up to ``num_classes``, the void class).
@@ -153,6 +166,7 @@ class SegmentationEvaluator:
         device: torch.device | str | None = None,
         absent_class_iou: str = "nan",
         void_as_class: bool = False,
+        per_image: bool = False,
     ):
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise SelmaskError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -188,6 +202,7 @@ class SegmentationEvaluator:
         self._confmat = MulticlassConfusionMatrix(
             self.num_outputs, ignore_index=ignore_index, normalize=None, validate_args=False
         )
+        self._per_image: list[torch.Tensor] | None = [] if per_image else None
         if device is not None:
             self.to(device)
 
@@ -204,6 +219,8 @@ class SegmentationEvaluator:
     def reset(self) -> None:
         """Forget everything accumulated so far."""
         self._confmat.reset()
+        if self._per_image is not None:
+            self._per_image.clear()
 
     @property
     def confusion_matrix(self) -> torch.Tensor:
@@ -261,6 +278,19 @@ class SegmentationEvaluator:
         if self._confmat.device != preds.device:
             self._confmat = self._confmat.to(preds.device)
         self._confmat.update(preds.reshape(-1), target.reshape(-1))
+        if self._per_image is not None:
+            self._per_image.append(self._counts_per_image(preds, target).cpu())
+
+    def _counts_per_image(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``[B, K, K]`` counts of each image of the batch (K: the size of the summed matrix)."""
+        if target.ndim == 2:
+            preds, target = preds[None], target[None]
+        k = self._confmat.num_classes
+        image = torch.arange(target.shape[0], device=target.device).view(-1, 1, 1).expand_as(target)
+        cell = (image * k + target) * k + preds
+        labelled = torch.ones_like(target, dtype=torch.bool) if self.ignore_index is None else target != self.ignore_index
+        counts = torch.bincount(cell[labelled], minlength=target.shape[0] * k * k)
+        return counts.view(target.shape[0], k, k)
 
     def _check_ids(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         c = self.num_classes
@@ -304,7 +334,11 @@ class SegmentationEvaluator:
             num_pixels=total,
             class_names=list(self.class_names),
             predicted_void=full[:c, c].tolist() if self.void_as_class else None,
+            per_image_confusions=None if self._per_image is None else self._stacked_per_image(full.shape[-1]),
         )
+
+    def _stacked_per_image(self, k: int) -> torch.Tensor:
+        return torch.cat(self._per_image) if self._per_image else torch.zeros(0, k, k, dtype=torch.int64)
 
     def __repr__(self) -> str:
         return (

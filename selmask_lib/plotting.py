@@ -111,7 +111,8 @@ def per_class_gain_figure(gain, title: str | None = None) -> "matplotlib.figure.
     """Per-class IoU of baseline and method (left) and their difference (right).
 
     ``gain`` is :func:`selmask_lib.tables.per_class_gain`'s table: classes
-    sorted from the weakest baseline IoU, columns baseline / method / gain.
+    sorted from the weakest baseline IoU, columns baseline / method / gain,
+    and lower / upper: the gain's 95 % interval, drawn as error bars where known.
     """
     import pandas as pd
     import seaborn as sns
@@ -127,11 +128,22 @@ def per_class_gain_figure(gain, title: str | None = None) -> "matplotlib.figure.
     sns.barplot(long, y="class", x="IoU (%)", hue="init", ax=left, orient="h")
     left.set_title("per-class test IoU (weakest baseline class first)", fontsize=10)
     colours = ["tab:green" if value >= 0 else "tab:red" for value in shown["gain"]]
-    right.barh(list(shown.index), shown["gain"], color=colours)
+    right.barh(list(shown.index), shown["gain"], color=colours, xerr=_error_bars(shown), capsize=3,
+               error_kw={"linewidth": 0.9})
     right.axvline(0, color="black", linewidth=0.8)
-    right.set_xlabel(f"{method} - {baseline} (points)")
+    interval = gain.attrs.get("interval")
+    right.set_xlabel(f"{method} - {baseline} (points)" + (f"\nbars: 95 % interval, {interval}" if interval else ""))
     right.set_title("gain", fontsize=10)
     if title:
         figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def _error_bars(gain) -> np.ndarray | None:
+    """``[2, n]`` distances from each gain to its interval's ends (0 where unknown); None without intervals."""
+    if "lower" not in gain.columns or gain[["lower", "upper"]].isna().all().all():
+        return None
+    below = (gain["gain"] - gain["lower"]).fillna(0).clip(lower=0)
+    above = (gain["upper"] - gain["gain"]).fillna(0).clip(lower=0)
+    return np.vstack([below.to_numpy(), above.to_numpy()])

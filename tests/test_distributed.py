@@ -27,6 +27,7 @@ from selmask_lib.models import build_reconstruction_model
 from selmask_lib.pretraining import load_step_masks, select_masks
 from selmask_lib.pretrain_data import partition_indices, pretraining_pool
 from selmask_lib.strategies import SelectiveMasking
+from selmask_lib.results import read_per_image_confusions
 from selmask_lib.transforms import test_transform as make_test_transform  # not collected as a test
 
 REPO = Path(__file__).resolve().parents[1]
@@ -295,6 +296,10 @@ def test_random_pretraining_and_finetuning_under_torchrun(worker_runs, data_root
     test = load_segmentation_split("synthetic", data_root, "test", make_test_transform(results["config"]["image_size"]))
     labelled = sum(int((test[i][1] != 255).sum()) for i in range(len(test)))
     assert sum(map(sum, results["confusion_matrix"])) == labelled
+    # and each image's own counts, gathered from the shard that scored it, in the split's order
+    per_image = read_per_image_confusions(ft_dir)
+    assert per_image.ids == tuple(test.ids)
+    assert per_image.counts.sum((1, 2)).tolist() == [int((test[i][1] != 255).sum()) for i in range(len(test))]
 
 
 def test_selective_pretraining_resumes_under_torchrun(worker_runs):

@@ -25,7 +25,7 @@ from selmask_lib.engine import load_checkpoint
 from selmask_lib.errors import SelmaskError
 from selmask_lib.models import HEAD_PREFIX, IMAGENET_RESNET34_URL
 from selmask_lib.pretraining import pretrain
-from selmask_lib.results import REQUIRED_FIELDS, read_results
+from selmask_lib.results import REQUIRED_FIELDS, read_per_image_confusions, read_results
 
 FAKE_TREES = {
     "voc": (fake.make_voc_tree, fake.VOC_SIZES, 21),
@@ -176,6 +176,10 @@ def test_smoke_finetune_each_format(dataset, trees, synthetic_root, tmp_path):
     assert results["pretrain_run"] is None and results["pretrain_dataset"] is None
     assert results["images"]["test"] == n_test
     assert sum(map(sum, results["confusion_matrix"])) > 0
+    per_image = read_per_image_confusions(run.results_path)  # what the bootstrap over test images reads
+    assert per_image.ids == tuple(ft.load_splits(smoke(dataset, root)).test.ids) and len(per_image.ids) == n_test
+    assert per_image.counts.sum(0).tolist() == results["confusion_matrix"]
+    assert (per_image.counts.sum((1, 2)) > 0).all()  # every test image was counted
     for name in ("config.yaml", "run.json", "best.pt", "metrics.csv", "run.log"):
         assert (run.run_dir / name).is_file(), name
     assert not (run.run_dir / "last.pt").exists()  # resumable state is dropped once tested

@@ -58,7 +58,7 @@ def test_empty_results_do_not_crash(tmp_path):
     t = results_table(df, datasets=["voc"])
     assert t.loc["voc"].drop(index="n", level="stat").isna().all()
     g = per_class_gain(df, "voc")
-    assert g.empty and list(g.columns) == ["baseline", "method", "gain"]
+    assert g.empty and list(g.columns) == ["baseline", "method", "gain", "lower", "upper", "n", "verdict"]
 
 
 def test_per_class_gain_sorted_by_baseline(tree):
@@ -91,7 +91,8 @@ def test_a_users_strategy_gets_its_own_table_column(tmp_path):
     table = results_table(df, columns=[*PAPER_COLUMNS, "mine_ir_self"])
     assert table.loc["nassar", ("selective_ir_self", "mean")] == pytest.approx(50.0)
     assert table.loc["nassar", ("mine_ir_self", "mean")] == pytest.approx(60.0)
-    assert format_table(table).loc["nassar", "mine_ir_self"] == "60.0"
+    assert format_table(table).loc["nassar", "mine_ir_self"] == "60.0 (1 seed)"  # no per-image counts: no ±
+    assert format_table(table, show_n=False).loc["nassar", "mine_ir_self"] == "60.0"
 
 
 def test_rows_put_the_kits_datasets_first_then_others_alphabetically(tmp_path):
