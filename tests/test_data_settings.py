@@ -38,23 +38,7 @@ NEW_FINETUNE_KEYS = ("void_as_class", "absent_class_iou", "drop_last", "antialia
 NEW_PRETRAIN_KEYS = ("drop_last", "antialias", "cityscapes_pool")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread_quiet():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SELMASK_NO_PROGRESS", "1")
-    yield
-    mp.undo()
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _drop_checkpoints(tmp_path):
-    """A fine-tuning run leaves ~400 MB of checkpoints: free the shared disk."""
-    yield
-    for path in tmp_path.rglob("*.pt"):
-        path.unlink()
+pytestmark = pytest.mark.usefixtures("one_thread_quiet", "drop_checkpoints")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -36,23 +36,7 @@ FAKE_TREES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread_quiet():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SELMASK_NO_PROGRESS", "1")
-    yield
-    mp.undo()
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _drop_checkpoints(tmp_path):
-    """A fine-tuning run leaves ~400 MB of checkpoints (ResNet-34 + Adam state): free the shared disk."""
-    yield
-    for path in [*tmp_path.rglob("*.pt"), *tmp_path.rglob("*.pth")]:
-        path.unlink()
+pytestmark = pytest.mark.usefixtures("one_thread_quiet", "drop_checkpoints")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
