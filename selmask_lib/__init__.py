@@ -48,6 +48,7 @@ _EXPORTS = {
     "format_table": "tables",
     "per_class_gain": "tables",
     "compare": "tables",
+    "weakest_gain_correlation": "statistics",
     "tidy_table": "tables",
     "miou_interval": "statistics",
     "paired_bootstrap_gain": "statistics",

@@ -70,6 +70,8 @@ BOOTSTRAP = "bootstrap over test images"
 PAIRED_BOOTSTRAP = "paired bootstrap over test images"
 T_OVER_SEEDS = "t over seeds"
 PAIRED_T = "paired t over seeds"
+RANK_CORRELATION = "Spearman over classes, Bonett-Wright interval"
+MIN_CLASSES_FOR_CORRELATION = 6  # fewer classes (the 3-class weed sets) say nothing about a trend
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,35 @@ def paired_t_test(a: Sequence[float], b: Sequence[float]) -> Estimate:
         p_value = float(2 * stats.t.sf(abs(t), interval.n - 1))
     return Estimate(interval.estimate, interval.lower, interval.upper, interval.n, PAIRED_T, p_value,
                     interval.note.replace("one seed", "one seed pair"))
+
+
+# --------------------------------------------------------------------------- over classes
+
+
+def weakest_gain_correlation(baseline_iou: Sequence[float], gain: Sequence[float]) -> Estimate:
+    """Claim (2) as one number: Spearman's rank correlation of a class's baseline IoU and its gain.
+
+    Negative means the weakest classes gain most, as the paper claims. The
+    95 % interval is Fisher's z with Bonett and Wright's (2000) standard
+    error for Spearman's rho, sqrt((1 + rho^2 / 2) / (n - 3)), over the n
+    classes with both numbers; it needs at least
+    ``MIN_CLASSES_FOR_CORRELATION`` classes (else NaN with a note).
+    """
+    x, y = np.asarray(baseline_iou, dtype=np.float64).ravel(), np.asarray(gain, dtype=np.float64).ravel()
+    if len(x) != len(y):
+        raise SelmaskError(f"weakest_gain_correlation: {len(x)} baseline IoUs but {len(y)} gains")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y, n = x[keep], y[keep], int(keep.sum())
+    if n < MIN_CLASSES_FOR_CORRELATION:
+        return Estimate(math.nan, math.nan, math.nan, n, RANK_CORRELATION,
+                        note=f"{n} classes with both numbers: a trend needs at least {MIN_CLASSES_FOR_CORRELATION}")
+    rho = float(stats.spearmanr(x, y).statistic)
+    if not math.isfinite(rho):  # a constant column: no ranks to correlate
+        return Estimate(math.nan, math.nan, math.nan, n, RANK_CORRELATION, note="a constant column has no ranks")
+    z, se = math.atanh(max(min(rho, 1 - 1e-12), -1 + 1e-12)), math.sqrt((1 + rho ** 2 / 2) / (n - 3))
+    half = stats.norm.ppf((1 + LEVEL) / 2) * se
+    p_value = float(2 * stats.norm.sf(abs(z) / se))
+    return Estimate(rho, math.tanh(z - half), math.tanh(z + half), n, RANK_CORRELATION, p_value)
 
 
 # --------------------------------------------------------------------------- over test images

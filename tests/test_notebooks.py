@@ -56,6 +56,13 @@ def test_notebook_runs_with_stored_defaults(path, runs_root, tmp_path, monkeypat
     # ... and every figure is kept, even under the Agg backend of a batch run
     if "plt.show()" in path.read_text():
         assert [out for out in outputs if "image/png" in out.get("data", {})], f"{path.name} kept no figure"
+    text = "".join("".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+                   for out in outputs)
+    if path.name.startswith("02_"):  # every comparison has an interval method and a verdict
+        assert "paired bootstrap over test images" in text
+        assert any(word in text for word in ("better", "worse", "not distinguishable"))
+    if path.name.startswith("03_"):  # claim (2) as a number, or why it is not computed
+        assert "rank correlation of baseline IoU and gain:" in text
 
 
 def run_expecting_error(path, tmp_path, parameters):

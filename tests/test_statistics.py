@@ -371,3 +371,25 @@ def test_the_per_class_figure_draws_the_intervals(tmp_path):
     assert [(s[0][0], s[1][0]) for s in segments] == [(pytest.approx(lo), pytest.approx(hi))
                                                       for lo, hi in zip(gain["lower"], gain["upper"])]
     assert "95 % interval" in figure.axes[1].get_xlabel()
+
+
+def test_weakest_gain_correlation_is_spearman_with_the_bonett_wright_interval():
+    from scipy import stats as sps
+
+    from selmask_lib.statistics import weakest_gain_correlation
+
+    baseline = [10, 20, 30, 40, 50, 60, 70, 80]
+    gain = [9, 7, 8, 5, 3, 4, 1, -2]  # the weakest classes gain most
+    found = weakest_gain_correlation(baseline, gain)
+    rho = sps.spearmanr(baseline, gain).statistic
+    assert found.estimate == pytest.approx(rho) and found.n == 8
+    se = np.sqrt((1 + rho ** 2 / 2) / (8 - 3))  # Bonett & Wright (2000), by hand
+    assert found.lower == pytest.approx(np.tanh(np.arctanh(rho) - 1.959963984540054 * se))
+    assert found.upper == pytest.approx(np.tanh(np.arctanh(rho) + 1.959963984540054 * se))
+    assert found.verdict == "worse"  # a negative correlation: gains fall as baseline IoU rises
+    flat = weakest_gain_correlation(baseline, [3, -1, 2, 0, 1, -2, 3, 0])
+    assert flat.verdict == "not distinguishable"
+    few = weakest_gain_correlation([10, 20, 30], [3, 2, 1])  # a 3-class weed set: no trend to speak of
+    assert np.isnan(few.estimate) and "at least 6" in few.note
+    with_nan = weakest_gain_correlation(baseline + [np.nan], gain + [5])
+    assert with_nan.n == 8 and with_nan.estimate == pytest.approx(rho)
