@@ -735,15 +735,15 @@ class Trainer:
         self.cfg = cfg
         self.device = local_device(pick_device(cfg.device))
         on_cuda = self.device.type == "cuda"
-        self.amp_dtype = autocast_dtype(getattr(cfg, "precision", "auto"), cfg.amp, self.device.type,
+        self.amp_dtype = autocast_dtype(cfg.precision, cfg.amp, self.device.type,
                                         on_cuda and torch.cuda.is_bf16_supported())
         self.use_amp = self.amp_dtype is not None
         # The GPU speed settings (config.GPU_SPEED_FIELDS) are no-ops elsewhere: CPU results stay bit-identical.
-        self.channels_last = getattr(cfg, "channels_last", False) and on_cuda
+        self.channels_last = cfg.channels_last and on_cuda
         self.model = model.to(self.device, memory_format=torch.channels_last) if self.channels_last \
             else model.to(self.device)
         self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun, else self.model
-        if getattr(cfg, "compile", False) and on_cuda:
+        if cfg.compile and on_cuda:
             self.train_model = torch.compile(self.train_model)  # evaluation runs the plain model
         self.config_hash = config_hash(cfg)
         self._kept_loaders: dict[tuple, tuple[Any, Any]] = {}  # persistent_workers: loaders reused per dataset
@@ -759,19 +759,19 @@ class Trainer:
         """
         cfg, batch_size = self.cfg, batch_size or self.cfg.batch_size
         drop_last = cfg.drop_last if drop_last is None else drop_last
-        options = dict(num_workers=cfg.num_workers, pin_memory=getattr(cfg, "pin_memory", True)
-                       and self.device.type == "cuda", prefetch_factor=getattr(cfg, "prefetch_factor", 2),
-                       drop_last=drop_last)
-        if not (getattr(cfg, "persistent_workers", False) and cfg.num_workers):
+        options = dict(num_workers=cfg.num_workers, pin_memory=cfg.pin_memory and self.device.type == "cuda",
+                       prefetch_factor=cfg.prefetch_factor, drop_last=drop_last)
+        if not (cfg.persistent_workers and cfg.num_workers):
             return seeded_loader(dataset, batch_size, shuffle, cfg.seed, *keys, **options)
         cache_key = (id(dataset), shuffle, batch_size, drop_last)
-        if cache_key not in self._kept_loaders:
-            while len(self._kept_loaders) >= 3:  # their workers exit with them
-                del self._kept_loaders[next(iter(self._kept_loaders))]
-            loader = seeded_loader(dataset, batch_size, shuffle, cfg.seed, *keys, persistent_workers=True, **options)
-            self._kept_loaders[cache_key] = (dataset, loader)  # the dataset is held so its id stays its own
-        loader = self._kept_loaders[cache_key][1]
-        loader.sampler.reorder(seeded_order(dataset, shuffle, cfg.seed, *keys), *keys)
+        if cache_key in self._kept_loaders:  # its workers live on: give them this epoch's order
+            loader = self._kept_loaders[cache_key][1]
+            loader.sampler.reorder(seeded_order(dataset, shuffle, cfg.seed, *keys), *keys)
+            return loader
+        while len(self._kept_loaders) >= 3:  # their workers exit with them
+            del self._kept_loaders[next(iter(self._kept_loaders))]
+        loader = seeded_loader(dataset, batch_size, shuffle, cfg.seed, *keys, persistent_workers=True, **options)
+        self._kept_loaders[cache_key] = (dataset, loader)  # the dataset is held so its id stays its own
         return loader
 
     def seed_torch(self, *keys: Any) -> None:
@@ -798,7 +798,9 @@ class Trainer:
 
         Divergence guard: a NaN or infinite loss stops the run before it
         reaches the weights (:class:`DivergenceError`). The check reads the
-        loss value the step reads anyway, so it costs no extra sync. With
+        loss value the step reads anyway, so it costs no extra sync (under
+        torchrun, one scalar all-reduce so that every process stops at the
+        same batch: :func:`finite_on_every_process`). With
         mixed precision an overflowing batch is normal: the grad scaler skips
         its step and lowers its scale, so it is left out of the mean and only
         a scale that keeps falling stops the run (:func:`fit`).

@@ -158,13 +158,16 @@ class BakedMasks:
         return tuple(round(255 * m) for m in self.mean)
 
 
-def baked_image(view: torch.Tensor, pixels: torch.Tensor, fill: Sequence[int],
+def as_uint8(view: torch.Tensor) -> torch.Tensor:
+    """A float image in [0, 1] as the uint8 image the authors saved to disk."""
+    return (view * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def baked_image(image: torch.Tensor, pixels: torch.Tensor, fill: Sequence[int],
                 jpeg_quality: Optional[int] = None) -> torch.Tensor:
-    """``view`` (float [3, h, w] in [0, 1]) as uint8 with the ``pixels`` (Bool [h, w], True = masked)
-    set to ``fill``, then through a JPEG encode/decode at ``jpeg_quality`` if given."""
-    image = (view * 255).round().clamp(0, 255).to(torch.uint8)
-    image = image.masked_scatter(pixels.expand_as(image),
-                                 torch.tensor(fill, dtype=torch.uint8)[:, None].expand(3, int(pixels.sum())))
+    """``image`` (uint8 [3, h, w]) with the ``pixels`` (Bool [h, w], True = masked) set to ``fill``,
+    then through a JPEG encode/decode at ``jpeg_quality`` if given."""
+    image = torch.where(pixels, torch.tensor(fill, dtype=torch.uint8)[:, None, None], image)
     if jpeg_quality is None:
         return image
     buffer = io.BytesIO()
@@ -223,8 +226,8 @@ class ReconstructionDataset(Dataset):
         return image.as_subclass(torch.Tensor), pixels.as_subclass(torch.Tensor).bool()
 
     def _baked_item(self, image: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        masked = baked_image(image, pixels, self.baked.fill, self.baked.jpeg_quality)
-        target = (image * 255).round().to(torch.uint8)
+        target = as_uint8(image)
+        masked = baked_image(target, pixels, self.baked.fill, self.baked.jpeg_quality)
         # The target passes as a Mask: same geometry, nearest interpolation, no colour jitter.
         masked, target, pixels = self.transform(tv_tensors.Image(masked), tv_tensors.Mask(target),
                                                 tv_tensors.Mask(pixels))

@@ -21,7 +21,7 @@ from selmask_lib.finetuning import build_initialised_model
 from selmask_lib.losses import ReconstructionLoss
 from selmask_lib.masking import patch_grid, pixel_mask
 from selmask_lib.models import HEAD_PREFIX, build_reconstruction_model, build_segmentation_model, pad_to_multiple
-from selmask_lib.pretrain_data import BakedMasks, ReconstructionDataset, baked_image, pretraining_pool
+from selmask_lib.pretrain_data import BakedMasks, ReconstructionDataset, as_uint8, baked_image, pretraining_pool
 from selmask_lib.pretraining import PretrainRun, pretrain
 
 
@@ -164,11 +164,11 @@ def test_baked_image_fills_exactly_the_masked_pixels_with_the_mean_colour():
     pixels[4:10, 8:20] = True
     baked = BakedMasks(mean=(0.4529, 0.4317, 0.3999), std=(0.4443, 0.4665, 0.4887))
     assert baked.fill == (115, 110, 102)
-    image = baked_image(view, pixels, baked.fill)
+    image = baked_image(as_uint8(view), pixels, baked.fill)
     assert image.dtype == torch.uint8
     assert (image[:, pixels] == torch.tensor([115, 110, 102])[:, None]).all()
     assert torch.equal(image[:, ~pixels], (view * 255).round().to(torch.uint8)[:, ~pixels])
-    jpeg = baked_image(view, pixels, baked.fill, jpeg_quality=75)
+    jpeg = baked_image(as_uint8(view), pixels, baked.fill, jpeg_quality=75)
     assert jpeg.shape == image.shape and not torch.equal(jpeg, image)
     assert (jpeg.float() - image.float()).abs().mean() < 60  # lossy, but the same picture
 
