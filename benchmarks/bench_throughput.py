@@ -19,6 +19,12 @@ Target: >= 0.95x.
     .venv/bin/python benchmarks/bench_throughput.py                 # demo preset size, this CPU
     .venv/bin/python benchmarks/bench_throughput.py --device cuda --image-size 256 --batch-size 32
     .venv/bin/python benchmarks/bench_throughput.py --profile       # where the kit's epoch time goes
+    .venv/bin/python benchmarks/bench_throughput.py --device cuda --set channels_last=true   # one speed key
+
+``--set KEY=VALUE`` changes the kit's configs only (each loop where it has the
+key). The bare loop stays plain (it only follows the run's precision), so
+the kit's images/s with and without a speed key (channels_last, compile,
+num_workers, pin_memory, ...) is that key's measured effect.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ os.environ["SELMASK_NO_PROGRESS"] = "1"
 
 import torch  # noqa: E402
 
-from selmask_lib.config import finetune_preset, pretrain_preset  # noqa: E402
+from selmask_lib.cli import parse_overrides  # noqa: E402
+from selmask_lib.config import FinetuneConfig, PretrainConfig, finetune_preset, pretrain_preset  # noqa: E402
 from selmask_lib.data import load_segmentation_split, resolve_data_root  # noqa: E402
 from selmask_lib.data.synthetic import ensure_synthetic_voc  # noqa: E402
 from selmask_lib.engine import Trainer  # noqa: E402
@@ -224,9 +231,20 @@ def build_configs(args, data_root: str):
         shared["batch_size"] = args.batch_size
     if args.workers is not None:
         shared["num_workers"] = args.workers
+    pre_only = {"score_size": args.image_size} if args.image_size else {}
+    fine_only = {}
+    if args.max_images:
+        pre_only["max_images"], fine_only["max_train_images"] = args.max_images, args.max_images
+    overrides = parse_overrides(args.overrides)
+    for key, value in overrides.items():
+        if key not in PretrainConfig.__dataclass_fields__ and key not in FinetuneConfig.__dataclass_fields__:
+            raise SystemExit(f"--set {key}: not a key of the pretrain or finetune config")
+        (pre_only if key in PretrainConfig.__dataclass_fields__ else {})[key] = value
+        (fine_only if key in FinetuneConfig.__dataclass_fields__ else {})[key] = value
     pre = pretrain_preset(args.preset, "synthetic", epochs=args.pretrain_epochs, checkpoint_every=10_000,
-                          **shared, **({"score_size": args.image_size} if args.image_size else {}))
-    fine = finetune_preset(args.preset, "synthetic", epochs=args.finetune_epochs, checkpoint_every=10_000, **shared)
+                          **{**shared, **pre_only})
+    fine = finetune_preset(args.preset, "synthetic", epochs=args.finetune_epochs, checkpoint_every=10_000,
+                           **{**shared, **fine_only})
     return pre, fine
 
 
@@ -237,6 +255,11 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, help="override the preset's image_size (and score_size)")
     parser.add_argument("--batch-size", type=int, help="override the preset's batch_size (both loops)")
     parser.add_argument("--workers", type=int, help="override num_workers of the kit's loaders")
+    parser.add_argument("--max-images", type=int,
+                        help="override max_images (pretraining) and max_train_images (fine-tuning)")
+    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
+                        help="a config key of the kit's runs only (repeatable, YAML values), e.g. "
+                             "--set precision=fp32; the bare loop is unchanged")
     parser.add_argument("--rounds", type=int, default=5, help="paired rounds (default 5)")
     parser.add_argument("--pretrain-epochs", type=int, default=3, help="timed epochs per pretraining run")
     parser.add_argument("--finetune-epochs", type=int, default=2, help="timed epochs per fine-tuning run")
@@ -255,7 +278,8 @@ def main() -> None:
     print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}; {load()}")
     print(f"pretraining: {len(images)} images/epoch, {pre.image_size} px, batch {pre.batch_size}, "
           f"{pre.epochs} epochs a run; fine-tuning: {len(seg_images)} images/epoch, {fine.image_size} px, "
-          f"batch {fine.batch_size}, {fine.epochs} epochs a run; kit loader workers {pre.num_workers}")
+          f"batch {fine.batch_size}, {fine.epochs} epochs a run; kit loader workers {pre.num_workers}"
+          + (f"; kit --set {' '.join(args.overrides)}" if args.overrides else ""))
     data = (images, seg_images, seg_labels, num_classes)
     with tempfile.TemporaryDirectory(prefix="selmask-throughput-") as tmp:
         tmp = Path(tmp)

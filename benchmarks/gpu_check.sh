@@ -1,24 +1,42 @@
 #!/usr/bin/env bash
-# GPU check of issue 13 (item 4): the kit's training step against a bare loop, and the paper-run
-# estimate, on one CUDA GPU, in a few minutes. Run from the repository root with a Python that has
-# torch (CUDA) and the kit's other dependencies installed (bring them as wheels if the machine has
-# no package registry: pip install --no-index --find-links wheels/ -e .).
+# GPU check of issue 13 (item 4): the kit's training step against a bare loop at the paper's size,
+# each GPU speed key measured on its own, and the paper-run estimate, on one CUDA GPU in about
+# 8 minutes. Run from the repository root with a Python that has torch (CUDA) and the kit's other
+# dependencies (on a machine with no package registry, bring them as wheels and put them on
+# PYTHONPATH).
 #
 #   bash benchmarks/gpu_check.sh [PYTHON]        # PYTHON defaults to python3
 #
-# Record in benchmarks/README.md ("GPU"): the GPU name and torch version printed first, the two
-# `kit/bare:` lines (fp32 and the default precision), and the `total on 1 device` line of each
-# dataset from `selmask estimate` (with the per-step train/eval seconds).
-set -euo pipefail
+# Every step has its own time limit, so one slow step cannot take the others with it. Record in
+# benchmarks/README.md ("GPU"): the GPU name and torch version printed first, each step's kit and
+# bare images/s and its `kit/bare:` line, and the `total on 1 device` line of each dataset from
+# `selmask estimate` (with the per-step train/eval seconds).
+set -uo pipefail
 PY=${1:-python3}
-export SELMASK_NO_PROGRESS=1 PYTHONPATH=${PYTHONPATH:-.}:.
+export SELMASK_NO_PROGRESS=1 PYTHONPATH=${PYTHONPATH:-.}:. PYTHONUNBUFFERED=1
 "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0), 'bf16' if torch.cuda.is_bf16_supported() else 'no bf16')"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv || true
+nproc
 
-echo "== kit vs bare loop, paper size (256 px, batch 32), 4 loader workers, default precision (auto: bf16) =="
-timeout 240 "$PY" benchmarks/bench_throughput.py --device cuda --image-size 256 --batch-size 32 --workers 4 \
-    --rounds 3 --pretrain-epochs 2 --finetune-epochs 2 || echo "bench_throughput (auto precision) failed: $?"
+# Paper size: 256 px crops, batch 32; every pretraining image of the embedded data (about 500 a
+# training epoch), every fine-tuning image (120); 2 timed epochs each.
+SIZE=(--device cuda --image-size 256 --batch-size 32 --pretrain-epochs 2 --finetune-epochs 2)
+step() {  # step SECONDS TITLE ARGS...: one bench_throughput run under its own limit
+    local limit=$1 title=$2; shift 2
+    echo "== $title =="
+    timeout "$limit" "$PY" benchmarks/bench_throughput.py "${SIZE[@]}" "$@" || echo "($title: exit $?)"
+}
+step 130 "default keys (precision auto = bf16), 4 loader workers, 3 rounds" --workers 4 --rounds 3
+step 60 "fp32 (the paper preset's precision), 4 workers" --workers 4 --rounds 1 --set precision=fp32
+step 60 "bf16, 12 loader workers" --workers 12 --rounds 1
+step 60 "bf16, 4 workers, channels_last" --workers 4 --rounds 1 --set channels_last=true
+step 60 "bf16, 4 workers, pin_memory + persistent_workers" --workers 4 --rounds 1 \
+    --set pin_memory=true --set persistent_workers=true
 
 echo "== paper-run estimate: 20 steps after 3 warm-up steps, paper batch and size =="
-timeout 240 "$PY" -m selmask_lib.cli estimate --preset paper --steps 20 --warmup 3 --gpus 4 \
-    || echo "estimate failed: $?"
+timeout 90 "$PY" -m selmask_lib.cli estimate --preset paper --steps 20 --warmup 3 --gpus 4 \
+    || echo "(estimate: exit $?)"
+
+# Last, since compiling takes a while: its first epoch pays the compilation, so 4 timed epochs.
+step 100 "bf16, 4 workers, torch.compile (compilation counted)" --workers 4 --rounds 1 \
+    --pretrain-epochs 4 --finetune-epochs 4 --set compile=true
