@@ -17,6 +17,14 @@ rest (model set-up, data loaders, masks read back). A micro-benchmark of the
 two data pipelines (``ReconstructionDataset`` items with and without fixed
 masks) shows the extra cost of the scoring view per training image.
 
+The fixed cost of an epoch (what an epoch costs beyond its images) is measured
+on its own, since selective masking runs K x as many epochs as random masking
+(K steps of E epochs on 1/K of the pool): per epoch, the wait for the first
+training batch (loader start-up), the rest of the training pass, validation,
+the metrics row and checkpoints. A line ``seconds = fixed + per_image x
+images`` through the training passes of both strategies separates the two,
+and its weight at K=10 is printed.
+
     .venv/bin/python benchmarks/bench_budget.py                  # demo preset, 1 round
     .venv/bin/python benchmarks/bench_budget.py --epochs 1 --max-images 64   # quick look
     .venv/bin/python benchmarks/bench_budget.py --repeats 3 --set max_images=560 --set image_size=64 \
@@ -90,6 +98,84 @@ class WallTimer:
             setattr(module, self.name, original)
 
 
+class EpochParts:
+    """Per-epoch seconds of each part of :func:`selmask_lib.engine.fit`'s epoch, by wrapping the library's methods.
+
+    ``first_batch``: from the start of the training pass to its first batch
+    (loader and worker start-up); ``train``: the rest of the pass; ``val``:
+    validation (``Trainer.mean_loss``); ``log``: the metrics row. Checkpoints
+    are timed by :class:`WallTimer` on ``save_checkpoint``.
+    """
+
+    def __init__(self):
+        self.passes: list[dict] = []  # one per training pass: images, first_batch, train seconds
+        self.val = self.log = 0.0
+
+    def __enter__(self):
+        trainer, logger = engine_module.Trainer, engine_module.MetricsLogger
+        self.originals = (trainer.train_one_epoch, trainer.mean_loss, logger.log)
+        parts = self
+
+        def train_one_epoch(self_, loader, *args, **kwargs):
+            started, first = time.perf_counter(), []
+
+            def batches():
+                for batch in loader:
+                    if not first:
+                        first.append(time.perf_counter() - started)
+                    yield batch
+            result = parts.originals[0](self_, _Sized(batches(), loader), *args, **kwargs)
+            total = time.perf_counter() - started
+            parts.passes.append({"images": len(loader.sampler), "first_batch": first[0] if first else total,
+                                 "train": total - (first[0] if first else total)})
+            return result
+
+        def mean_loss(self_, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return parts.originals[1](self_, *args, **kwargs)
+            finally:
+                parts.val += time.perf_counter() - started
+
+        def log(self_, row):
+            started = time.perf_counter()
+            try:
+                return parts.originals[2](self_, row)
+            finally:
+                parts.log += time.perf_counter() - started
+
+        trainer.train_one_epoch, trainer.mean_loss, logger.log = train_one_epoch, mean_loss, log
+        return self
+
+    def __exit__(self, *exc):
+        engine_module.Trainer.train_one_epoch, engine_module.Trainer.mean_loss, engine_module.MetricsLogger.log = \
+            self.originals
+
+
+class _Sized:
+    """An iterable with the ``len`` (and ``sampler``) of the loader it wraps, for progress bars and counts."""
+
+    def __init__(self, iterable, loader):
+        self.iterable, self.loader, self.sampler = iterable, loader, loader.sampler
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def __len__(self):
+        return len(self.loader)
+
+
+def fixed_and_per_image(passes: list[dict]) -> tuple[float, float]:
+    """Least-squares ``seconds = fixed + per_image x images`` over training passes (first batch included)."""
+    x = torch.tensor([float(p["images"]) for p in passes], dtype=torch.float64)
+    y = torch.tensor([p["first_batch"] + p["train"] for p in passes], dtype=torch.float64)
+    if len(set(x.tolist())) < 2:
+        return math.nan, float((y / x).mean())
+    design = torch.stack([torch.ones_like(x), x], dim=1)
+    fixed, per_image = torch.linalg.lstsq(design, y[:, None]).solution[:, 0].tolist()
+    return fixed, per_image
+
+
 def epoch_seconds(run_dir: Path) -> float:
     """Sum of the per-epoch ``seconds`` of every metrics.csv under ``run_dir`` (train + val epochs)."""
     total = 0.0
@@ -102,14 +188,19 @@ def epoch_seconds(run_dir: Path) -> float:
 def timed_run(kind: str, cfg, out_dir: Path) -> dict:
     """Seconds of one fresh run: total, epochs (from metrics.csv), scoring, checkpoint writes, the rest."""
     with WallTimer("select_masks", pretrain_module) as scoring, \
-            WallTimer("save_checkpoint", pretrain_module, engine_module) as checkpoints:
+            WallTimer("save_checkpoint", pretrain_module, engine_module) as checkpoints, EpochParts() as parts:
         started = time.perf_counter()
         (pretrain_random if kind == "random" else pretrain_selective)(cfg, out_dir, resume=False)
         total = time.perf_counter() - started
     epochs = epoch_seconds(out_dir)
+    n_epochs = len(parts.passes)
     return {"total": total, "epochs": epochs, "scoring": scoring.seconds, "checkpoints": checkpoints.seconds,
             "other": total - epochs - scoring.seconds - checkpoints.seconds,
-            "checkpoint_saves": checkpoints.calls}
+            "checkpoint_saves": checkpoints.calls, "n_epochs": n_epochs, "passes": parts.passes,
+            "per_epoch": {"first batch": sum(p["first_batch"] for p in parts.passes) / n_epochs,
+                          "train": sum(p["train"] for p in parts.passes) / n_epochs,
+                          "val": parts.val / n_epochs, "log": parts.log / n_epochs,
+                          "checkpoints": checkpoints.seconds / n_epochs}}
 
 
 def batches(n_images: int, batch_size: int) -> int:
@@ -217,7 +308,8 @@ def main() -> None:
                       f"scoring {result['scoring']:.1f}, checkpoints {result['checkpoints']:.1f}, "
                       f"other {result['other']:.1f}); {load()}")
 
-    median = {kind: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    median = {kind: {key: statistics.median(r[key] for r in runs) for key in runs[0]
+                     if isinstance(runs[0][key], (int, float))}
               for kind, runs in results.items()}
     rnd, sel = median["random"], median["selective"]
     ratio = sel["total"] / rnd["total"]
@@ -242,6 +334,8 @@ def main() -> None:
           f"the scoring cost is fixed per step, so E x 10 would make it about "
           f"{sel['scoring'] / (sel['scoring'] + 10 * sel['epochs']):.1%}")
 
+    print_fixed_epoch_cost(cfg, results)
+
     if args.pipeline_items:
         per_item = pipeline_item_seconds(cfg, pool, args.pipeline_items, repeats=5)
         extra = per_item["selective"] - per_item["random"]
@@ -252,6 +346,31 @@ def main() -> None:
         print(f"  extra per selective item {extra * 1e3:.2f} ms; about "
               f"{(cfg.n_partitions - 1) / cfg.n_partitions * n_loaded * extra:.2f} s over the run's fixed-mask steps "
               f"({(cfg.n_partitions - 1) / cfg.n_partitions * n_loaded} items)")
+
+
+def print_fixed_epoch_cost(cfg, results: dict) -> None:
+    """Each part of an epoch, per epoch, and the fixed cost per epoch and its weight at K=10."""
+    print("\nper epoch, seconds (mean over the rounds' epochs)")
+    parts = ("first batch", "train", "val", "log", "checkpoints")
+    print("  " + f"{'':10s} {'epochs':>6s} " + " ".join(f"{part:>11s}" for part in parts))
+    for kind, runs in results.items():
+        mean = {part: statistics.mean(r["per_epoch"][part] for r in runs) for part in parts}
+        print(f"  {kind:10s} {runs[0]['n_epochs']:6d} " + " ".join(f"{mean[part]:11.3f}" for part in parts))
+    passes = [p for runs in results.values() for r in runs for p in r["passes"]]
+    fixed, per_image = fixed_and_per_image(passes)
+    rnd, sel = results["random"][0], results["selective"][0]
+    val_and_rest = statistics.mean(r["per_epoch"]["val"] + r["per_epoch"]["log"] + r["per_epoch"]["checkpoints"]
+                                   for r in results["selective"])
+    per_epoch = fixed + val_and_rest
+    sel_total = statistics.median(r["total"] for r in results["selective"])
+    print(f"  training pass = {fixed:.3f} s + {per_image * 1e3:.2f} ms x images (least squares over "
+          f"{len(passes)} passes of both strategies): a fixed {fixed:.3f} s per pass")
+    print(f"  fixed cost per selective epoch (pass start + validation + log + checkpoints): {per_epoch:.3f} s; "
+          f"selective runs {sel['n_epochs']} epochs to random's {rnd['n_epochs']}: "
+          f"{per_epoch * (sel['n_epochs'] - rnd['n_epochs']):.1f} s more, "
+          f"{per_epoch * (sel['n_epochs'] - rnd['n_epochs']) / sel_total:.1%} of the selective run")
+    k10 = 10 * cfg.epochs - cfg.epochs
+    print(f"  at K=10 (this E={cfg.epochs}): {k10} more epochs than random, {per_epoch * k10:.1f} s of fixed cost")
 
 
 if __name__ == "__main__":

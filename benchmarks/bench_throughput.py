@@ -209,8 +209,13 @@ def one_round(round_: int, configs, data, device, tmp: Path) -> dict[str, float]
     return ratios
 
 
-def profile_kit(configs, tmp: Path, top: int) -> None:
-    """cProfile of one kit run of each loop (training epochs dominate): the functions with the most time."""
+def profile_kit(configs, tmp: Path, top: int, sort: str = "cumulative") -> None:
+    """cProfile of one kit run of each loop (training epochs dominate): the functions with the most time.
+
+    Sorted by ``tottime``, waiting shows as the self time of the call that waits:
+    ``poll``/``get`` of the loader's queue (data-bound), ``item``/``__float__``
+    of a loss read (GPU-bound).
+    """
     for name, run in (("pretraining", lambda: kit_pretraining(configs[0], tmp / "profile-pretrain")),
                       ("fine-tuning", lambda: kit_finetuning(configs[1], tmp / "profile-finetune"))):
         profiler = cProfile.Profile()
@@ -219,8 +224,8 @@ def profile_kit(configs, tmp: Path, top: int) -> None:
             run()
             profiler.disable()
         print(f"\nprofile of a kit {name} run ({sum(s for s, _ in timer.epochs):.1f} s in training epochs), "
-              f"top {top} by cumulative time:")
-        pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(top)
+              f"top {top} by {sort}:")
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats(sort).print_stats(top)
 
 
 def build_configs(args, data_root: str):
@@ -266,6 +271,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch.set_num_threads (default: every core available)")
     parser.add_argument("--profile", action="store_true", help="also cProfile one kit run of each loop")
+    parser.add_argument("--profile-sort", default="cumulative", choices=("cumulative", "tottime"),
+                        help="order of the profile's functions (default cumulative)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -288,7 +295,7 @@ def main() -> None:
             one_round(-2, warm, data, device, tmp)
         results = [one_round(round_, configs, data, device, tmp) for round_ in range(args.rounds)]
         if args.profile:
-            profile_kit(configs, tmp, top=25)
+            profile_kit(configs, tmp, top=25, sort=args.profile_sort)
     medians = {loop: statistics.median(r[loop] for r in results) for loop in results[0]}
     for loop, values in ((loop, [r[loop] for r in results]) for loop in medians):
         print(f"{loop}: per round " + ", ".join(f"{v:.3f}x" for v in values)

@@ -224,7 +224,7 @@ class PretrainConfig(_ConfigBase):
     channels_last: bool = False        # CUDA: NHWC memory format (not hashed)
     compile: bool = False              # CUDA: torch.compile the training model (not hashed)
     pin_memory: bool = True            # CUDA: pinned host memory for loaded batches (not hashed)
-    persistent_workers: bool = False   # keep loader workers alive between epochs (not hashed)
+    persistent_workers: bool = True    # keep loader workers alive between epochs (not hashed; workers only)
     prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
     checkpoint_every: int = 1          # epochs between checkpoints (not hashed)
     # Details of the authors' code (docs/METHOD.md); the paper preset sets them their way.
@@ -332,7 +332,7 @@ class FinetuneConfig(_ConfigBase):
     channels_last: bool = False        # CUDA: NHWC memory format (not hashed)
     compile: bool = False              # CUDA: torch.compile the training model (not hashed)
     pin_memory: bool = True            # CUDA: pinned host memory for loaded batches (not hashed)
-    persistent_workers: bool = False   # keep loader workers alive between epochs (not hashed)
+    persistent_workers: bool = True    # keep loader workers alive between epochs (not hashed; workers only)
     prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
     checkpoint_every: int = 1
     # Details of the authors' code (docs/METHOD.md); the paper preset sets them their way.

@@ -548,8 +548,16 @@ class Optimisation:
 
     def step(self, loss: torch.Tensor) -> None:
         """One optimiser step on ``loss`` (scaled on CUDA with AMP, plain elsewhere)."""
+        self.backward(loss)
+        self.apply_gradients()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Fresh gradients of ``loss``; the weights are not touched yet (:meth:`apply_gradients`)."""
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+
+    def apply_gradients(self) -> None:
+        """The optimiser step on the gradients of :meth:`backward` (skipped by the scaler if they overflowed)."""
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
@@ -797,8 +805,10 @@ class Trainer:
         """One optimisation pass over ``loader``; the mean loss per image over all processes.
 
         Divergence guard: a NaN or infinite loss stops the run before it
-        reaches the weights (:class:`DivergenceError`). The check reads the
-        loss value the step reads anyway, so it costs no extra sync (under
+        reaches the weights (:class:`DivergenceError`). The loss value is read
+        after the backward pass is queued and before the optimiser step, so
+        on a GPU the host waits once per step, while the backward pass runs,
+        rather than between the forward and the backward passes (under
         torchrun, one scalar all-reduce so that every process stops at the
         same batch: :func:`finite_on_every_process`). With
         mixed precision an overflowing batch is normal: the grad scaler skips
@@ -808,12 +818,13 @@ class Trainer:
         total, count = 0.0, 0
         for batch_index, batch in enumerate(progress(loader, desc=description, leave=False)):
             loss = batch_loss(self.train_model, batch)
+            optimisation.backward(loss)
             value = float(loss.detach())
             if not optimisation.scaler.is_enabled() and not finite_on_every_process(loss, value):
                 lr = optimisation.optimizer.param_groups[0]["lr"]
                 which = f"is {value}" if not math.isfinite(value) else "of another process is not finite"
                 raise DivergenceError(f"{description}: training loss {which} at batch {batch_index} (lr {lr:g})")
-            optimisation.step(loss)  # with AMP, a non-finite loss gives non-finite gradients: the step is skipped
+            optimisation.apply_gradients()  # with AMP, non-finite gradients make the scaler skip the step
             if not math.isfinite(value):
                 continue
             n = len(batch[0])

@@ -121,21 +121,21 @@ def time_pretraining_step(cfg: PretrainConfig, steps: int, warmup: int) -> StepT
     from .losses import ReconstructionLoss
     from .masking import patch_grid
     from .models import build_reconstruction_model
-    from .pretrain_data import masked_inputs
+    from .pretrain_data import RandomPixelMasks, masked_inputs
 
     torch.manual_seed(cfg.seed)
     trainer = Trainer(cfg, build_reconstruction_model(cfg.dropout, cfg.pad_to_multiple))
     crop_grid = patch_grid(cfg.image_size, cfg.image_size, cfg.n_patches)
     loss_fn, generator = ReconstructionLoss(cfg.recon_loss), epoch_generator(cfg.seed, "estimate")
     images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size)
-    no_fixed_masks = torch.zeros(cfg.batch_size, cfg.image_size, cfg.image_size, dtype=torch.bool)
+    random_masks = RandomPixelMasks(crop_grid, cfg.mask_ratio, trainer.device)
 
     def batch_loss(model, batch):
-        images, pixels = (tensor.to(trainer.device) for tensor in batch)
-        inputs = masked_inputs(images, pixels, crop_grid, cfg.mask_ratio, generator)
+        (images,) = (tensor.to(trainer.device) for tensor in batch)
+        inputs = masked_inputs(images, random_masks(len(images), generator))
         return loss_fn(trainer.forward(model, inputs), images)
 
-    return _time_steps(trainer, [(images, no_fixed_masks)], batch_loss, steps, warmup)
+    return _time_steps(trainer, [(images,)], batch_loss, steps, warmup)
 
 
 def time_finetuning_step(cfg: FinetuneConfig, num_classes: int, steps: int, warmup: int) -> StepTimes:

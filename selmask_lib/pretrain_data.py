@@ -26,7 +26,7 @@ from torchvision.transforms import v2
 from .config import PretrainConfig
 from .data import UnlabelledImages, load_pretraining_images, resolve_data_root
 from .errors import SelmaskError
-from .masking import PATCH_SSIM_WINDOW, patch_grid, pixel_mask, random_mask
+from .masking import PATCH_SSIM_WINDOW, patch_grid, patch_index_map, pixel_mask, random_mask
 from .transforms import normalise
 
 # The smallest patch, in pixels of the image, that is worth scoring or reconstructing (check_patch_size).
@@ -235,17 +235,33 @@ class ReconstructionDataset(Dataset):
         return masked.as_subclass(torch.Tensor), target, pixels.as_subclass(torch.Tensor).bool()
 
 
-def masked_inputs(images: torch.Tensor, pixel_masks: torch.Tensor, crop_grid: torch.Tensor, mask_ratio: float,
-                  generator: torch.Generator) -> torch.Tensor:
-    """The network's input: ``images [B, 3, S, S]`` with masked pixels set to the dataset mean (0 here).
+class RandomPixelMasks:
+    """Fresh random patch masks for a batch of training crops, as pixel masks on the device.
 
-    Fixed masks arrive as ``pixel_masks [B, S, S]`` from a
-    :class:`ReconstructionDataset`; a batch without any (random masking)
-    gets a fresh random patch mask per image on ``crop_grid``, drawn from
-    ``generator`` (a CPU generator, so the draws are the same on any device)
-    and expanded to pixels on the images' device.
+    Drawn from a CPU generator, so a seed gives the same masks on any device.
+    The pixel-to-patch map of the crop grid is built once and kept on the
+    device, and on a GPU the draws travel through pinned memory: building a
+    batch's masks never makes the host wait for the GPU (a copy from pageable
+    memory, or reading a device value, would).
     """
-    if not pixel_masks.any():
-        patches = random_mask(images.shape[0], crop_grid.shape[0], mask_ratio, generator).to(images.device)  # [B, P]
-        pixel_masks = pixel_mask(patches, crop_grid)  # [B, S, S]
+
+    def __init__(self, crop_grid: torch.Tensor, mask_ratio: float, device: torch.device | str):
+        self.n_patches, self.mask_ratio, self.device = crop_grid.shape[0], mask_ratio, torch.device(device)
+        self.cell_of_pixel = patch_index_map(crop_grid).to(self.device)  # [S, S]
+
+    def __call__(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Bool ``[batch_size, S, S]`` on the device, True = masked; each image its own draw."""
+        patches = random_mask(batch_size, self.n_patches, self.mask_ratio, generator)  # [B, P], on the CPU
+        if self.device.type == "cuda":
+            patches = patches.pin_memory()
+        return patches.to(self.device, non_blocking=True)[:, self.cell_of_pixel]
+
+
+def masked_inputs(images: torch.Tensor, pixel_masks: torch.Tensor) -> torch.Tensor:
+    """The network's input: ``images [B, 3, S, S]`` with masked pixels (``pixel_masks [B, S, S]``) set to 0.
+
+    0 is the dataset mean once images are normalised. The masks are a
+    :class:`ReconstructionDataset`'s fixed ones (selective steps) or a batch
+    of :class:`RandomPixelMasks` (random masking).
+    """
     return images.masked_fill(pixel_masks.unsqueeze(1), 0.0)

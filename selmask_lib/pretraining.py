@@ -73,6 +73,7 @@ from .masking import patch_grid
 from .models import build_reconstruction_model
 from .pretrain_data import (
     BakedMasks,
+    RandomPixelMasks,
     ReconstructionDataset,
     check_pool,
     masked_inputs,
@@ -177,13 +178,17 @@ def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledIma
                                                        antialias=cfg.antialias))
     val_set = dataset(val_indices, val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias))
 
+    random_masks = RandomPixelMasks(crop_grid, cfg.mask_ratio, trainer.device) if patch_masks is None else None
+
     def reconstruction_loss(mask_generator: torch.Generator):
         def batch_loss(model: torch.nn.Module, batch) -> torch.Tensor:
             if len(batch) == 3:  # baked masks: the dataset gives (masked input, target, pixel mask)
                 inputs, images, _ = (tensor.to(trainer.device, non_blocking=True) for tensor in batch)
             else:
                 images, pixels = (tensor.to(trainer.device, non_blocking=True) for tensor in batch)
-                inputs = masked_inputs(images, pixels, crop_grid, cfg.mask_ratio, mask_generator)  # on the device
+                if random_masks is not None:  # random masking: a fresh mask per image and batch
+                    pixels = random_masks(len(images), mask_generator)
+                inputs = masked_inputs(images, pixels)
             return loss_fn(trainer.forward(model, inputs), images)
         return batch_loss
 

@@ -19,6 +19,7 @@ from selmask_lib.pretraining import (
     pretrain_selective,
 )
 from selmask_lib.pretrain_data import (
+    RandomPixelMasks,
     ReconstructionDataset,
     check_patch_size,
     masked_inputs,
@@ -88,14 +89,14 @@ def test_fixed_masks_stay_fixed_while_random_masks_change_every_load(data_root):
     crop_grid = patch_grid(cfg.image_size, cfg.image_size, cfg.n_patches)
     image, pixels = dataset[0]
     assert pixels.any()
-    fixed_input = masked_inputs(image[None], pixels[None], crop_grid, cfg.mask_ratio, torch.Generator())[0]
+    fixed_input = masked_inputs(image[None], pixels[None])[0]
     assert torch.equal(fixed_input == 0, pixels.expand_as(image) | (image == 0))  # exactly the fixed pixels
     random_set = ReconstructionDataset(pool, [1, 1], transform, cfg.score_size, cfg.n_patches)
     images = torch.stack([random_set[0][0], random_set[1][0]])
-    no_mask = torch.zeros(2, *images.shape[-2:], dtype=torch.bool)
+    random_masks = RandomPixelMasks(crop_grid, cfg.mask_ratio, "cpu")
     generator = torch.Generator().manual_seed(0)
-    first = masked_inputs(images, no_mask, crop_grid, cfg.mask_ratio, generator)
-    second = masked_inputs(images, no_mask, crop_grid, cfg.mask_ratio, generator)
+    first = masked_inputs(images, random_masks(2, generator))
+    second = masked_inputs(images, random_masks(2, generator))
     assert not torch.equal(first, second)  # a fresh mask on every load
     assert not torch.equal(first[0], first[1])  # and per image
     assert (first == 0).float().mean() > 0.4  # about half of the pixels are masked
@@ -300,11 +301,14 @@ SPEED_ONLY = dict(persistent_workers=True, prefetch_factor=3,  # used on CPU too
                   channels_last=True, compile=True, pin_memory=False, precision="bf16")  # no-ops on CPU by design
 
 
-@pytest.mark.parametrize("speed_settings", [dict(num_workers=2), dict(num_workers=1, **SPEED_ONLY)],
-                         ids=["2 workers", "speed keys"])
-def test_speed_settings_do_not_change_the_weights(data_root, tmp_path, speed_settings):
+@pytest.mark.parametrize("strategy, speed_settings", [
+    ("random", dict(num_workers=2)),
+    ("random", dict(num_workers=1, **SPEED_ONLY)),
+    ("selective", dict(num_workers=1, **SPEED_ONLY)),  # kept workers must see each step's new masks
+], ids=["2 workers", "speed keys", "selective, speed keys"])
+def test_speed_settings_do_not_change_the_weights(data_root, tmp_path, strategy, speed_settings):
     """num_workers and the GPU speed keys are not hashed: on a CPU they must train the very same model."""
-    cfg = smoke(data_root, strategy="random", max_images=12, epochs=2)
+    cfg = smoke(data_root, strategy=strategy, max_images=12, epochs=2)
     in_process = pretrain(cfg, out_dir=tmp_path / "default")
     fast = pretrain(cfg.updated(**speed_settings), out_dir=tmp_path / "fast")
     expected, got = weights_of(in_process.weights), weights_of(fast.weights)
