@@ -283,6 +283,26 @@ def budget_curves(sweep: pd.DataFrame) -> pd.DataFrame:
                                           "method"])
 
 
+CLAIM_WORDS = {"better": "shown", "worse": "contradicted (cross better)",
+               "not distinguishable": "not distinguishable", "no interval": "no interval"}
+
+
+def budget_conclusion(gains: pd.DataFrame) -> list[str]:
+    """What :func:`budget_gains` shows, in sentences: one per budget, then claim (3)'s tally, whatever the sign."""
+    lines = []
+    for _, row in gains.iterrows():
+        interval = ("no interval" if math.isnan(row["lower"])
+                    else f"95 % interval [{row['lower']:+.1f}, {row['upper']:+.1f}], {row['method']}, n = {row['n']}")
+        verdict = f"self is {row['verdict']}" if row["verdict"] in ("better", "worse") else row["verdict"]
+        lines.append(f"{row['fraction']:.0%} of the budget ({row['image_steps_self']} image-steps self, "
+                     f"{row['image_steps_cross']} cross): self - cross = {row['gain']:+.1f} points "
+                     f"({interval}): {verdict}")
+    tally = [f"{words} at {', '.join(f'{f:.0%}' for f in gains.loc[gains['verdict'] == verdict, 'fraction'])}"
+             for verdict, words in CLAIM_WORDS.items() if (gains["verdict"] == verdict).any()]
+    lines.append("claim (3), self-pretraining beats cross-pretraining at a small budget: " + "; ".join(tally))
+    return lines
+
+
 # --------------------------------------------------------------------------- an offline partner
 
 

@@ -175,11 +175,12 @@ def budget_figure(sweep, gains=None, x: str = "image_steps", title: str | None =
         axis.plot(rows[x], rows["miou"], marker="o", color=colour, label=f"{relation} (pretrained on {pretrained_on})")
         axis.fill_between(rows[x], rows["lower"], rows["upper"], color=colour, alpha=0.18, linewidth=0)
     _write_verdicts(axis, curves, gains, x)
-    axis.set_xlabel("pretraining image-steps (training images seen)" if x == "image_steps"
-                    else "fraction of the preset's pretraining budget")
+    axis.set_xlabel(("pretraining image-steps (training images seen)" if x == "image_steps"
+                     else "fraction of the preset's pretraining budget")
+                    + "\nboxes: verdict on self - cross (points, 95 % interval)", fontsize=9)
     axis.set_ylabel(f"test mIoU on {sweep['dataset'].iloc[0]} (%)")
     bands = "bands: 95 % interval, " + ", ".join(sorted(set(curves["method"])))
-    axis.set_title(title or f"self vs cross selective pretraining by budget ({bands})", fontsize=9)
+    axis.set_title(f"{title or 'self vs cross selective pretraining by budget'}\n{bands}", fontsize=9)
     axis.legend(loc="upper left", fontsize=8)
     axis.margins(y=0.25)
     figure.tight_layout()
