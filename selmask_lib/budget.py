@@ -91,6 +91,18 @@ def check_pair(dataset: str, partner: str) -> None:
                            "cross-pretraining needs another dataset")
 
 
+def check_data_roots(data_roots: Mapping[str, Optional[str]], datasets: Sequence[str]) -> None:
+    """Each dataset has its folder before any run starts, not after the self runs of the first budget."""
+    from .data import resolve_data_root
+
+    for name in datasets:
+        try:
+            resolve_data_root(name, _data_root(data_roots, name))
+        except SelmaskError:
+            raise SelmaskError(f"budget sweep: parameter 'data_roots' has no folder for {name!r}; "
+                               f"give one, e.g. data_roots={{{name!r}: DIR}} (--data-root {name}=DIR)") from None
+
+
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise SelmaskError(f"budget sweep: parameter '{name}' is {value!r}, not one of {', '.join(choices)}")
@@ -202,6 +214,7 @@ def budget_sweep(
     if not seeds:
         raise SelmaskError("budget sweep: parameter 'seeds' is empty")
     data_roots, runs_root = dict(data_roots or {}), Path(runs_root)
+    check_data_roots(data_roots, (dataset, partner))
     pretrain_overrides, finetune_overrides = dict(pretrain_overrides or {}), dict(finetune_overrides or {})
     domains = {"self": dataset, "cross": partner}
     rows = []

@@ -215,6 +215,12 @@ def test_an_unknown_or_identical_partner_is_one_line_naming_the_parameter(partne
     assert "\n" not in str(error.value)
 
 
+def test_a_partner_without_data_is_refused_before_any_run(tmp_path):
+    with pytest.raises(SelmaskError, match=re.escape("parameter 'data_roots' has no folder for 'voc'")):
+        budget_sweep("synthetic", "voc", preset="smoke", runs_root=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_budget_too_small_for_the_partitions_names_the_fraction():
     base = pretrain_preset("smoke", "synthetic")  # K = 2: at least 4 images
     with pytest.raises(SelmaskError, match=r"'fractions' has 0.1, which leaves 2 of 24 synthetic images, fewer than 4"):
