@@ -56,6 +56,11 @@ _EXPORTS = {
     "paired_t_test": "statistics",
     "verdict": "statistics",
     "PAPER_COLUMNS": "tables",
+    # claim (3): self vs cross by pretraining budget
+    "budget_sweep": "budget",
+    "budget_gains": "budget",
+    "budget_curves": "budget",
+    "same_domain_partner": "budget",
     # masking
     "patch_grid": "masking",
     "random_mask": "masking",
@@ -69,6 +74,7 @@ _EXPORTS = {
     # figures
     "masked_views_figure": "plotting",
     "per_class_gain_figure": "plotting",
+    "budget_figure": "plotting",
     "masking_figure": "plotting",
     # notebooks
     "setup_notebook": "notebook",

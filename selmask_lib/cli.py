@@ -1,4 +1,5 @@
-"""The ``selmask`` command: ``demo``, ``pretrain``, ``finetune``, ``reproduce``, ``config``, ``estimate``, ``synthetic``.
+"""The ``selmask`` command: ``demo``, ``pretrain``, ``finetune``, ``reproduce``, ``budget``, ``config``, ``estimate``,
+``synthetic``.
 
 The command line lives here alone: argument definitions, the one step that
 turns arguments into a config, error printing and exit codes. Each
@@ -135,6 +136,30 @@ def _reproduce_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budget_command(args: argparse.Namespace) -> int:
+    from .budget import budget_gains, budget_sweep, check_fractions, check_pair
+
+    check_pair(args.dataset, args.partner)  # before any run starts
+    check_fractions(args.fractions)
+    sweep = budget_sweep(args.dataset, args.partner, fractions=args.fractions, preset=args.preset, seeds=args.seeds,
+                         runs_root=args.runs_root, scale=args.scale, data_roots=parse_data_roots(args.data_roots),
+                         pretrain_overrides=parse_overrides(args.pretrain_overrides),
+                         finetune_overrides=parse_overrides(args.finetune_overrides))
+    gains = budget_gains(sweep)
+    shown = ["fraction", "image_steps_self", "image_steps_cross", "gain", "lower", "upper", "n", "verdict"]
+    print(f"self - cross test mIoU on {args.dataset} (points; pretrained on {args.dataset} vs {args.partner}):")
+    print(gains[shown].round(2).to_string(index=False))
+    if args.table:  # one row per run: budget, seed, self/cross, mIoU and its interval
+        sweep.to_csv(args.table, index=False)
+        print(f"table: {args.table}")
+    if args.figure:
+        from .plotting import budget_figure
+
+        budget_figure(sweep, gains).savefig(args.figure, dpi=110)
+        print(f"figure: {args.figure}")
+    return 0
+
+
 def _config_command(args: argparse.Namespace) -> int:
     from .config import describe_keys
 
@@ -261,6 +286,30 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--set-finetune", dest="finetune_overrides", action="append", metavar="KEY=VALUE",
                            help="override a key of every fine-tuning run (repeatable)")
     reproduce.add_argument("--table", default=None, help="also write the table's numbers (mean, 95 %% interval, n) to this CSV file")
+
+    budget = command("budget", _budget_command,
+                     "claim (3): self vs cross selective pretraining at fractions of the pretraining budget")
+    budget.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="downstream dataset (self)")
+    budget.add_argument("--partner", required=True, choices=DATASET_NAMES,
+                        help="the other dataset pretrained on (cross)")
+    budget.add_argument("--fractions", nargs="+", type=float, default=[0.25, 0.5, 1.0],
+                        help="budgets, fractions in (0, 1] of the preset's pretraining budget (default: %(default)s)")
+    budget.add_argument("--scale", default="images", choices=("images", "epochs", "both"),
+                        help="what a fraction shrinks: the pretraining images (default), the epochs, or both "
+                             "by its square root")
+    budget.add_argument("--preset", default="demo", choices=PRESET_NAMES,
+                        help="named configs of every run (default: %(default)s)")
+    budget.add_argument("--seeds", nargs="+", type=int, default=[PAPER_SEED],
+                        help="one self and one cross run per budget and seed (default: %(default)s)")
+    budget.add_argument("--runs-root", default="runs", help="folder of cached runs (default: %(default)s)")
+    budget.add_argument("--data-root", dest="data_roots", action="append", metavar="NAME=DIR",
+                        help="folder of one dataset, e.g. --data-root folder=/data/mine (repeatable)")
+    budget.add_argument("--set-pretrain", dest="pretrain_overrides", action="append", metavar="KEY=VALUE",
+                        help="override a key of every pretraining run before its budget is cut (repeatable)")
+    budget.add_argument("--set-finetune", dest="finetune_overrides", action="append", metavar="KEY=VALUE",
+                        help="override a key of every fine-tuning run (repeatable)")
+    budget.add_argument("--table", default=None, metavar="CSV", help="write one row per run to this CSV file")
+    budget.add_argument("--figure", default=None, metavar="PNG", help="save the mIoU-by-budget figure here")
 
     config = command("config", _config_command, "list every config key with its type and preset values")
     config.add_argument("kind", choices=("pretrain", "finetune"), help="which config")

@@ -147,3 +147,51 @@ def _error_bars(gain) -> np.ndarray | None:
     below = (gain["gain"] - gain["lower"]).fillna(0).clip(lower=0)
     above = (gain["upper"] - gain["gain"]).fillna(0).clip(lower=0)
     return np.vstack([below.to_numpy(), above.to_numpy()])
+
+
+BUDGET_COLOURS = {"self": "tab:blue", "cross": "tab:orange"}
+
+
+def budget_figure(sweep, gains=None, x: str = "image_steps", title: str | None = None) -> "matplotlib.figure.Figure":
+    """Claim (3): test mIoU against the pretraining budget, self and cross, with 95 % interval bands.
+
+    ``sweep`` is :func:`selmask_lib.budget.budget_sweep`'s table, ``gains``
+    :func:`~selmask_lib.budget.budget_gains`' (computed when None); each
+    budget's verdict on self - cross is written at its x. ``x``:
+    ``"image_steps"`` (each line at its own runs' count) or ``"fraction"``.
+    """
+    from .budget import budget_curves, budget_gains
+    from .errors import SelmaskError
+
+    if x not in ("image_steps", "fraction"):
+        raise SelmaskError(f"budget_figure: x must be 'image_steps' or 'fraction', got {x!r}")
+    gains = budget_gains(sweep) if gains is None else gains
+    curves = budget_curves(sweep)
+    figure, axis = plt.subplots(figsize=(7.5, 4.6))
+    for relation in BUDGET_COLOURS:  # self first
+        rows = curves[curves["relation"] == relation]
+        pretrained_on = sweep.loc[sweep["relation"] == relation, "pretrain_dataset"].iloc[0]
+        colour = BUDGET_COLOURS.get(relation)
+        axis.plot(rows[x], rows["miou"], marker="o", color=colour, label=f"{relation} (pretrained on {pretrained_on})")
+        axis.fill_between(rows[x], rows["lower"], rows["upper"], color=colour, alpha=0.18, linewidth=0)
+    _write_verdicts(axis, curves, gains, x)
+    axis.set_xlabel(("pretraining image-steps (training images seen)" if x == "image_steps"
+                     else "fraction of the preset's pretraining budget")
+                    + "\nboxes: verdict on self - cross (points, 95 % interval)", fontsize=9)
+    axis.set_ylabel(f"test mIoU on {sweep['dataset'].iloc[0]} (%)")
+    bands = "bands: 95 % interval, " + ", ".join(sorted(set(curves["method"])))
+    axis.set_title(f"{title or 'self vs cross selective pretraining by budget'}\n{bands}", fontsize=9)
+    axis.legend(loc="upper left", fontsize=8)
+    axis.margins(y=0.25)
+    figure.tight_layout()
+    return figure
+
+
+def _write_verdicts(axis, curves, gains, x: str) -> None:
+    """Each budget's self - cross gain, interval and verdict, near the bottom at the self run's x."""
+    self_x = curves[curves["relation"] == "self"].set_index("fraction")[x]
+    for _, gain in gains.iterrows():
+        interval = "" if np.isnan(gain["lower"]) else f" [{gain['lower']:+.1f}, {gain['upper']:+.1f}]"
+        axis.annotate(f"{gain['verdict']}\n{gain['gain']:+.1f}{interval}", (self_x[gain["fraction"]], 0.03),
+                      xycoords=("data", "axes fraction"), ha="center", fontsize=7.5,
+                      bbox=dict(boxstyle="round,pad=0.2", facecolor="white", alpha=0.8, linewidth=0.5))

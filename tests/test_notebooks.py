@@ -111,3 +111,47 @@ def test_reproduce_notebook_compares_injected_maskings(runs_root, tmp_path, monk
     tables = [out["data"]["text/plain"] for cell in json.loads(output.read_text())["cells"]
               for out in cell.get("outputs", []) if out.get("output_type") == "execute_result"]
     assert any("random_fixed_ir_self" in "".join(text) and "Selective IR (self)" in "".join(text) for text in tables)
+
+
+def test_budget_notebook_writes_the_numbers_it_shows(runs_root, tmp_path, monkeypatch):
+    # the stored defaults again, with figures_dir: the runs of the stored-defaults test above are reused
+    import pandas as pd
+
+    from selmask_lib.statistics import verdict
+
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("SELMASK_NO_PROGRESS", "1")
+    path = next(p for p in NOTEBOOKS if p.name.startswith("04_"))
+    figures = tmp_path / "figures"
+    output = tmp_path / path.name
+    papermill.execute_notebook(str(path), str(output),
+                               parameters={"runs_root": str(runs_root), "figures_dir": str(figures)},
+                               kernel_name="python3", progress_bar=False, cwd=str(path.parent))
+    sweep = pd.read_csv(figures / "budget_sweep_synthetic_folder_smoke.csv")
+    gains = pd.read_csv(figures / "budget_gains_synthetic_folder_smoke.csv")
+    assert (figures / "budget_synthetic_folder_smoke.png").stat().st_size > 0
+    assert sorted(zip(sweep["fraction"], sweep["relation"])) == [(0.5, "cross"), (0.5, "self"),
+                                                                 (1.0, "cross"), (1.0, "self")]
+    assert ((sweep["lower"] <= sweep["miou"]) & (sweep["miou"] <= sweep["upper"])).all()
+    assert sweep.loc[sweep["fraction"] == 0.5, "image_steps"].max() < sweep.loc[sweep["fraction"] == 1.0,
+                                                                                 "image_steps"].min()
+    by_run = sweep.set_index(["fraction", "relation"])["miou"]
+    for _, row in gains.iterrows():  # the gain is self - cross of the runs in the other table
+        assert row["gain"] == pytest.approx(by_run[(row["fraction"], "self")] - by_run[(row["fraction"], "cross")])
+        assert row["verdict"] == verdict(row["lower"], row["upper"])
+    text = "".join("".join(out.get("text", "")) for cell in json.loads(output.read_text())["cells"]
+                   for out in cell.get("outputs", []))
+    assert "claim (3), self-pretraining beats cross-pretraining at a small budget:" in text
+    assert all(f"{fraction:.0%} of the budget" in text for fraction in gains["fraction"])
+
+
+@pytest.mark.parametrize("parameters, named", [
+    ({"partner": "synthetic"}, "parameter 'partner' is 'synthetic', the dataset itself"),
+    ({"fractions": "[0.5, 1.0]"}, "parameter 'fractions' must be a list"),
+    ({"fractions": [0.5, 2]}, "parameter 'fractions' has 2, outside (0, 1]"),
+])
+def test_budget_notebook_stops_at_a_bad_parameter_naming_it(tmp_path, runs_root, parameters, named):
+    path = next(p for p in NOTEBOOKS if p.name.startswith("04_"))
+    message, cell = run_expecting_error(path, tmp_path, {"runs_root": str(runs_root), **parameters})
+    assert "SelmaskError" in message and named in message
+    assert cell == 3  # the first cell after the (injected) parameters
