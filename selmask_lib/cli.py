@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 from .config import DATASET_NAMES, INITS, PAPER_DATASET_SIZES, PAPER_SEED, PRESET_NAMES, STRATEGIES, parse_value
@@ -119,6 +121,8 @@ def _reproduce_command(args: argparse.Namespace) -> int:
     from .reproduction import reproduce
     from .tables import format_table, results_table, tidy_table
 
+    if args.figures:
+        return _figures_command(args)
     reproduction = reproduce(
         args.datasets, preset=args.preset, data_roots=parse_data_roots(args.data_roots), seeds=args.seeds,
         runs_root=args.runs, imagenet_weights=args.imagenet_weights,
@@ -133,6 +137,24 @@ def _reproduce_command(args: argparse.Namespace) -> int:
     if args.table:  # numbers (mean, lower, upper, n), not the printed strings
         tidy_table(numbers).to_csv(args.table, index=False)
         print(f"table: {args.table}")
+    return 0
+
+
+def _figures_command(args: argparse.Namespace) -> int:
+    """``reproduce --figures DIR``: every notebook for the datasets, executed into DIR (selmask_lib.report)."""
+    from .report import write_report
+
+    for flag, value in (("--masking", args.maskings), ("--same-loss-control", args.same_loss_control),
+                        ("--set-pretrain", args.pretrain_overrides), ("--set-finetune", args.finetune_overrides),
+                        ("--table", args.table), ("--imagenet-weights", args.imagenet_weights)):
+        if value:
+            raise SelmaskError(f"reproduce --figures runs the notebooks with their own settings; drop {flag}")
+    executed = write_report(args.datasets, preset=args.preset, seeds=args.seeds, runs_root=args.runs,
+                            figures_dir=args.figures, data_roots=parse_data_roots(args.data_roots),
+                            fractions=args.fractions, command=args.command_line)
+    for item in executed:
+        print(f"{item.run.output}: {item.seconds / 60:.1f} min")
+    print(f"figures: {Path(args.figures) / 'README.md'}")
     return 0
 
 
@@ -286,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--set-finetune", dest="finetune_overrides", action="append", metavar="KEY=VALUE",
                            help="override a key of every fine-tuning run (repeatable)")
     reproduce.add_argument("--table", default=None, help="also write the table's numbers (mean, 95 %% interval, n) to this CSV file")
+    reproduce.add_argument("--figures", default=None, metavar="DIR",
+                           help="instead, execute every notebook for these datasets into DIR: executed notebooks, "
+                                "PNG figures, CSV tables and a README.md saying what made each")
+    reproduce.add_argument("--fractions", nargs="+", type=float, default=None,
+                           help="with --figures: the budget sweep's fractions (default: the notebook's)")
 
     budget = command("budget", _budget_command,
                      "claim (3): self vs cross selective pretraining at fractions of the pretraining budget")
@@ -347,6 +374,7 @@ def _configure_logging(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = "selmask " + shlex.join(sys.argv[1:] if argv is None else argv)  # for records of a run
     _configure_logging(args.verbose)
     try:
         return args.handler(args)
