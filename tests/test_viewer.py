@@ -44,6 +44,9 @@ def hand_made_views(same_masks_every_step: bool = False) -> StepViews:
 
 
 def pixels_of(figure) -> np.ndarray:
+    """The drawn figure without its title (which names the step and masking): only what the panel shows."""
+    for axis in figure.axes:
+        axis.set_title("")
     figure.canvas.draw()
     drawn = np.asarray(figure.canvas.buffer_rgba()).copy()
     plt.close(figure)
