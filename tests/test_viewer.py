@@ -154,3 +154,30 @@ def test_step_views_refuse_a_random_run(untrained_selective_run):
     random_run = PretrainRun(run.run_dir, run.config.updated(strategy="random"), run.weights, "random")
     with pytest.raises(SelmaskError, match="needs a selective run"):
         step_views(random_run)
+
+
+def kernel_says_batch_run(tmp_path, extra_arguments) -> str:
+    """Start an IPython kernel as a front end does (JupyterLab) or as nbclient does (papermill); ask it."""
+    import os
+
+    from jupyter_client.manager import start_new_kernel
+
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path / "ipython")}  # its history file goes there, not to ~
+    manager, client = start_new_kernel(kernel_name="python3", extra_arguments=extra_arguments, env=env)
+    printed = []
+    try:
+        reply = client.execute_interactive("from selmask_lib.viewer import is_batch_run; print(is_batch_run())",
+                                           timeout=60, output_hook=printed.append)
+        assert reply["content"]["status"] == "ok"
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    return "".join(message["content"].get("text", "") for message in printed).strip()
+
+
+@pytest.mark.parametrize("extra_arguments, expected", [
+    ([], "False"),                                          # JupyterLab: a history file, the widget is built
+    (["--HistoryManager.hist_file=:memory:"], "True"),      # papermill / nbconvert (nbclient)
+])
+def test_batch_runs_are_told_apart_from_a_live_kernel(tmp_path, extra_arguments, expected):
+    assert kernel_says_batch_run(tmp_path, extra_arguments) == expected
