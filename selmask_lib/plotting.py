@@ -263,6 +263,7 @@ def per_class_iou_figure(per_class_iou: dict, miou: float, title: str | None = N
     axis.axvline(100 * miou, color="black", linestyle="--", linewidth=1, label=f"mIoU {100 * miou:.1f} %")
     axis.set_xlabel("test IoU (%)" + (f"\nabsent from the test split: {', '.join(absent)}" if absent else ""))
     axis.set_xlim(0, 100)
+    axis.invert_yaxis()  # the weakest class on top
     axis.legend(loc="lower right", fontsize=8)
     if title:
         axis.set_title(title, fontsize=10)
@@ -271,7 +272,11 @@ def per_class_iou_figure(per_class_iou: dict, miou: float, title: str | None = N
 
 
 def pretraining_curves_figure(history, title: str | None = None) -> "matplotlib.figure.Figure":
-    """Train and validation loss of every epoch (``reconstruction.pretraining_history``), one colour per step."""
+    """Train and validation loss of every epoch (``reconstruction.pretraining_history``), one colour per step.
+
+    Log scale: on small batches the validation loss can jump for an epoch (when the learning
+    rate peaks, batch-norm's running statistics lag behind) and would flatten everything else.
+    """
     figure, axis = plt.subplots(figsize=(6.5, 3.2))
     history = history.reset_index(drop=True)
     for step, rows in history.groupby("step"):
@@ -279,7 +284,8 @@ def pretraining_curves_figure(history, title: str | None = None) -> "matplotlib.
         if "val_loss" in rows:
             axis.plot(rows.index + 1, rows["val_loss"], "x--", markersize=4, label=f"step {step} val")
     axis.set_xlabel("epoch (all steps in a row)")
-    axis.set_ylabel("reconstruction loss")
+    axis.set_ylabel("reconstruction loss (log scale)")
+    axis.set_yscale("log")
     axis.legend(fontsize=7, ncol=2)
     if title:
         axis.set_title(title, fontsize=10)

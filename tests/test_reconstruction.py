@@ -162,6 +162,7 @@ def test_per_class_iou_figure_sorts_weakest_first_and_names_absent_classes():
     figure = per_class_iou_figure({"sky": 0.9, "wire": 0.1, "fern": None, "ring": 0.5}, miou=0.5)
     axis = figure.axes[0]
     assert [label.get_text() for label in axis.get_yticklabels()] == ["wire", "ring", "sky"]
+    assert axis.yaxis_inverted()  # drawn top to bottom: the weakest class on top
     assert [bar.get_width() for bar in axis.patches] == pytest.approx([10, 50, 90])
     assert "fern" in axis.get_xlabel()
     plt.close(figure)
