@@ -37,7 +37,7 @@ from .transforms import normalise
 
 OVERLAYS = ("loss", "selected", "masked")  # loss heat map / masked patches highlighted / the masked input
 MASKINGS = ("selective", "random")
-_HIGHLIGHT = (0.85, 0.1, 0.1)  # red tint of the masked patches in the "selected" overlay
+_FADE = 0.7  # the "selected" overlay fades the other patches this far towards white (visible on any colour)
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,8 @@ def _draw_panel(axis, views: StepViews, row: int, image: int, overlay: str, mask
         axis.imshow(grey_out(picture, pixels, views.fill))
         return None
     if overlay == "selected":
-        tinted = 0.5 * picture + 0.5 * np.asarray(_HIGHLIGHT, dtype=picture.dtype)
-        axis.imshow(np.where(pixels.numpy()[..., None], tinted, picture))
+        faded = (1 - _FADE) * picture + _FADE
+        axis.imshow(np.where(pixels.numpy()[..., None], picture, faded))
         return None
     axis.imshow(picture)
     shown = axis.imshow(loss_heatmap(views.losses[row, image], views.grid), cmap="magma", alpha=0.65,
@@ -142,7 +142,7 @@ def render_view(views: StepViews, step: int, image: int = 0, overlay: str = "sel
     """One view as a figure: image ``image`` (a row of ``views``) at selective ``step``.
 
     ``overlay``: ``loss`` (the step's patch loss, masked patches outlined),
-    ``selected`` (masked patches tinted red) or ``masked`` (the input the model
+    ``selected`` (the masked patches as they are, the others faded) or ``masked`` (the input the model
     gets); ``masking``: the ``selective`` mask or a ``random`` one of the same ratio.
     """
     row = views.row_of(step)
@@ -214,7 +214,7 @@ def step_overlap(views: StepViews) -> pd.DataFrame:
 
 def overlap_figure(overlap: pd.DataFrame, mask_ratio: float = 0.5) -> "plt.Figure":
     """:func:`step_overlap` as a plot: one line per image, random masks and their expectation for reference."""
-    figure, axis = plt.subplots(figsize=(5.5, 3.2))
+    figure, axis = plt.subplots(figsize=(6.5, 3.2))
     for name, rows in overlap.groupby("image", sort=False):
         axis.plot(rows["steps"], rows["selective"], "o-", label=name)
     axis.plot(overlap.groupby("steps", sort=False)["random"].mean(), "s:", color="grey", label="random (mean)")
@@ -222,7 +222,7 @@ def overlap_figure(overlap: pd.DataFrame, mask_ratio: float = 0.5) -> "plt.Figur
     axis.set_ylim(0, 1.02)
     axis.set_xlabel("consecutive selective steps")
     axis.set_ylabel("Jaccard overlap of masked patches")
-    axis.legend(fontsize=7, loc="lower left")
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     return figure
 

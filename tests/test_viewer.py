@@ -62,7 +62,7 @@ def test_a_view_differs_between_random_and_selective_and_between_steps(overlay):
     assert np.array_equal(selective, pixels_of(render_view(views, 1, 0, overlay, "selective")))  # same view, same picture
 
 
-def test_the_selected_overlay_tints_exactly_the_masked_patches():
+def test_the_selected_overlay_fades_exactly_the_other_patches():
     views = hand_made_views()
     figure = render_view(views, 2, 1, "selected", "selective")
     shown = figure.axes[0].images[0].get_array()  # [s, s, 3]
@@ -71,7 +71,7 @@ def test_the_selected_overlay_tints_exactly_the_masked_patches():
     changed = np.abs(np.asarray(shown) - picture).sum(axis=-1) > 1e-6  # [s, s]
     from selmask_lib.masking import pixel_mask
 
-    assert np.array_equal(changed, pixel_mask(views.selective[1, 1][None], views.grid)[0].numpy())
+    assert np.array_equal(changed, ~pixel_mask(views.selective[1, 1][None], views.grid)[0].numpy())
 
 
 @pytest.mark.parametrize("argument, call", [
