@@ -195,3 +195,147 @@ def _write_verdicts(axis, curves, gains, x: str) -> None:
         axis.annotate(f"{gain['verdict']}\n{gain['gain']:+.1f}{interval}", (self_x[gain["fraction"]], 0.03),
                       xycoords=("data", "axes fraction"), ha="center", fontsize=7.5,
                       bbox=dict(boxstyle="round,pad=0.2", facecolor="white", alpha=0.8, linewidth=0.5))
+
+
+# --------------------------------------------------------------------------- walkthrough figures
+# (notebooks/00_walkthrough.ipynb; pictures are [N, 3, s, s] in [0, 1] sharing one grid [P, 4])
+
+
+def draw_patch_grid(axis, grid: torch.Tensor, colour: str = "white", linewidth: float = 0.7) -> None:
+    """Draw the borders of every patch of ``grid`` on ``axis`` (an image drawn with ``imshow``)."""
+    from matplotlib.patches import Rectangle
+
+    for y0, y1, x0, x1 in grid.tolist():
+        axis.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                 edgecolor=colour, linewidth=linewidth))
+
+
+def patch_grid_figure(picture: torch.Tensor, grid: torch.Tensor, title: str | None = None) -> "matplotlib.figure.Figure":
+    """One picture ``[3, s, s]`` in [0, 1] twice: as it is, and cut into its numbered patches."""
+    figure, (plain, cut) = plt.subplots(1, 2, figsize=(7.5, 3.8))
+    shown = picture.permute(1, 2, 0).clamp(0, 1).numpy()
+    for axis in (plain, cut):
+        axis.imshow(shown)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    draw_patch_grid(cut, grid)
+    for index, (y0, y1, x0, x1) in enumerate(grid.tolist()):
+        cut.text((x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2, str(index), color="white", fontsize=6,
+                 ha="center", va="center")
+    plain.set_title(f"image ({picture.shape[1]}x{picture.shape[2]} px)", fontsize=9)
+    cut.set_title(f"{grid.shape[0]} patches of about {int(grid[0, 1] - grid[0, 0])} px", fontsize=9)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def reconstruction_figure(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    reconstructions: torch.Tensor,
+    grid: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    titles: Sequence[str] | None = None,
+    title: str | None = None,
+) -> "matplotlib.figure.Figure":
+    """MAE-style view, one row per image: original / masked input / reconstruction / reconstruction
+    with the visible patches pasted back (only the masked patches test the model).
+
+    ``images`` and ``reconstructions`` are normalised ``[N, 3, s, s]``; ``masks`` Bool ``[N, P]``.
+    """
+    from .reconstruction import paste_visible
+
+    pasted = paste_visible(images, reconstructions, masks, grid)
+    columns = ["original", "masked input (what the model sees)", "reconstruction",
+               "reconstruction + visible patches"]
+    figure, axes = _panel_grid(images.shape[0], columns)
+    pixels = pixel_mask(masks.cpu(), grid)
+    for row, axes_row in enumerate(axes):
+        picture = to_display(images[row], mean, std)
+        axes_row[0].imshow(picture)
+        axes_row[1].imshow(grey_out(picture, pixels[row], mean))
+        axes_row[2].imshow(to_display(reconstructions[row], mean, std))
+        axes_row[3].imshow(to_display(pasted[row], mean, std))
+        if titles is not None:
+            axes_row[0].set_ylabel(titles[row], fontsize=8)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def scoring_figure(
+    images: torch.Tensor,
+    draws: torch.Tensor,
+    draw_losses: torch.Tensor,
+    selected: torch.Tensor,
+    grid: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    titles: Sequence[str] | None = None,
+) -> "matplotlib.figure.Figure":
+    """The scoring step, two rows per image: each of the S random draws and the patch loss it gave,
+    then the mean loss over the draws and the mask it selects (its highest-loss patches).
+
+    ``images`` normalised ``[N, 3, s, s]``; ``draws`` Bool and ``draw_losses`` ``[N, S, P]``;
+    ``selected`` Bool ``[N, P]``. Every loss map of an image shares one colour scale.
+    """
+    n_images, n_draws, _ = draws.shape
+    columns = [f"draw {draw + 1}" for draw in range(n_draws)] + ["mean of the draws -> selected"]
+    figure, axes = _panel_grid(2 * n_images, columns)
+    mean_loss = draw_losses.mean(dim=1)  # [N, P]
+    for image in range(n_images):
+        picture = to_display(images[image], mean, std)
+        top, bottom = axes[2 * image], axes[2 * image + 1]
+        scale = {"vmin": 0.0, "vmax": float(draw_losses[image].max())}
+        for draw in range(n_draws):
+            top[draw].imshow(grey_out(picture, pixel_mask(draws[image, draw][None], grid)[0], mean))
+            bottom[draw].imshow(loss_heatmap(draw_losses[image, draw], grid), cmap="magma", **scale)
+        top[-1].imshow(grey_out(picture, pixel_mask(selected[image][None], grid)[0], mean))
+        shown = bottom[-1].imshow(loss_heatmap(mean_loss[image], grid), cmap="magma", **scale)
+        figure.colorbar(shown, ax=list(bottom), fraction=0.02, pad=0.01, label="patch loss (L1 + 1 - SSIM)")
+        top[0].set_ylabel("masked input" if titles is None else f"{titles[image]}\nmasked input", fontsize=8)
+        bottom[0].set_ylabel("patch loss", fontsize=8)
+    return figure
+
+
+def per_class_iou_figure(per_class_iou: dict, miou: float, title: str | None = None) -> "matplotlib.figure.Figure":
+    """Test IoU of every class, weakest first, with the mIoU as a line; IoUs are fractions, None = absent."""
+    scored = sorted(((name, value) for name, value in per_class_iou.items() if value is not None),
+                    key=lambda item: item[1])
+    absent = [name for name, value in per_class_iou.items() if value is None]
+    figure, axis = plt.subplots(figsize=(6.5, 0.35 * len(scored) + 1.4))
+    axis.barh([name for name, _ in scored], [100 * value for _, value in scored], color="tab:blue")
+    axis.axvline(100 * miou, color="black", linestyle="--", linewidth=1, label=f"mIoU {100 * miou:.1f} %")
+    axis.set_xlabel("test IoU (%)" + (f"\nabsent from the test split: {', '.join(absent)}" if absent else ""))
+    axis.set_xlim(0, 100)
+    axis.invert_yaxis()  # the weakest class on top
+    axis.legend(loc="lower right", fontsize=8)
+    if title:
+        axis.set_title(title, fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def pretraining_curves_figure(history, title: str | None = None) -> "matplotlib.figure.Figure":
+    """Train and validation loss of every epoch (``reconstruction.pretraining_history``), one colour per step.
+
+    Log scale: on small batches the validation loss can jump for an epoch (when the learning
+    rate peaks, batch-norm's running statistics lag behind) and would flatten everything else.
+    """
+    figure, axis = plt.subplots(figsize=(6.5, 3.2))
+    history = history.reset_index(drop=True)
+    for step, rows in history.groupby("step"):
+        axis.plot(rows.index + 1, rows["train_loss"], "o-", markersize=3, label=f"step {step} train")
+        if "val_loss" in rows:
+            axis.plot(rows.index + 1, rows["val_loss"], "x--", markersize=4, label=f"step {step} val")
+    axis.set_xlabel("epoch (all steps in a row)")
+    axis.set_ylabel("reconstruction loss (log scale)")
+    axis.set_yscale("log")
+    axis.legend(fontsize=7, ncol=2)
+    if title:
+        axis.set_title(title, fontsize=10)
+    figure.tight_layout()
+    return figure

@@ -2,13 +2,27 @@
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import papermill
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+# The walkthrough (00, under 3 minutes) and the patch notebook (01, about a minute) train for real
+# with their stored defaults; the suite runs them with these smaller settings (same cells, seconds).
+SMALL_PRETRAINING = {"image_size": 64, "score_size": 64, "n_patches": 64, "n_scoring_draws": 2, "max_images": 24,
+                     "epochs": 1, "batch_size": 4, "warmup_epochs": 0}
+SMALL_PARAMETERS = {
+    "00_walkthrough.ipynb": {"pretrain_settings": {**SMALL_PRETRAINING, "n_partitions": 2}, "n_images": 2,
+                             "finetune_settings": {"image_size": 64, "epochs": 1, "batch_size": 4, "warmup_epochs": 0,
+                                                   "max_train_images": 8}},
+    "01_selective_masking_explained.ipynb": {"pretrain_overrides": {**SMALL_PRETRAINING, "n_partitions": 3},
+                                             "n_images": 2},
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +60,17 @@ def test_notebook_runs_with_stored_defaults(path, runs_root, tmp_path, monkeypat
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("SELMASK_NO_PROGRESS", "1")
     output = tmp_path / path.name
-    papermill.execute_notebook(str(path), str(output), parameters={"runs_root": str(runs_root)},
+    parameters = {"runs_root": str(runs_root), **SMALL_PARAMETERS.get(path.name, {})}
+    if path.name.startswith("00_"):
+        parameters["figures_dir"] = str(tmp_path / "figures")
+    papermill.execute_notebook(str(path), str(output), parameters=parameters,
                                kernel_name="python3", progress_bar=False, cwd=str(path.parent))
     executed = json.loads(output.read_text())
     outputs = [out for cell in executed["cells"] for out in cell.get("outputs", [])]
     assert [out for out in outputs if out.get("output_type") == "error"] == []
-    # no progress-bar widgets (they stay behind as stale lines and weigh megabytes) ...
+    # no widgets, progress bars or viewers (they stay behind as stale lines and weigh megabytes) ...
     assert not [out for out in outputs if "application/vnd.jupyter.widget-view+json" in out.get("data", {})]
+    assert "widgets" not in executed["metadata"], f"{path.name} saved widget state"
     # ... and every figure is kept, even under the Agg backend of a batch run
     if "plt.show()" in path.read_text():
         assert [out for out in outputs if "image/png" in out.get("data", {})], f"{path.name} kept no figure"
@@ -63,6 +81,35 @@ def test_notebook_runs_with_stored_defaults(path, runs_root, tmp_path, monkeypat
         assert any(word in text for word in ("better", "worse", "not distinguishable"))
     if path.name.startswith("03_"):  # claim (2) as a number, or why it is not computed
         assert "rank correlation of baseline IoU and gain:" in text
+    if path.name.startswith("00_"):
+        check_walkthrough_numbers(text, tmp_path / "figures", n_figures=count_figures(outputs))
+    if path.name.startswith("01_"):  # the gallery stands in for the viewer; the overlap is a number
+        assert "batch run: no interactive viewer" in text
+        assert count_figures(outputs) >= 4  # the run's masks, the gallery, the overlap, the loss shares
+        overlap = re.search(r"mean overlap between consecutive steps: selective ([0-9.]+), random ([0-9.]+)", text)
+        assert overlap and all(0 <= float(value) <= 1 for value in overlap.groups())
+
+
+def count_figures(outputs) -> int:
+    return len([out for out in outputs if "image/png" in out.get("data", {})])
+
+
+def check_walkthrough_numbers(text: str, figures: Path, n_figures: int) -> None:
+    """The walkthrough's figures are kept, and the per-class IoU it saved is its run's, averaging to the printed mIoU."""
+    from selmask_lib.data.synthetic_scenes import CLASS_NAMES
+    from selmask_lib.results import read_results
+
+    assert n_figures >= 6  # grid, loss curves, reconstruction, scoring, random vs selective, per-class IoU
+    assert (figures / "walkthrough_reconstruction.png").stat().st_size > 0
+    assert "selective mask:" in text and "random mask:" in text
+    per_class = pd.read_csv(figures / "walkthrough_per_class_iou.csv", index_col="class")["IoU (%)"]
+    assert list(per_class.index) == list(CLASS_NAMES)
+    results = read_results(Path(re.search(r"run folder: (\S+)", text).group(1)) / "results.json")
+    expected = pd.Series(results["per_class_iou"], dtype=float).mul(100).round(1)
+    pd.testing.assert_series_equal(per_class, expected, check_names=False)
+    printed = float(re.search(r"test mIoU: ([0-9.]+) %", text).group(1))
+    assert printed == pytest.approx(100 * results["miou"], abs=0.05)
+    assert printed == pytest.approx(per_class.mean(), abs=0.1)  # mIoU: the mean over the classes scored
 
 
 def run_expecting_error(path, tmp_path, parameters):
@@ -155,3 +202,11 @@ def test_budget_notebook_stops_at_a_bad_parameter_naming_it(tmp_path, runs_root,
     message, cell = run_expecting_error(path, tmp_path, {"runs_root": str(runs_root), **parameters})
     assert "SelmaskError" in message and named in message
     assert cell == 3  # the first cell after the (injected) parameters
+
+
+def test_a_wrong_walkthrough_setting_stops_in_the_first_cell_after_the_parameters(tmp_path, runs_root):
+    path = next(p for p in NOTEBOOKS if p.name.startswith("00_"))
+    message, cell = run_expecting_error(path, tmp_path, {"runs_root": str(runs_root),
+                                                         "pretrain_settings": {"epoch": 1}})
+    assert "SelmaskError" in message and "parameter 'pretrain_settings'" in message and "epoch" in message
+    assert cell == 3
