@@ -98,15 +98,16 @@ def detail(rng: np.random.Generator, name: str, h: int, w: int,
 
 
 def class_texture(rng: np.random.Generator, name: str, tint: tuple[float, float, float],
-                  h: int, w: int) -> np.ndarray:
+                  h: int, w: int, zoom: tuple[float, float] = (0.5, 2.0)) -> np.ndarray:
     """Class texture (float32 [h, w, 3]): grey detail of source ``name`` modulating the class colour.
 
     The tint carries the class identity (with a per-instance jitter so colour
     alone is not a perfect cue); the source crop carries fine texture; a linear
     lighting gradient adds the shading real objects have. ``h x w`` is the
     object's bounding box, so the cost scales with the object, not the image.
+    ``zoom`` > 1 gives a finer texture (a larger part of the source).
     """
-    texture_detail = detail(rng, name, h, w)
+    texture_detail = detail(rng, name, h, w, zoom)
     colour = np.asarray(tint, np.float32) + rng.uniform(-0.08, 0.08, size=3).astype(np.float32)
     contrast = rng.uniform(0.2, 0.4)
     angle = rng.uniform(0, 2 * np.pi)
@@ -118,11 +119,11 @@ def class_texture(rng: np.random.Generator, name: str, tint: tuple[float, float,
 
 
 def paste_texture(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, name: str,
-                  tint: tuple[float, float, float]) -> None:
+                  tint: tuple[float, float, float], zoom: tuple[float, float] = (0.5, 2.0)) -> None:
     """Fill ``mask`` in ``image`` (in place) with a fresh :func:`class_texture` of ``name`` and ``tint``."""
     rows, cols = np.nonzero(mask)
     y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    texture = class_texture(rng, name, tint, int(y1 - y0), int(x1 - x0))
+    texture = class_texture(rng, name, tint, int(y1 - y0), int(x1 - x0), zoom)
     local = mask[y0:y1, x0:x1]
     image[y0:y1, x0:x1][local] = texture[local]
 
@@ -163,6 +164,15 @@ def disk(cy: float, cx: float, r_row: float, r_col: float, h: int, w: int, rotat
                                    rotation=rotation), h, w)
 
 
+def box(top: float, bottom: float, left: float, right: float, h: int, w: int) -> np.ndarray:
+    """Axis-aligned filled rectangle between rows ``top``-``bottom`` and columns ``left``-``right``."""
+    mask = np.zeros((h, w), bool)
+    y0, y1 = max(0, int(round(top))), min(h, int(round(bottom)))
+    x0, x1 = max(0, int(round(left))), min(w, int(round(right)))
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
 def centre(rng: np.random.Generator, h: int, w: int, margin: float = 0.1) -> tuple[float, float]:
     """Object centre, kept away from the border so objects are mostly visible."""
     return rng.uniform(margin * h, (1 - margin) * h), rng.uniform(margin * w, (1 - margin) * w)
@@ -193,12 +203,16 @@ def smooth_curve(rng: np.random.Generator, start: tuple[float, float], length: f
     return np.stack([ys, xs], axis=1)
 
 
-def leaf(base: tuple[float, float], angle: float, length: float, width: float, h: int, w: int) -> np.ndarray:
-    """A pointed leaf growing from ``base`` along ``angle``: widest at 40 % of its length."""
+def leaf(base: tuple[float, float], angle: float, length: float, width: float, h: int, w: int,
+         roundness: float = 1.0) -> np.ndarray:
+    """A leaf growing from ``base`` along ``angle``, ``width`` px at its widest, pointed at both ends.
+
+    ``roundness`` < 1 gives a broad oval blade (beet), 1 a narrow pointed one (maize).
+    """
     along = np.array([np.sin(angle), np.cos(angle)])
     across = np.array([np.cos(angle), -np.sin(angle)])
-    t = np.linspace(0.0, 1.0, 9)
-    half = width / 2 * np.sin(np.pi * np.clip(t / 0.8, 0, 1) ** 0.7) * (1 - 0.6 * t)
+    t = np.linspace(0.0, 1.0, 13)
+    half = width / 2 * np.sin(np.pi * t) ** roundness
     spine = np.asarray(base)[None, :] + (t * length)[:, None] * along[None, :]
     outline = np.concatenate([spine + half[:, None] * across, (spine - half[:, None] * across)[::-1]])
     rr, cc = draw.polygon(outline[:, 0], outline[:, 1], shape=(h, w))
