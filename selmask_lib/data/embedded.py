@@ -8,15 +8,15 @@ CPU core, in minutes. Each embedded dataset is a *domain*: a name, its class
 list and colours, and a function that draws one (image, label) pair from a
 seed. They are shaped like the paper's pretrain/downstream pairs:
 
-============== ============================================ ================ ===============
-name           what it looks like                           classes          cross partner
-============== ============================================ ================ ===============
-synthetic      photo crops with textured shapes (the first)  background + 8   none
-toy_street     outdoor street: sky, facades, road            background + 6   toy_tabletop
-toy_tabletop   indoor table: wall, wooden top or cloth       background + 6   toy_street
-toy_beet_field beet rosettes, broad-leaf weeds, dark soil    soil/crop/weed   toy_maize_field
-toy_maize_field maize rows, grass weeds, light sandy soil    soil/crop/weed   toy_beet_field
-============== ============================================ ================ ===============
+===============  ============================================  ==============  ===============
+name             what it looks like                            classes         cross partner
+===============  ============================================  ==============  ===============
+synthetic        photo crops with textured shapes (the first)  background + 8  none
+toy_street       outdoor street: sky, facades, road            background + 6  toy_tabletop
+toy_tabletop     indoor table: wall, wooden top or cloth       background + 6  toy_street
+toy_beet_field   beet rosettes, broad-leaf weeds, dark soil    soil/crop/weed  toy_maize_field
+toy_maize_field  maize rows, grass weeds, light sandy soil     soil/crop/weed  toy_beet_field
+===============  ============================================  ==============  ===============
 
 The classes, shapes and frequencies of each are tabled in its scenes module
 (``synthetic_scenes``, ``street_scenes``, ``tabletop_scenes``,

@@ -16,10 +16,10 @@ spacing along one or two rows.
 ====  ==========  ==================================================  ==========
  idx  name        shape / texture                                     frequency
 ====  ==========  ==================================================  ==========
- 0    background  dark brown soil, gravel texture, pale stones        ~80 %
- 1    crop        beet rosette: 5-9 broad oval leaves from a centre,  ~15 %
+ 0    background  dark brown soil, gravel texture, pale stones        ~76 %
+ 1    crop        beet rosette: 5-9 broad oval leaves from a centre,  ~21 %
                   mid green with a pale midrib, along the rows
- 2    weed        broad-leaf weed: 3-6 round leaves 5-10 px long,     ~4 %
+ 2    weed        broad-leaf weed: 3-6 round leaves 5-10 px long,     ~2.9 %
                   yellow-green, anywhere
 ====  ==========  ==================================================  ==========
 
@@ -32,10 +32,10 @@ random angle, with grass tufts between them.
 ====  ==========  ==================================================  ==========
  idx  name        shape / texture                                     frequency
 ====  ==========  ==================================================  ==========
- 0    background  light sandy soil, fine texture, dry cracks          ~82 %
- 1    crop        maize plant: 4-7 long narrow leaves 3-5 px wide,    ~13 %
+ 0    background  light sandy soil, fine texture, dry cracks          ~81 %
+ 1    crop        maize plant: 4-7 long narrow leaves 3-5 px wide,    ~16 %
                   yellow-green, alternating along the row
- 2    weed        grass tuft: 5-10 blades 2-3 px wide fanning from    ~4 %
+ 2    weed        grass tuft: 5-10 blades 2-3 px wide fanning from    ~2.7 %
                   a base point, blue-green, between the rows
 ====  ==========  ==================================================  ==========
 

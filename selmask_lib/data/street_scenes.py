@@ -19,16 +19,16 @@ Classes (index order, background first)
 ====  ==========  ==================================================  ==========
  idx  name        shape / texture                                     frequency
 ====  ==========  ==================================================  ==========
- 0    background  sky, facades with windows, sidewalk, road           ~60 %
- 1    vegetation  tree crowns of 3-6 overlapping disks on a trunk,    ~17 %
+ 0    background  sky, facades with windows, sidewalk, road           ~80 %
+ 1    vegetation  tree crowns of 3-6 overlapping disks on a trunk,    ~6.4 %
                   grass texture in greens
- 2    car         body, roof with dark windows and black wheels, in   ~14 %
+ 2    car         body, roof with dark windows and black wheels, in   ~7.6 %
                   one of six paint colours
- 3    person      head, torso in a shirt colour, two legs 2-3 px      ~3 %
- 4    pole        vertical metal bar 3-4 px wide                      ~2 %
- 5    sign        disk or triangle with a white centre and a red or   ~0.5 %
+ 3    person      head, torso in a shirt colour, two legs 2-3 px      ~2.0 %
+ 4    pole        vertical metal bar 3-4 px wide                      ~1.3 %
+ 5    sign        disk or triangle with a white centre and a red or   ~0.4 %
                   blue rim, 7-11 px across, on top of a pole
- 6    bicycle     two wheel rings 2-3 px thick and a frame of 2-3 px  ~1 %
+ 6    bicycle     two wheel rings 2-3 px thick and a frame of 2-3 px  ~1.9 %
                   bars, orange or yellow
 ====  ==========  ==================================================  ==========
 

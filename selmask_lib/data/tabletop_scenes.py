@@ -19,17 +19,17 @@ Classes (index order, background first)
 ====  ==========  ==================================================  ==========
  idx  name        shape / texture                                     frequency
 ====  ==========  ==================================================  ==========
- 0    background  pastel wall, wooden or checked table top            ~62 %
- 1    plate       large ellipse, white or cream, with a darker rim    ~15 %
- 2    book        rotated rectangle, saturated cover with printed     ~13 %
+ 0    background  pastel wall, wooden or checked table top            ~81 %
+ 1    plate       large ellipse, white or cream, with a darker rim    ~6.5 %
+ 2    book        rotated rectangle, saturated cover with printed     ~6.7 %
                   text texture and a dark spine band
- 3    mug         upright cylinder with an elliptic opening and a     ~5 %
+ 3    mug         upright cylinder with an elliptic opening and a     ~2.2 %
                   ring handle 2-3 px thick
- 4    fruit       2-4 round fruits (orange, red or green apples)      ~3 %
+ 4    fruit       2-4 round fruits (orange, red or green apples)      ~1.8 %
                   with a highlight
- 5    cutlery     knife, fork or spoon: a 3-4 px wide metal handle,   ~1.5 %
+ 5    cutlery     knife, fork or spoon: a 3-4 px wide metal handle,   ~1.6 %
                   fork tines 2 px wide, spoon bowl
- 6    coin        1-4 small gold or copper disks 5-8 px across        ~0.5 %
+ 6    coin        1-4 small gold or copper disks 5-8 px across        ~0.7 %
                   (coins texture)
 ====  ==========  ==================================================  ==========
 
