@@ -19,16 +19,16 @@ Classes (index order, background first)
 ====  ==========  ==================================================  ==========
  idx  name        shape / texture                                     frequency
 ====  ==========  ==================================================  ==========
- 0    background  sky, facades with windows, sidewalk, road           ~80 %
- 1    vegetation  tree crowns of 3-6 overlapping disks on a trunk,    ~6.4 %
+ 0    background  sky, facades with windows, sidewalk, road           ~76 %
+ 1    vegetation  tree crowns of 3-6 overlapping disks on a trunk,    ~5.8 %
                   grass texture in greens
- 2    car         body, roof with dark windows and black wheels, in   ~7.6 %
+ 2    car         body, roof with dark windows and black wheels, in   ~7.3 %
                   one of six paint colours
- 3    person      head, torso in a shirt colour, two legs 2-3 px      ~2.0 %
- 4    pole        vertical metal bar 3-4 px wide                      ~1.3 %
- 5    sign        disk or triangle with a white centre and a red or   ~0.4 %
-                  blue rim, 7-11 px across, on top of a pole
- 6    bicycle     two wheel rings 2-3 px thick and a frame of 2-3 px  ~1.9 %
+ 3    person      head, torso in a shirt colour, two legs 2-4 px      ~5.8 %
+ 4    pole        vertical dark green metal bar 4-6 px wide           ~2.0 %
+ 5    sign        disk or triangle with a white centre and a red or   ~1.0 %
+                  blue rim, 10-15 px across, on top of a pole
+ 6    bicycle     two wheel rings 2-3 px thick and a frame of 2-3 px  ~1.7 %
                   bars, orange or yellow
 ====  ==========  ==================================================  ==========
 
@@ -66,13 +66,13 @@ from selmask_lib.data.drawing import (
 )
 
 # Bump when the drawing below changes, so cached trees are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DOMAIN_CODE = 1  # keeps this domain's generators apart from the other domains' with the same seed
 
 CLASS_NAMES = ("background", "vegetation", "car", "person", "pole", "sign", "bicycle")
 VEGETATION, CAR, PERSON, POLE, SIGN, BICYCLE = range(1, 7)
 # Mean number of instances per image (Poisson, at most 3): with the sizes, it sets each class's share.
-_RATES = {VEGETATION: 1.3, CAR: 1.0, PERSON: 1.0, POLE: 0.8, SIGN: 0.7, BICYCLE: 0.6}
+_RATES = {VEGETATION: 1.3, CAR: 1.0, PERSON: 1.4, POLE: 1.0, SIGN: 1.2, BICYCLE: 0.6}
 
 _CAR_PAINTS = ((0.75, 0.1, 0.1), (0.15, 0.25, 0.65), (0.85, 0.85, 0.85), (0.12, 0.12, 0.14),
                (0.6, 0.62, 0.66), (0.2, 0.45, 0.3))
@@ -187,10 +187,10 @@ def _car(rng: np.random.Generator, image: np.ndarray, base: tuple[float, float],
 
 
 def _person(rng: np.random.Generator, image: np.ndarray, base: tuple[float, float], size: float) -> np.ndarray:
-    """A standing person: head, torso in a shirt colour, two legs at least 2 px wide."""
+    """A standing person: head, torso in a shirt colour, two legs 2-4 px wide."""
     h, w, _ = image.shape
     y, x = base
-    tall = size * rng.uniform(0.55, 0.75)
+    tall = size * rng.uniform(0.8, 1.05)
     leg_w = max(1.1, tall * 0.05)
     legs = (thick_line((y, x - leg_w), (y - tall * 0.45, x - leg_w * 0.5), leg_w, h, w)
             | thick_line((y, x + leg_w), (y - tall * 0.45, x + leg_w * 0.5), leg_w, h, w))
@@ -205,21 +205,21 @@ def _person(rng: np.random.Generator, image: np.ndarray, base: tuple[float, floa
 
 
 def _pole(rng: np.random.Generator, image: np.ndarray, base: tuple[float, float], tall: float) -> np.ndarray:
-    """A vertical metal pole 3-4 px wide."""
+    """A vertical dark green metal pole 4-6 px wide."""
     h, w, _ = image.shape
     y, x = base
-    half_width = rng.uniform(1.5, 2.0)
+    half_width = rng.uniform(2.0, 2.8)
     mask = box(y - tall, y, x - half_width, x + half_width, h, w)
     if mask.any():
-        paste_texture(rng, image, mask, "moon", (0.55, 0.57, 0.62))
+        paste_texture(rng, image, mask, "moon", (0.18, 0.3, 0.22))
     return mask
 
 
 def _sign(rng: np.random.Generator, image: np.ndarray, centre_yx: tuple[float, float]) -> np.ndarray:
-    """A round or triangular traffic sign 7-11 px across: white centre, red or blue rim."""
+    """A round or triangular traffic sign 10-15 px across: white centre, red or blue rim."""
     h, w, _ = image.shape
     cy, cx = centre_yx
-    r = rng.uniform(3.5, 5.5)
+    r = rng.uniform(5.0, 7.5)
     if rng.random() < 0.5:
         outer, inner = disk(cy, cx, r, r, h, w), disk(cy, cx, r * 0.55, r * 0.55, h, w)
     else:

@@ -19,17 +19,17 @@ Classes (index order, background first)
 ====  ==========  ==================================================  ==========
  idx  name        shape / texture                                     frequency
 ====  ==========  ==================================================  ==========
- 0    background  pastel wall, wooden or checked table top            ~81 %
- 1    plate       large ellipse, white or cream, with a darker rim    ~6.5 %
- 2    book        rotated rectangle, saturated cover with printed     ~6.7 %
+ 0    background  pastel wall, wooden or checked table top            ~80 %
+ 1    plate       large ellipse, white or cream, with a darker rim    ~6.3 %
+ 2    book        rotated rectangle, saturated cover with printed     ~6.5 %
                   text texture and a dark spine band
  3    mug         upright cylinder with an elliptic opening and a     ~2.2 %
                   ring handle 2-3 px thick
- 4    fruit       2-4 round fruits (orange, red or green apples)      ~1.8 %
+ 4    fruit       2-4 round fruits (orange, red or green apples)      ~1.7 %
                   with a highlight
  5    cutlery     knife, fork or spoon: a 3-4 px wide metal handle,   ~1.6 %
                   fork tines 2 px wide, spoon bowl
- 6    coin        1-4 small gold or copper disks 5-8 px across        ~0.7 %
+ 6    coin        2-5 small gold or copper disks 7-11 px across       ~1.9 %
                   (coins texture)
 ====  ==========  ==================================================  ==========
 
@@ -68,13 +68,13 @@ from selmask_lib.data.drawing import (
 )
 
 # Bump when the drawing below changes, so cached trees are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DOMAIN_CODE = 2  # keeps this domain's generators apart from the other domains' with the same seed
 
 CLASS_NAMES = ("background", "plate", "book", "mug", "fruit", "cutlery", "coin")
 PLATE, BOOK, MUG, FRUIT, CUTLERY, COIN = range(1, 7)
 # Mean number of instances per image (Poisson, at most 3), in painter's order (large first).
-_RATES = {PLATE: 1.0, BOOK: 1.0, MUG: 0.8, FRUIT: 0.7, CUTLERY: 0.9, COIN: 0.8}
+_RATES = {PLATE: 1.0, BOOK: 1.0, MUG: 0.8, FRUIT: 0.7, CUTLERY: 0.9, COIN: 1.0}
 
 _WALLS = ((0.9, 0.85, 0.72), (0.78, 0.86, 0.78), (0.8, 0.82, 0.9), (0.92, 0.78, 0.7))
 _COVERS = ((0.75, 0.15, 0.15), (0.15, 0.35, 0.7), (0.15, 0.55, 0.3), (0.85, 0.65, 0.1), (0.45, 0.2, 0.55))
@@ -214,13 +214,13 @@ def _cutlery(rng: np.random.Generator, image: np.ndarray, m: int) -> np.ndarray:
 
 
 def _coins(rng: np.random.Generator, image: np.ndarray, m: int) -> np.ndarray:
-    """1-4 small gold or copper coins 5-8 px across, close together."""
+    """2-5 small gold or copper coins 7-11 px across, close together."""
     h, w, _ = image.shape
     cy, cx = centre(rng, h, w, margin=0.15)
     tint = (0.9, 0.75, 0.25) if rng.random() < 0.5 else (0.8, 0.45, 0.25)
     mask = np.zeros((h, w), bool)
-    for _ in range(int(rng.integers(1, 5))):
-        r = rng.uniform(2.5, 4.0)
+    for _ in range(int(rng.integers(2, 6))):
+        r = rng.uniform(3.5, 5.5)
         mask |= disk(cy + rng.normal(0, 4), cx + rng.normal(0, 4), r, r, h, w)
     if mask.any():
         paste_texture(rng, image, mask, "coins", tint)
