@@ -24,7 +24,7 @@ Classes (index order, background first)
                   grass texture in greens
  2    car         body, roof with dark windows and black wheels, in   ~7.3 %
                   one of six paint colours
- 3    person      head, torso in a shirt colour, two legs 2-4 px      ~5.8 %
+ 3    person      head, torso in a shirt colour, two legs >= 2 px     ~5.8 %
  4    pole        vertical dark green metal bar 4-6 px wide           ~2.0 %
  5    sign        disk or triangle with a white centre and a red or   ~1.0 %
                   blue rim, 10-15 px across, on top of a pole
@@ -187,7 +187,7 @@ def _car(rng: np.random.Generator, image: np.ndarray, base: tuple[float, float],
 
 
 def _person(rng: np.random.Generator, image: np.ndarray, base: tuple[float, float], size: float) -> np.ndarray:
-    """A standing person: head, torso in a shirt colour, two legs 2-4 px wide."""
+    """A standing person: head, torso in a shirt colour, two legs at least 2 px wide."""
     h, w, _ = image.shape
     y, x = base
     tall = size * rng.uniform(0.8, 1.05)
