@@ -100,6 +100,7 @@ _EXPORTS = {
     "require_imagenet_weights": "notebook",
     # data, models, errors
     "ensure_synthetic_voc": "data.synthetic",
+    "ensure_embedded": "data.embedded",
     "build_reconstruction_model": "models",
     "build_segmentation_model": "models",
     "SelmaskError": "errors",

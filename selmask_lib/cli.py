@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .config import DATASET_NAMES, INITS, PAPER_DATASET_SIZES, PAPER_SEED, PRESET_NAMES, STRATEGIES, parse_value
+from .config import DATASET_NAMES, EMBEDDED_DATASETS, INITS, PAPER_DATASET_SIZES, PAPER_SEED, PRESET_NAMES, STRATEGIES, parse_value
 from .errors import SelmaskError, one_line_message
 
 EXIT_USER_ERROR = 2
@@ -218,9 +218,9 @@ def _estimate_command(args: argparse.Namespace) -> int:
 
 
 def _synthetic_command(args: argparse.Namespace) -> int:
-    from .data.synthetic import ensure_synthetic_voc
+    from .data.embedded import ensure_embedded
 
-    print(ensure_synthetic_voc(args.root, seed=args.seed))
+    print(ensure_embedded(args.dataset, args.root, seed=args.seed))
     return 0
 
 
@@ -231,7 +231,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by ``pretrain`` and ``finetune``."""
     parser.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset to train on")
     parser.add_argument("--data-root", default=None,
-                        help="dataset folder (default for 'synthetic': the embedded set, generated once)")
+                        help="dataset folder (default for the embedded datasets: generated once)")
     parser.add_argument("--preset", default="demo", choices=PRESET_NAMES,
                         help="named config to start from: smoke (seconds), demo (CPU minutes), paper "
                              "(the paper's recipe); default: %(default)s")
@@ -356,9 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                           help="override a key of both configs, e.g. --set image_size=128 (repeatable)")
 
-    synthetic = command("synthetic", _synthetic_command, "generate (or find) the embedded synthetic dataset")
+    synthetic = command("synthetic", _synthetic_command, "generate (or find) an embedded dataset; print its folder")
+    synthetic.add_argument("--dataset", default="synthetic", choices=EMBEDDED_DATASETS,
+                           help="which embedded dataset (default: %(default)s)")
     synthetic.add_argument("--root", default=None,
-                           help="folder to write it to (default: $SELMASK_DATA_DIR/synthetic or ~/.cache/selmask)")
+                           help="folder to write it to (default: $SELMASK_DATA_DIR/<dataset> or ~/.cache/selmask/<dataset>)")
     synthetic.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
     return parser
 

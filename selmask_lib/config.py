@@ -42,7 +42,9 @@ import yaml
 
 from .errors import SelmaskError
 
-DATASET_NAMES = ("voc", "cityscapes", "nassar", "sugarbeets", "folder", "synthetic")
+# Datasets generated from a seed when no data root is given (selmask_lib/data/embedded.py).
+EMBEDDED_DATASETS = ("synthetic", "toy_street", "toy_tabletop", "toy_beet_field", "toy_maize_field")
+DATASET_NAMES = ("voc", "cityscapes", "nassar", "sugarbeets", "folder", *EMBEDDED_DATASETS)
 PRESET_NAMES = ("smoke", "demo", "paper")
 STRATEGIES = ("random", "selective")
 # The initialisations that load a pretraining run, and the strategy of the run each one needs.
@@ -83,10 +85,10 @@ PRETRAINED_CHECKPOINTS = ("last", "best_val_loss")
 
 # Data and evaluation settings of the authors' code (METHOD.md items 4, 7-11).
 # Datasets whose labels mark void pixels (255), the only ones that can train void
-# as a class: VOC and Cityscapes, synthetic (a VOC tree with a void band round each
-# object) and folder (its format reserves 255 for unlabelled pixels). Nassar and
-# Sugarbeets label every pixel (background, crop or weed).
-VOID_LABEL_DATASETS = ("voc", "cityscapes", "synthetic", "folder")
+# as a class: VOC and Cityscapes, the embedded general domains (VOC trees with a void
+# band round each object) and folder (its format reserves 255 for unlabelled pixels).
+# Nassar, Sugarbeets and the embedded field domains label every pixel (background, crop or weed).
+VOID_LABEL_DATASETS = ("voc", "cityscapes", "synthetic", "toy_street", "toy_tabletop", "folder")
 ABSENT_CLASS_IOU_RULES = ("nan", "zero")
 CITYSCAPES_POOLS = ("train", "all_fine_and_extra")
 SPLIT_LIST_DATASETS = ("sugarbeets",)
@@ -388,10 +390,10 @@ _CLASSES = {cls.KIND: cls for cls in (PretrainConfig, FinetuneConfig)}
 # Presets
 # ---------------------------------------------------------------------------
 
-# METHOD.md: pretraining batch per dataset. 'folder' and 'synthetic' are not
+# METHOD.md: pretraining batch per dataset. 'folder' and the embedded datasets are not
 # in the paper; they get the general-dataset value (VOC, Cityscapes).
 PAPER_PRETRAIN_BATCH = {"voc": 128, "cityscapes": 128, "nassar": 256, "sugarbeets": 64,
-                        "folder": 128, "synthetic": 128}
+                        "folder": 128, **{name: 128 for name in EMBEDDED_DATASETS}}
 
 # The paper's four datasets: image counts of the pretraining pool and of the downstream
 # train / val / test splits, and the classes the head predicts. From METHOD.md ("Datasets and
@@ -414,7 +416,7 @@ def pretrain_preset(name: str, dataset: str, **overrides: Any) -> PretrainConfig
     128 (voc, cityscapes), 256 (nassar), 64 (sugarbeets), Adam lr 3e-3, 10
     warm-up epochs then cosine to 0.01x, K = 10, S = 5, 90/10 train/val,
     scored at shorter side 256, seed 3741, all images. Only departure:
-    ``folder`` and ``synthetic`` (not in the paper) use batch 128.
+    ``folder`` and the embedded datasets (not in the paper) use batch 128.
     ``num_workers`` is 4 (speed only, not hashed). As the authors' code
     does (METHOD.md, "Details of the authors' code"): loaders drop their
     last partial batch (``drop_last``), resizes are bilinear without
@@ -422,7 +424,7 @@ def pretrain_preset(name: str, dataset: str, **overrides: Any) -> PretrainConfig
     fine frames plus train_extra (``cityscapes_pool='all_fine_and_extra'``,
     24,997 images, the downstream test frames included).
 
-    ``demo`` -- a few minutes on a laptop CPU (meant for ``synthetic``).
+    ``demo`` -- a few minutes on a laptop CPU (meant for the embedded datasets).
     Departures: 96 px crops and score size 96 (CPU time grows with pixels);
     64 nominal patches, so the grid is 8x8 patches of 12 px, the paper's
     patch size (512 patches at 96 px would be 3 px, leaving one 3x3 SSIM

@@ -5,7 +5,8 @@ pairs"):
 
 - pretraining: random masking on D, selective masking on D (self) and
   selective masking on D's partner (cross: VOC <-> Cityscapes,
-  Nassar <-> Sugarbeets);
+  Nassar <-> Sugarbeets; for the embedded domains toy_street <-> toy_tabletop,
+  toy_beet_field <-> toy_maize_field);
 - fine-tuning on D from: no pretraining, ImageNet, random-IR (self),
   selective-IR (self), selective-IR (cross).
 
@@ -38,7 +39,7 @@ from typing import Iterable, Mapping, Optional, Union
 
 import pandas as pd
 
-from .config import PAPER_SEED, finetune_preset, pretrain_preset
+from .config import EMBEDDED_DATASETS, PAPER_SEED, finetune_preset, pretrain_preset
 from .errors import SelmaskError
 from .finetuning import finetune
 from .models import imagenet_weights_path
@@ -50,6 +51,10 @@ from .tables import PAPER_COLUMNS
 log = logging.getLogger(__name__)
 
 PAPER_CROSS_PAIRS = {"voc": "cityscapes", "cityscapes": "voc", "nassar": "sugarbeets", "sugarbeets": "nassar"}
+# The embedded domains' pairs, shaped like the paper's: general <-> general, field <-> field.
+EMBEDDED_CROSS_PAIRS = {"toy_street": "toy_tabletop", "toy_tabletop": "toy_street",
+                        "toy_beet_field": "toy_maize_field", "toy_maize_field": "toy_beet_field"}
+CROSS_PAIRS = {**PAPER_CROSS_PAIRS, **EMBEDDED_CROSS_PAIRS}
 VARIANTS = tuple(PAPER_COLUMNS)  # the paper's table columns, in order
 
 
@@ -79,7 +84,7 @@ def reproduce(
     seeds: Iterable[int] = (PAPER_SEED,),
     runs_root: str | Path = "runs",
     variants: Iterable[str] = VARIANTS,
-    cross_pairs: Mapping[str, str] = PAPER_CROSS_PAIRS,
+    cross_pairs: Mapping[str, str] = CROSS_PAIRS,
     imagenet_weights: Optional[str] = None,
     pretrain_overrides: Optional[dict] = None,
     finetune_overrides: Optional[dict] = None,
@@ -88,9 +93,9 @@ def reproduce(
 ) -> Reproduction:
     """Run (or reuse) the runs behind the paper's table for ``datasets``; return their results.
 
-    ``data_roots`` maps dataset name -> folder (``synthetic`` needs none). A
-    cross partner is pretrained on only if it has a data root (or is
-    ``synthetic``). The ImageNet column needs torchvision's ResNet-34 weights
+    ``data_roots`` maps dataset name -> folder (the embedded datasets need
+    none). A cross partner is pretrained on only if it has a data root (or is
+    embedded, generated when needed). The ImageNet column needs torchvision's ResNet-34 weights
     at ``imagenet_weights`` or in the torch hub cache; nothing is downloaded.
     ``maskings``: other maskings of the selective loop (callables, or
     "random_fixed"), each compared in a column of its own (module docstring).
@@ -140,7 +145,7 @@ def reproduce(
                 inits.append(dict(init="selective_ir", pretrained=pretrained_run(dataset, "selective", seed)))
             if "selective_ir_cross" in variants:
                 partner = cross_pairs.get(dataset)
-                if partner is not None and (partner == "synthetic" or data_roots.get(partner) is not None):
+                if partner is not None and (partner in EMBEDDED_DATASETS or data_roots.get(partner) is not None):
                     inits.append(dict(init="selective_ir", pretrained=pretrained_run(partner, "selective", seed)))
                 else:
                     skipped.append(f"{dataset}: cross column skipped, no data root for its partner "

@@ -121,7 +121,8 @@ def test_transform_is_applied(trees):
 
 
 def test_registry():
-    assert set(data.DATASETS) == {"voc", "cityscapes", "nassar", "sugarbeets", "folder", "synthetic"}
+    assert set(data.DATASETS) == {"voc", "cityscapes", "nassar", "sugarbeets", "folder", "synthetic",
+                                  "toy_street", "toy_tabletop", "toy_beet_field", "toy_maize_field"}
     with pytest.raises(SelmaskError, match="unknown dataset 'imagenet'"):
         data.get_dataset("imagenet")
 

@@ -1,5 +1,6 @@
 """Tests for the embedded synthetic dataset: its scenes and the VOC tree written (small parameter set, tmp dirs only)."""
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -174,7 +175,7 @@ def test_ensure_caches_and_regenerates_only_on_change(tmp_path, monkeypatch):
 
 
 def test_interrupted_generation_leaves_no_tree(tmp_path, monkeypatch):
-    real = synthetic.draw_sample
+    real = synthetic.DOMAIN.draw
     seen = []
 
     def flaky(*args, **kwargs):
@@ -183,7 +184,7 @@ def test_interrupted_generation_leaves_no_tree(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "draw_sample", flaky)
+    monkeypatch.setattr(synthetic, "DOMAIN", dataclasses.replace(synthetic.DOMAIN, draw=flaky))
     with pytest.raises(KeyboardInterrupt):
         synthetic.ensure_synthetic_voc(tmp_path / "syn", seed=0, **SMALL)
     assert list(tmp_path.iterdir()) == []

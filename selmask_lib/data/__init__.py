@@ -12,9 +12,10 @@ Each registered format (``get_dataset(name)``) is a module-like object with
 * ``decode_label(path) -> int64 [H, W]``       class ids, 255 = ignore
 * ``pretraining_images(root) -> list[Path]``   the pretraining pool, sorted
 
-``synthetic`` is the embedded toy dataset written as a VOC tree by
-:mod:`selmask_lib.data.synthetic`; it is read by the VOC code, with its class
-names from ``<root>/classes.yaml``.
+The embedded datasets (``synthetic``, ``toy_street``, ``toy_tabletop``,
+``toy_beet_field``, ``toy_maize_field``) are drawn from a seed and written as
+VOC trees by :mod:`selmask_lib.data.embedded`; they are read by the VOC code,
+with their class names from ``<root>/classes.yaml``.
 """
 
 from __future__ import annotations
@@ -36,15 +37,20 @@ from selmask_lib.data.base import (
     check_split,
     check_split_nonempty,
 )
+from selmask_lib.config import EMBEDDED_DATASETS
 from selmask_lib.errors import SelmaskError
 
-_SYNTHETIC = SimpleNamespace(
-    NAME="synthetic",
-    info=partial(voc.info, name="synthetic"),
-    samples=voc.samples,
-    decode_label=voc.decode_label,
-    pretraining_images=voc.pretraining_images,
-)
+
+def _embedded_format(name: str) -> SimpleNamespace:
+    """An embedded dataset is read as a VOC tree, under its own name."""
+    return SimpleNamespace(
+        NAME=name,
+        info=partial(voc.info, name=name),
+        samples=voc.samples,
+        decode_label=voc.decode_label,
+        pretraining_images=voc.pretraining_images,
+    )
+
 
 DATASETS = {
     "voc": voc,
@@ -52,7 +58,7 @@ DATASETS = {
     "nassar": nassar,
     "sugarbeets": sugarbeets,
     "folder": folder,
-    "synthetic": _SYNTHETIC,
+    **{name: _embedded_format(name) for name in EMBEDDED_DATASETS},
 }
 
 
@@ -71,17 +77,17 @@ def _existing_root(root: Path | str) -> Path:
 
 
 def resolve_data_root(dataset: str, data_root: str | Path | None) -> Path:
-    """The folder of ``dataset``; the embedded synthetic set is generated (once) when no root is given.
+    """The folder of ``dataset``; an embedded dataset is generated (once) when no root is given.
 
-    Every dataset but ``synthetic`` lives where the user put it, so a missing
-    root is an error that says which option to pass.
+    Every other dataset lives where the user put it, so a missing root is an
+    error that says which option to pass.
     """
     if data_root is not None:
         return Path(data_root)
-    if dataset == "synthetic":
-        from selmask_lib.data.synthetic import ensure_synthetic_voc
+    if dataset in EMBEDDED_DATASETS:
+        from selmask_lib.data.embedded import ensure_embedded
 
-        return ensure_synthetic_voc()
+        return ensure_embedded(dataset)
     raise SelmaskError(f"data_root is required for dataset {dataset!r} (pass --data-root DIR)")
 
 

@@ -47,21 +47,28 @@ split, index))``; no global random state is used.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 from skimage import draw
 from skimage.morphology import dilation
 
-from selmask_lib.data.base import IGNORE_INDEX
-from selmask_lib.errors import SelmaskError
-
-# Split codes seed the per-image generators; they must never change.
-_SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "unlabelled": 3}
-
+from selmask_lib.data.drawing import (
+    band_width,
+    centre,
+    forced_class,
+    image_shape,
+    label_map,
+    mask_from,
+    paste_texture,
+    polyline,
+    random_crop,
+    rotated_rect,
+    sample_rng,
+    smooth_curve,
+    to_uint8,
+)
 
 # --------------------------------------------------------------------------- sources
 # Background photographs; all ship inside scikit-image (no pooch download).
@@ -71,43 +78,6 @@ _BACKGROUND_PHOTOS = (
 )
 
 
-@functools.lru_cache(maxsize=None)
-def _source(name: str, mode: str = "RGB") -> Image.Image:
-    """Load one ``skimage.data`` image as a PIL image in ``mode``, once per process.
-
-    Only functions whose files are bundled with scikit-image are used; the
-    ones that need a pooch download (eagle, lily, skin, ...) are avoided
-    because the kit must work offline.
-    """
-    import skimage.data
-
-    array = getattr(skimage.data, name)()
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    return Image.fromarray(np.ascontiguousarray(array[..., :3]).astype(np.uint8), "RGB").convert(mode)
-
-
-def _random_crop(rng: np.random.Generator, name: str, h: int, w: int,
-                 zoom: tuple[float, float] = (0.7, 3.0), mode: str = "RGB") -> np.ndarray:
-    """Random crop of source ``name`` rescaled to ``h x w``, float32 in [0, 1].
-
-    The crop is ``zoom`` times the output size (clamped to the source), so the
-    same source gives fine and coarse versions of its texture. A random
-    horizontal flip doubles the variety for free.
-    """
-    src = _source(name, mode)
-    sw, sh = src.size
-    s = min(rng.uniform(*zoom), sw / w, sh / h)
-    cw, ch = max(1, int(round(w * s))), max(1, int(round(h * s)))
-    x0 = int(rng.integers(0, sw - cw + 1))
-    y0 = int(rng.integers(0, sh - ch + 1))
-    crop = src.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.BILINEAR)
-    array = np.asarray(crop, dtype=np.float32) / 255.0
-    if rng.random() < 0.5:
-        array = array[:, ::-1]
-    return array
-
-
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A cluttered, textured background: photo crop, colour shift, maybe grass.
 
@@ -115,100 +85,35 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     shading, clutter), so reconstruction pretraining has something to learn.
     """
     photo = _BACKGROUND_PHOTOS[int(rng.integers(len(_BACKGROUND_PHOTOS)))]
-    image = _random_crop(rng, photo, h, w)
+    image = random_crop(rng, photo, h, w)
     gain = rng.uniform(0.7, 1.2, size=3).astype(np.float32)
     offset = rng.uniform(-0.08, 0.08, size=3).astype(np.float32)
     image = image * gain + offset
     if rng.random() < 0.5:
-        grass = _random_crop(rng, "grass", h, w, mode="L")[..., None]
+        grass = random_crop(rng, "grass", h, w, mode="L")[..., None]
         tint = rng.uniform(0.3, 0.7, size=3).astype(np.float32)
         alpha = np.float32(rng.uniform(0.25, 0.6))
         image = (1 - alpha) * image + alpha * grass * tint * 1.6
     return np.clip(image, 0.0, 1.0)
 
 
-def _texture(rng: np.random.Generator, source: str, tint: tuple[float, float, float],
-             h: int, w: int) -> np.ndarray:
-    """Class texture (float32 [h, w, 3]): grey detail of ``source`` modulating the class colour.
-
-    The tint carries the class identity (with a per-instance jitter so colour
-    alone is not a perfect cue); the source crop carries fine texture; a linear
-    lighting gradient adds the shading real objects have. ``h x w`` is the
-    object's bounding box, so the cost scales with the object, not the image.
-    """
-    grey = _random_crop(rng, source, h, w, zoom=(0.5, 2.0), mode="L")
-    detail = (grey - grey.mean()) / (grey.std() + 0.05)
-    colour = np.asarray(tint, np.float32) + rng.uniform(-0.08, 0.08, size=3).astype(np.float32)
-    contrast = rng.uniform(0.2, 0.4)
-    angle = rng.uniform(0, 2 * np.pi)
-    ramp = (np.cos(angle) * np.arange(w, dtype=np.float32)[None, :] / max(w, 8)
-            + np.sin(angle) * np.arange(h, dtype=np.float32)[:, None] / max(h, 8))
-    light = 1.0 + rng.uniform(0.1, 0.35) * (ramp - ramp.mean())
-    texture = colour[None, None, :] * ((1.0 + contrast * detail) * light)[..., None]
-    return np.clip(texture, 0.0, 1.0).astype(np.float32)
-
-
-def _paste(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, spec: "ClassSpec") -> None:
-    """Fill ``mask`` in ``image`` (in place) with a fresh texture of class ``spec``."""
-    rows, cols = np.nonzero(mask)
-    y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    texture = _texture(rng, spec.texture, spec.tint, int(y1 - y0), int(x1 - x0))
-    local = mask[y0:y1, x0:x1]
-    image[y0:y1, x0:x1][local] = texture[local]
-
-
 # --------------------------------------------------------------------------- shapes
 # Every shape function takes (rng, h, w) and returns a boolean [h, w] mask.
 # Sizes are relative to m = min(h, w) so small and large images look alike.
 
-def _mask_from(rr: np.ndarray, cc: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Boolean mask from pixel coordinates, dropping those outside the image."""
-    mask = np.zeros((h, w), bool)
-    keep = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-    mask[rr[keep], cc[keep]] = True
-    return mask
-
-
-def _polyline(points: np.ndarray, h: int, w: int) -> np.ndarray:
-    """1 px wide, 8-connected polyline through ``points`` (rows, cols)."""
-    mask = np.zeros((h, w), bool)
-    pts = np.round(points).astype(int)
-    for (r0, c0), (r1, c1) in zip(pts[:-1], pts[1:]):
-        rr, cc = draw.line(r0, c0, r1, c1)
-        mask |= _mask_from(rr, cc, h, w)
-    return mask
-
-
-def _centre(rng: np.random.Generator, h: int, w: int, margin: float = 0.1) -> tuple[float, float]:
-    """Object centre, kept away from the border so objects are mostly visible."""
-    return rng.uniform(margin * h, (1 - margin) * h), rng.uniform(margin * w, (1 - margin) * w)
-
-
-def _rotated_rect(cy: float, cx: float, half_len: float, half_wid: float, angle: float,
-                  h: int, w: int) -> np.ndarray:
-    """Filled rectangle of the given half sizes, rotated by ``angle``."""
-    u = np.array([np.sin(angle), np.cos(angle)])           # (row, col) direction of length
-    v = np.array([np.cos(angle), -np.sin(angle)])          # perpendicular
-    corners = [np.array([cy, cx]) + a * half_len * u + b * half_wid * v
-               for a, b in ((1, 1), (1, -1), (-1, -1), (-1, 1))]
-    corners = np.array(corners)
-    rr, cc = draw.polygon(corners[:, 0], corners[:, 1], shape=(h, w))
-    return _mask_from(rr, cc, h, w)
-
-
 def shape_ellipse(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Large filled ellipse: the common, easy, blob-like class."""
     m = min(h, w)
-    cy, cx = _centre(rng, h, w)
+    cy, cx = centre(rng, h, w)
     rr, cc = draw.ellipse(cy, cx, m * rng.uniform(0.15, 0.33), m * rng.uniform(0.15, 0.33),
                           shape=(h, w), rotation=rng.uniform(-np.pi, np.pi))
-    return _mask_from(rr, cc, h, w)
+    return mask_from(rr, cc, h, w)
 
 
 def shape_slab(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Large rotated quadrilateral with jittered corners: common, straight edges."""
     m = min(h, w)
-    cy, cx = _centre(rng, h, w)
+    cy, cx = centre(rng, h, w)
     a, b = m * rng.uniform(0.18, 0.38), m * rng.uniform(0.1, 0.22)
     angle = rng.uniform(0, np.pi)
     u = np.array([np.sin(angle), np.cos(angle)])
@@ -217,39 +122,39 @@ def shape_slab(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
                         for sa, sb in ((1, 1), (1, -1), (-1, -1), (-1, 1))])
     corners += rng.normal(0, 0.06 * m, size=corners.shape)
     rr, cc = draw.polygon(corners[:, 0], corners[:, 1], shape=(h, w))
-    return _mask_from(rr, cc, h, w)
+    return mask_from(rr, cc, h, w)
 
 
 def shape_ring(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Annulus: a hole in the middle, so the class is not just a filled blob."""
     m = min(h, w)
-    cy, cx = _centre(rng, h, w, margin=0.15)
+    cy, cx = centre(rng, h, w, margin=0.15)
     r_out = m * rng.uniform(0.11, 0.22)
     squash = rng.uniform(0.75, 1.0)
     rot = rng.uniform(-np.pi, np.pi)
     r_in = r_out * rng.uniform(0.5, 0.72)
-    outer = _mask_from(*draw.ellipse(cy, cx, r_out * squash, r_out, shape=(h, w), rotation=rot), h, w)
-    inner = _mask_from(*draw.ellipse(cy, cx, r_in * squash, r_in, shape=(h, w), rotation=rot), h, w)
+    outer = mask_from(*draw.ellipse(cy, cx, r_out * squash, r_out, shape=(h, w), rotation=rot), h, w)
+    inner = mask_from(*draw.ellipse(cy, cx, r_in * squash, r_in, shape=(h, w), rotation=rot), h, w)
     return outer & ~inner
 
 
 def shape_star(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """5-8 pointed star: sharp concave corners a blurry model rounds off."""
     m = min(h, w)
-    cy, cx = _centre(rng, h, w, margin=0.15)
+    cy, cx = centre(rng, h, w, margin=0.15)
     points = int(rng.integers(5, 9))
     r_out = m * rng.uniform(0.11, 0.2)
     r_in = r_out * rng.uniform(0.35, 0.5)
     angles = rng.uniform(0, 2 * np.pi) + np.arange(2 * points) * np.pi / points
     radii = np.where(np.arange(2 * points) % 2 == 0, r_out, r_in)
     rr, cc = draw.polygon(cy + radii * np.sin(angles), cx + radii * np.cos(angles), shape=(h, w))
-    return _mask_from(rr, cc, h, w)
+    return mask_from(rr, cc, h, w)
 
 
 def shape_stripes(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """3-6 parallel thin bars: a thin, periodic structure (rare class)."""
     m = min(h, w)
-    cy, cx = _centre(rng, h, w, margin=0.2)
+    cy, cx = centre(rng, h, w, margin=0.2)
     bars = int(rng.integers(3, 7))
     half_wid = rng.uniform(0.75, 1.5)
     pitch = 2 * half_wid + rng.uniform(2.5, 4.0)
@@ -259,28 +164,15 @@ def shape_stripes(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     mask = np.zeros((h, w), bool)
     for k in range(bars):
         oy, ox = (k - (bars - 1) / 2) * pitch * normal
-        mask |= _rotated_rect(cy + oy, cx + ox, half_len, half_wid, angle, h, w)
+        mask |= rotated_rect(cy + oy, cx + ox, half_len, half_wid, angle, h, w)
     return mask
-
-
-def _smooth_curve(rng: np.random.Generator, start: tuple[float, float], length: float,
-                  wiggle: float) -> np.ndarray:
-    """Points (1 px apart) of a curve whose heading drifts smoothly."""
-    steps = max(2, int(length))
-    heading = rng.uniform(0, 2 * np.pi)
-    freq, phase = rng.uniform(0.02, 0.08), rng.uniform(0, 2 * np.pi)
-    turn = wiggle * np.sin(freq * 2 * np.pi * np.arange(steps) + phase)
-    headings = heading + np.cumsum(turn)
-    ys = start[0] + np.concatenate([[0.0], np.cumsum(np.sin(headings[:-1]))])
-    xs = start[1] + np.concatenate([[0.0], np.cumsum(np.cos(headings[:-1]))])
-    return np.stack([ys, xs], axis=1)
 
 
 def shape_wire(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """1-2 px wide smooth curve: the thinnest class, hard at low resolution."""
     m = min(h, w)
-    points = _smooth_curve(rng, _centre(rng, h, w, margin=0.2), m * rng.uniform(0.4, 0.9), wiggle=0.08)
-    mask = _polyline(points, h, w)
+    points = smooth_curve(rng, centre(rng, h, w, margin=0.2), m * rng.uniform(0.4, 0.9), wiggle=0.08)
+    mask = polyline(points, h, w)
     return _thicken(mask) if rng.random() < 0.6 else mask
 
 
@@ -300,22 +192,22 @@ def _thicken(mask: np.ndarray) -> np.ndarray:
 def shape_speck(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Cluster of 3-7 tiny diamonds: small, scattered objects (rare class)."""
     m = min(h, w)
-    cy, cx = _centre(rng, h, w, margin=0.12)
+    cy, cx = centre(rng, h, w, margin=0.12)
     spread = m * 0.08
     mask = np.zeros((h, w), bool)
     for _ in range(int(rng.integers(4, 10))):
         y, x = cy + rng.normal(0, spread), cx + rng.normal(0, spread)
         r = rng.uniform(1.5, 3.0)
         rr, cc = draw.polygon([y - r, y, y + r, y], [x, x + r, x, x - r], shape=(h, w))
-        mask |= _mask_from(rr, cc, h, w)
+        mask |= mask_from(rr, cc, h, w)
     return mask
 
 
 def shape_fern(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """1 px stem with alternating 1 px leaflets: branched, thin, detail-rich."""
     m = min(h, w)
-    stem = _smooth_curve(rng, _centre(rng, h, w, margin=0.2), m * rng.uniform(0.25, 0.45), wiggle=0.03)
-    mask = _polyline(stem, h, w)
+    stem = smooth_curve(rng, centre(rng, h, w, margin=0.2), m * rng.uniform(0.25, 0.45), wiggle=0.03)
+    mask = polyline(stem, h, w)
     spacing = int(rng.integers(3, 6))
     leaf_max = m * rng.uniform(0.07, 0.12)
     spread = rng.uniform(0.8, 1.2)                         # leaflet angle from the stem, radians
@@ -327,7 +219,7 @@ def shape_fern(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         length = leaf_max * (1.0 - 0.7 * i / n)            # leaflets shrink toward the tip
         a = heading + side * spread
         tip = stem[i] + length * np.array([np.sin(a), np.cos(a)])
-        mask |= _polyline(np.stack([stem[i], tip]), h, w)
+        mask |= polyline(np.stack([stem[i], tip]), h, w)
     return mask
 
 
@@ -364,11 +256,6 @@ NUM_CLASSES: int = len(CLASS_NAMES)
 
 
 # --------------------------------------------------------------------------- one sample
-def _band_width(h: int, w: int) -> int:
-    """Void band width: VOC's band is ~1 % of the image side, so 1 px below 96 px, else 2."""
-    return 1 if min(h, w) < 96 else 2
-
-
 def draw_sample(seed: int, split: str, index: int,
                 image_size: tuple[int, int] = (64, 128)) -> tuple[np.ndarray, np.ndarray]:
     """Draw one image and its label map; a pure function of its arguments.
@@ -377,14 +264,11 @@ def draw_sample(seed: int, split: str, index: int,
     ``range(NUM_CLASSES)`` and 255 for the void band. Each sample has its own
     generator, so samples do not depend on how many others are drawn.
     """
-    if split not in _SPLIT_CODES:
-        raise SelmaskError(f"synthetic dataset: unknown split {split!r}; use one of {sorted(_SPLIT_CODES)}")
-    rng = np.random.default_rng([seed, _SPLIT_CODES[split], index])
-    lo, hi = image_size
-    h, w = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+    rng = sample_rng(seed, split, index)
+    h, w = image_shape(rng, image_size)
     image = _background(rng, h, w)
 
-    forced = 1 + index % len(_OBJECT_CLASSES)   # guarantees every class appears in every split
+    forced = forced_class(index, len(_OBJECT_CLASSES))   # every class appears in every split
     instances = []
     for cls, spec in enumerate(_OBJECT_CLASSES, start=1):
         count = min(int(rng.poisson(spec.rate)), 3)
@@ -396,35 +280,10 @@ def draw_sample(seed: int, split: str, index: int,
                 instances.append((cls, mask))
     # Painter's order: large objects behind, small and thin ones in front.
     instances.sort(key=lambda item: -int(item[1].sum()))
-
-    instance_map = np.zeros((h, w), np.int32)       # 0 = background, k = k-th drawn instance
-    for k, (cls, mask) in enumerate(instances, start=1):
-        _paste(rng, image, mask, _OBJECT_CLASSES[cls - 1])
-        instance_map[mask] = k
-    class_of = np.array([0] + [cls for cls, _ in instances], np.uint8)
-    label = class_of[instance_map]
-    label[_void_band(instance_map, _band_width(h, w))] = IGNORE_INDEX
-    return (np.clip(image * 255.0 + 0.5, 0, 255)).astype(np.uint8), label
-
-
-def _void_band(instance_map: np.ndarray, width: int) -> np.ndarray:
-    """Pixels to mark void: a ``width`` px band outside every visible object boundary.
-
-    The band lies on the far side of each visible edge (over the background or
-    an object drawn earlier), so the front object keeps all its pixels: a 1 px
-    wire stays labelled, while the void still separates it from its
-    surroundings. Where a band covers the edge of an object behind, that
-    object's own band adds to it, so void can reach 2 x ``width`` from the
-    nearest labelled object pixel, as in cluttered VOC scenes.
-
-    Instances are numbered in drawing order, so a pixel is void exactly when an
-    instance drawn later lies within ``width`` px: when the largest instance
-    number in its neighbourhood (a grey dilation) exceeds its own. The
-    neighbourhood is a square, not a disk, because the band has always been
-    square-shaped and cached datasets must keep their bytes.
-    """
-    square = np.ones((2 * width + 1, 2 * width + 1), bool)
-    return dilation(instance_map, square, mode="ignore") > instance_map
+    for cls, mask in instances:
+        spec = _OBJECT_CLASSES[cls - 1]
+        paste_texture(rng, image, mask, spec.texture, spec.tint)
+    return to_uint8(image), label_map((h, w), instances, band_width(h, w))
 
 
 __all__ = ["CLASS_NAMES", "NUM_CLASSES", "ClassSpec", "draw_sample"]
