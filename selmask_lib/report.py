@@ -100,12 +100,12 @@ def write_report(datasets: Sequence[str], preset: str = "demo", seeds: Iterable[
     """
     import papermill
 
-    from .reproduction import PAPER_CROSS_PAIRS as ALL_CROSS_PAIRS  # TODO(domains merge): union
+    from .reproduction import CROSS_PAIRS
 
     figures_dir, notebooks_dir = Path(figures_dir), Path(notebooks_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     plan = report_plan(list(datasets), preset, list(seeds), str(Path(runs_root).resolve()),
-                       str(figures_dir.resolve()), ALL_CROSS_PAIRS if cross_pairs is None else cross_pairs,
+                       str(figures_dir.resolve()), CROSS_PAIRS if cross_pairs is None else cross_pairs,
                        data_roots, fractions)
     executed: list[ExecutedNotebook] = []
     try:

@@ -174,9 +174,9 @@ def test_budget_notebook_writes_the_numbers_it_shows(runs_root, tmp_path, monkey
     papermill.execute_notebook(str(path), str(output),
                                parameters={"runs_root": str(runs_root), "figures_dir": str(figures)},
                                kernel_name="python3", progress_bar=False, cwd=str(path.parent))
-    sweep = pd.read_csv(figures / "budget_sweep_synthetic_folder_smoke.csv")
-    gains = pd.read_csv(figures / "budget_gains_synthetic_folder_smoke.csv")
-    assert (figures / "budget_synthetic_folder_smoke.png").stat().st_size > 0
+    sweep = pd.read_csv(figures / "budget_sweep_toy_beet_field_toy_maize_field_smoke.csv")
+    gains = pd.read_csv(figures / "budget_gains_toy_beet_field_toy_maize_field_smoke.csv")
+    assert (figures / "budget_toy_beet_field_toy_maize_field_smoke.png").stat().st_size > 0
     assert sorted(zip(sweep["fraction"], sweep["relation"])) == [(0.5, "cross"), (0.5, "self"),
                                                                  (1.0, "cross"), (1.0, "self")]
     assert ((sweep["lower"] <= sweep["miou"]) & (sweep["miou"] <= sweep["upper"])).all()
@@ -193,7 +193,7 @@ def test_budget_notebook_writes_the_numbers_it_shows(runs_root, tmp_path, monkey
 
 
 @pytest.mark.parametrize("parameters, named", [
-    ({"partner": "synthetic"}, "parameter 'partner' is 'synthetic', the dataset itself"),
+    ({"partner": "toy_beet_field"}, "parameter 'partner' is 'toy_beet_field', the dataset itself"),
     ({"fractions": "[0.5, 1.0]"}, "parameter 'fractions' must be a list"),
     ({"fractions": [0.5, 2]}, "parameter 'fractions' has 2, outside (0, 1]"),
 ])
