@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 LOCK := requirements/lock-linux-x86_64-py311.txt
 ON_LOCKED_PLATFORM := $(shell $(PYTHON) -c 'import platform, sys; print(sys.platform == "linux" and platform.machine() == "x86_64" and sys.version_info[:2] == (3, 11))' 2>/dev/null)
 
-.PHONY: demo test figures reproduce clean-venv
+.PHONY: demo test figures nbval reproduce clean-venv
 FIGURES_PRESET ?= demo
 
 # On the tested platform: the lock's exact versions, then the kit itself without resolving again.
@@ -31,14 +31,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# Regenerate every figure under figures/ (demo preset on the embedded data; minutes on a CPU).
+# Regenerate figures/: every notebook executed on the four embedded domains (executed notebooks,
+# PNG figures, CSV tables and figures/README.md saying what made each), plus the demo figure.
+EMBEDDED_DOMAINS ?= toy_street toy_tabletop toy_beet_field toy_maize_field
 figures: $(STAMP)
 	$(BIN)/selmask demo --out figures
-	mkdir -p runs/notebooks
-	$(BIN)/papermill --cwd . notebooks/01_selective_masking_explained.ipynb runs/notebooks/01.ipynb \
-		-p preset $(FIGURES_PRESET) -p figures_dir figures
-	$(BIN)/papermill --cwd . notebooks/03_per_class_gains.ipynb runs/notebooks/03.ipynb \
-		-p preset $(FIGURES_PRESET) -p figures_dir figures
+	$(BIN)/selmask reproduce --figures figures --preset $(FIGURES_PRESET) --datasets $(EMBEDDED_DOMAINS)
+
+# Every notebook with its stored defaults, cell by cell (nbval); longer than the test suite's
+# notebook tests, which run notebooks 00 and 01 with smaller injected parameters.
+nbval: $(STAMP)
+	cd notebooks && ../$(BIN)/python -m pytest --nbval-lax -p no:cacheprovider .
 
 # The paper's table on the embedded data (override: make reproduce ARGS="--datasets voc --data-root voc=/data/voc --preset paper").
 reproduce: $(STAMP)
