@@ -319,24 +319,28 @@ def budget_conclusion(gains: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------- an offline partner
 
 
-def same_domain_partner(root: str | Path | None = None, seed: int = 1) -> Path:
-    """A stand-in partner while only one embedded domain exists: a ``folder`` dataset of the embedded
-    generator's images drawn from another ``seed`` (images only: a partner is only pretrained on).
+def same_domain_partner(root: str | Path | None = None, seed: int = 1, dataset: str = "synthetic") -> Path:
+    """A stand-in partner of the embedded ``dataset``: a ``folder`` dataset of its generator's images drawn
+    from another ``seed`` (images only: a partner is only pretrained on).
 
     Same domain, other images: self vs cross should come out "not
     distinguishable", so a sweep against it is a control of the sweep, not a
-    test of claim (3). Written once, next to the embedded set's cache folder
+    test of claim (3). Written once, next to the dataset's cache folder
     unless ``root`` is given; returns the folder.
     """
-    from .data.synthetic import default_root, generate_synthetic_voc
+    from .config import EMBEDDED_DATASETS
+    from .data import embedded
 
-    root = Path(root) if root is not None else default_root().with_name(f"synthetic_seed{seed}_folder")
+    if dataset not in EMBEDDED_DATASETS:
+        raise SelmaskError(f"same-domain control: parameter 'dataset' is {dataset!r}, which has no generator; "
+                           f"one of {', '.join(EMBEDDED_DATASETS)}")
+    root = Path(root) if root is not None else embedded.default_root(dataset).with_name(f"{dataset}_seed{seed}_folder")
     if (root / "images").is_dir():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        tree = generate_synthetic_voc(staging / "tree", seed=seed)
+        tree = embedded.generate_embedded(dataset, staging / "tree", seed=seed)
         (tree / "VOCdevkit" / "VOC2012" / "JPEGImages").rename(staging / "images")
         shutil.rmtree(tree)
         staging.rename(root)  # complete or absent, never half written

@@ -1,0 +1,103 @@
+"""Second reading of the budget sweep, the report, the walkthrough helpers: defects found, each pinned by a test."""
+
+import json
+
+import nbformat
+import pytest
+
+import selmask_lib.data.embedded as embedded
+from selmask_lib.budget import budget_sweep, same_domain_partner
+from selmask_lib.config import pretrain_preset
+from selmask_lib.errors import SelmaskError
+from selmask_lib.reconstruction import held_out_indices
+from selmask_lib.report import write_report
+
+
+# --------------------------------------------------------------------------- the same-domain control
+
+
+@pytest.fixture
+def small_generator(monkeypatch):
+    """Embedded trees at the tests' tiny size (same_domain_partner writes the generator's default size)."""
+    generate = embedded.generate_embedded
+    monkeypatch.setattr(embedded, "generate_embedded",
+                        lambda name, root, seed=0, **_: generate(name, root, seed=seed, **embedded.SMALL))
+
+
+def test_the_same_domain_control_draws_the_datasets_own_domain(small_generator, tmp_path):
+    """Notebook 04's default dataset is toy_beet_field: its control partner must be beet fields, not shapes."""
+    partner = same_domain_partner(tmp_path / "control", seed=1, dataset="toy_beet_field")
+    reference = embedded.ensure_embedded("toy_beet_field", tmp_path / "reference", seed=1, **embedded.SMALL)
+    drawn = (partner / "images" / "train_00000.jpg").read_bytes()
+    assert drawn == (reference / "VOCdevkit" / "VOC2012" / "JPEGImages" / "train_00000.jpg").read_bytes()
+
+
+def test_the_same_domain_control_of_a_dataset_without_generator_names_the_parameter(tmp_path):
+    with pytest.raises(SelmaskError, match="parameter 'dataset'.*'voc'"):
+        same_domain_partner(tmp_path / "control", dataset="voc")
+
+
+def test_notebook_04_builds_its_control_from_the_swept_dataset():
+    source = "".join("".join(cell["source"]) for cell in nbformat.read("notebooks/04_budget_sweep.ipynb", 4).cells)
+    assert "same_domain_partner(dataset=dataset)" in source
+
+
+# --------------------------------------------------------------------------- bad parameters, one line
+
+
+@pytest.mark.parametrize("key", ["seed", "strategy", "data_root"])
+def test_a_pretrain_override_the_sweep_sets_itself_is_one_line_naming_it(key, tmp_path):
+    with pytest.raises(SelmaskError, match=f"parameter 'pretrain_overrides'.*'{key}'"):
+        budget_sweep("synthetic", "toy_street", fractions=[1.0], preset="smoke", runs_root=tmp_path,
+                     data_roots={"synthetic": str(tmp_path), "toy_street": str(tmp_path)},
+                     pretrain_overrides={key: 1})
+
+
+@pytest.mark.parametrize("key", ["seed", "init", "pretrained", "data_root"])
+def test_a_finetune_override_the_sweep_sets_itself_is_refused_not_ignored(key, tmp_path):
+    with pytest.raises(SelmaskError, match=f"parameter 'finetune_overrides'.*'{key}'"):
+        budget_sweep("synthetic", "toy_street", fractions=[1.0], preset="smoke", runs_root=tmp_path,
+                     data_roots={"synthetic": str(tmp_path), "toy_street": str(tmp_path)},
+                     finetune_overrides={key: 1})
+
+
+def test_a_run_without_held_out_images_is_one_line_naming_val_fraction(small_synthetic_root):
+    """val_fraction = 0 is a valid run; the walkthrough and the viewer then have no held-out image to show."""
+    cfg = pretrain_preset("smoke", "synthetic", strategy="selective", data_root=str(small_synthetic_root),
+                          val_fraction=0.0)
+    with pytest.raises(SelmaskError, match="val_fraction"):
+        held_out_indices(cfg)
+
+
+def test_walkthrough_prints_the_mask_on_the_grid_it_has():
+    """Cell 'random_masks[0].view(8, 8)' broke for any n_patches but 64 (pretrain_settings is a parameter)."""
+    cells = nbformat.read("notebooks/00_walkthrough.ipynb", 4).cells
+    assert not any(".view(8, 8)" in cell["source"] for cell in cells if cell["cell_type"] == "code")
+
+
+# --------------------------------------------------------------------------- the report's relative paths
+
+
+def fake_notebook(path, parameters: str, body: str):
+    notebook = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(parameters)
+    cell.metadata["tags"] = ["parameters"]
+    notebook.cells = [cell, nbformat.v4.new_code_cell(body)]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, path)
+
+
+def test_report_data_roots_are_read_from_where_the_command_ran(tmp_path, monkeypatch):
+    """The notebooks run in the notebooks folder: a relative --data-root must not be read from there."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    fake_notebook(notebooks / "01_selective_masking_explained.ipynb",
+                  'dataset = ""\ndata_root = None\ndata_roots = {}\nfigures_dir = None',
+                  'import json\nfrom pathlib import Path\n'
+                  'Path(figures_dir, "roots.json").write_text(json.dumps([data_root, data_roots]))')
+    monkeypatch.chdir(tmp_path)
+    write_report(["a"], preset="smoke", runs_root="runs", figures_dir="figures", cross_pairs={},
+                 data_roots={"a": "mydata"}, notebooks_dir=notebooks)
+    data_root, data_roots = json.loads((tmp_path / "figures" / "roots.json").read_text())
+    expected = str((tmp_path / "mydata").resolve())
+    assert data_root == expected and data_roots == {"a": expected}
