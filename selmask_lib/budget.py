@@ -103,6 +103,19 @@ def check_data_roots(data_roots: Mapping[str, Optional[str]], datasets: Sequence
                                f"give one, e.g. data_roots={{{name!r}: DIR}} (--data-root {name}=DIR)") from None
 
 
+# Keys every run of the sweep sets itself: an override of one would collide with it or be lost.
+SWEEP_SET_KEYS = {"pretrain_overrides": ("seed", "strategy", "data_root"),
+                  "finetune_overrides": ("seed", "init", "pretrained", "data_root")}
+
+
+def check_overrides(name: str, overrides: Mapping) -> None:
+    """Refuse an override of a key the sweep sets per run (the seed, the data folder, what is pretrained)."""
+    taken = [key for key in SWEEP_SET_KEYS[name] if key in overrides]
+    if taken:
+        raise SelmaskError(f"budget sweep: parameter '{name}' sets {', '.join(map(repr, taken))}, which the sweep "
+                           "sets for every run (seeds come from 'seeds', folders from 'data_roots')")
+
+
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise SelmaskError(f"budget sweep: parameter '{name}' is {value!r}, not one of {', '.join(choices)}")
@@ -213,9 +226,11 @@ def budget_sweep(
     seeds = [int(seed) for seed in seeds]
     if not seeds:
         raise SelmaskError("budget sweep: parameter 'seeds' is empty")
+    pretrain_overrides, finetune_overrides = dict(pretrain_overrides or {}), dict(finetune_overrides or {})
+    check_overrides("pretrain_overrides", pretrain_overrides)
+    check_overrides("finetune_overrides", finetune_overrides)
     data_roots, runs_root = dict(data_roots or {}), Path(runs_root)
     check_data_roots(data_roots, (dataset, partner))
-    pretrain_overrides, finetune_overrides = dict(pretrain_overrides or {}), dict(finetune_overrides or {})
     domains = {"self": dataset, "cross": partner}
     rows = []
     for seed in seeds:
