@@ -104,6 +104,9 @@ def write_report(datasets: Sequence[str], preset: str = "demo", seeds: Iterable[
 
     figures_dir, notebooks_dir = Path(figures_dir), Path(notebooks_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
+    # The notebooks run in notebooks_dir: a folder given relative to here must reach them absolute.
+    data_roots = {name: None if root is None else str(Path(root).expanduser().resolve())
+                  for name, root in (data_roots or {}).items()}
     plan = report_plan(list(datasets), preset, list(seeds), str(Path(runs_root).resolve()),
                        str(figures_dir.resolve()), CROSS_PAIRS if cross_pairs is None else cross_pairs,
                        data_roots, fractions)
