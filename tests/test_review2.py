@@ -101,3 +101,38 @@ def test_report_data_roots_are_read_from_where_the_command_ran(tmp_path, monkeyp
     data_root, data_roots = json.loads((tmp_path / "figures" / "roots.json").read_text())
     expected = str((tmp_path / "mydata").resolve())
     assert data_root == expected and data_roots == {"a": expected}
+
+
+def test_report_refuses_a_bad_fraction_before_running_any_notebook(tmp_path):
+    """--fractions is read by the last notebook (04): checked at the end, it cost every run before it."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    fake_notebook(notebooks / "00_walkthrough.ipynb", 'figures_dir = None',
+                  'from pathlib import Path\nPath(figures_dir, "ran").write_text("yes")')
+    with pytest.raises(SelmaskError, match="parameter 'fractions'"):
+        write_report(["a", "b"], runs_root=tmp_path / "runs", figures_dir=tmp_path / "figures",
+                     cross_pairs={"a": "b", "b": "a"}, fractions=[0.5, 1.5], notebooks_dir=notebooks)
+    assert not (tmp_path / "figures" / "ran").exists()
+
+
+def test_report_refuses_a_dataset_without_data_before_running_any_notebook(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    fake_notebook(notebooks / "00_walkthrough.ipynb", 'figures_dir = None',
+                  'from pathlib import Path\nPath(figures_dir, "ran").write_text("yes")')
+    with pytest.raises(SelmaskError, match="'voc'.*--data-root voc=DIR"):
+        write_report(["voc"], runs_root=tmp_path / "runs", figures_dir=tmp_path / "figures",
+                     notebooks_dir=notebooks)
+    assert not (tmp_path / "figures" / "ran").exists()
+
+
+def test_a_failing_notebook_is_one_line_naming_it_and_its_error(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    fake_notebook(notebooks / "00_walkthrough.ipynb", 'figures_dir = None',
+                  'from selmask_lib.errors import SelmaskError\nraise SelmaskError("parameter \'x\' is wrong")')
+    named = r"00_walkthrough.ipynb failed: SelmaskError: parameter 'x' is wrong"
+    with pytest.raises(SelmaskError, match=named) as error:
+        write_report(["a"], runs_root=tmp_path / "runs", figures_dir=tmp_path / "figures", cross_pairs={},
+                     notebooks_dir=notebooks)
+    assert "\n" not in str(error.value)
