@@ -103,6 +103,19 @@ def check_data_roots(data_roots: Mapping[str, Optional[str]], datasets: Sequence
                                f"give one, e.g. data_roots={{{name!r}: DIR}} (--data-root {name}=DIR)") from None
 
 
+def check_seeds(seeds) -> list[int]:
+    """Integers, none twice: a repeated seed is one run counted twice (a t-interval of zero width)."""
+    seeds = list(seeds)
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise SelmaskError(f"budget sweep: parameter 'seeds' has {seed!r}, which is not an integer")
+    if not seeds:
+        raise SelmaskError("budget sweep: parameter 'seeds' is empty")
+    if len(set(seeds)) < len(seeds):
+        raise SelmaskError(f"budget sweep: parameter 'seeds' repeats a value: {seeds}")
+    return [int(seed) for seed in seeds]
+
+
 # Keys every run of the sweep sets itself: an override of one would collide with it or be lost.
 SWEEP_SET_KEYS = {"pretrain_overrides": ("seed", "strategy", "data_root"),
                   "finetune_overrides": ("seed", "init", "pretrained", "data_root")}
@@ -223,9 +236,7 @@ def budget_sweep(
     fractions = check_fractions(fractions)
     _check_choice("preset", preset, PRESET_NAMES)
     _check_choice("scale", scale, SCALES)
-    seeds = [int(seed) for seed in seeds]
-    if not seeds:
-        raise SelmaskError("budget sweep: parameter 'seeds' is empty")
+    seeds = check_seeds(seeds)
     pretrain_overrides, finetune_overrides = dict(pretrain_overrides or {}), dict(finetune_overrides or {})
     check_overrides("pretrain_overrides", pretrain_overrides)
     check_overrides("finetune_overrides", finetune_overrides)

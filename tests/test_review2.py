@@ -136,3 +136,11 @@ def test_a_failing_notebook_is_one_line_naming_it_and_its_error(tmp_path):
         write_report(["a"], runs_root=tmp_path / "runs", figures_dir=tmp_path / "figures", cross_pairs={},
                      notebooks_dir=notebooks)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("seeds", [[1, 1], [1.5, 2], ["1"], [True]])
+def test_repeated_or_non_integer_seeds_are_one_line_naming_the_parameter(seeds, tmp_path):
+    """[1, 1] ran one run twice and budget_curves gave it a t-interval of zero width; 1.5 became seed 1."""
+    with pytest.raises(SelmaskError, match="parameter 'seeds'"):
+        budget_sweep("synthetic", "toy_street", fractions=[1.0], preset="smoke", runs_root=tmp_path, seeds=seeds,
+                     data_roots={"synthetic": str(tmp_path), "toy_street": str(tmp_path)})
