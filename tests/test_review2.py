@@ -69,10 +69,26 @@ def test_a_run_without_held_out_images_is_one_line_naming_val_fraction(small_syn
         held_out_indices(cfg)
 
 
-def test_walkthrough_prints_the_mask_on_the_grid_it_has():
-    """Cell 'random_masks[0].view(8, 8)' broke for any n_patches but 64 (pretrain_settings is a parameter)."""
-    cells = nbformat.read("notebooks/00_walkthrough.ipynb", 4).cells
-    assert not any(".view(8, 8)" in cell["source"] for cell in cells if cell["cell_type"] == "code")
+def test_walkthrough_shows_the_mask_of_another_patch_count(small_synthetic_root, tmp_path):
+    """Its cell 'random_masks[0].view(8, 8)' broke for any n_patches but 64 (pretrain_settings is a parameter).
+
+    The notebook's cells up to the first exercise (nothing trains there), run with 100 nominal patches.
+    """
+    import papermill
+
+    notebook = nbformat.read("notebooks/00_walkthrough.ipynb", 4)
+    first_exercise = next(i for i, cell in enumerate(notebook.cells) if "your code for exercise 1" in cell.source)
+    notebook.cells = notebook.cells[:first_exercise]
+    nbformat.write(notebook, tmp_path / "00_head.ipynb")
+    settings = {"image_size": 64, "score_size": 64, "n_patches": 100, "n_partitions": 2, "max_images": 24}
+    papermill.execute_notebook(str(tmp_path / "00_head.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                               progress_bar=False, cwd=str(tmp_path),
+                               parameters={"data_root": str(small_synthetic_root), "runs_root": str(tmp_path),
+                                           "pretrain_settings": settings})
+    mask_cell = next(cell for cell in nbformat.read(tmp_path / "out.ipynb", 4).cells
+                     if "random_masks = sm.random_mask" in cell.source)
+    printed = mask_cell.outputs[-1]["data"]["text/plain"]  # the mask as a 9 x 9 tensor of 0 / 1
+    assert printed.count("[") == 1 + 9 and all(row.count(",") == 8 for row in printed.split("],")[:-1])
 
 
 # --------------------------------------------------------------------------- the report's relative paths
