@@ -37,9 +37,20 @@ def test_the_same_domain_control_of_a_dataset_without_generator_names_the_parame
         same_domain_partner(tmp_path / "control", dataset="voc")
 
 
-def test_notebook_04_builds_its_control_from_the_swept_dataset():
-    source = "".join("".join(cell["source"]) for cell in nbformat.read("notebooks/04_budget_sweep.ipynb", 4).cells)
-    assert "same_domain_partner(dataset=dataset)" in source
+def test_notebook_04_builds_its_control_from_the_swept_dataset(small_generator, tmp_path, monkeypatch):
+    """Its checks cell (nothing trains there) with the control on: the partner folder is the dataset's own."""
+    import papermill
+
+    monkeypatch.setenv("SELMASK_DATA_DIR", str(tmp_path / "data"))
+    same_domain_partner(dataset="toy_beet_field")  # cached small, where the notebook looks for it
+    notebook = nbformat.read("notebooks/04_budget_sweep.ipynb", 4)
+    notebook.cells = notebook.cells[:next(i for i, cell in enumerate(notebook.cells) if "budget_sweep(" in cell.source)]
+    nbformat.write(notebook, tmp_path / "04_head.ipynb")
+    papermill.execute_notebook(str(tmp_path / "04_head.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                               progress_bar=False, cwd=str(tmp_path),
+                               parameters={"partner": "folder", "same_domain_control": True})
+    printed = json.dumps([cell.get("outputs") for cell in nbformat.read(tmp_path / "out.ipynb", 4).cells])
+    assert "partner: the same-domain control" in printed and "toy_beet_field_seed1_folder" in printed
 
 
 # --------------------------------------------------------------------------- bad parameters, one line
