@@ -103,6 +103,32 @@ def check_data_roots(data_roots: Mapping[str, Optional[str]], datasets: Sequence
                                f"give one, e.g. data_roots={{{name!r}: DIR}} (--data-root {name}=DIR)") from None
 
 
+def check_seeds(seeds) -> list[int]:
+    """Integers, none twice: a repeated seed is one run counted twice (a t-interval of zero width)."""
+    seeds = list(seeds)
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise SelmaskError(f"budget sweep: parameter 'seeds' has {seed!r}, which is not an integer")
+    if not seeds:
+        raise SelmaskError("budget sweep: parameter 'seeds' is empty")
+    if len(set(seeds)) < len(seeds):
+        raise SelmaskError(f"budget sweep: parameter 'seeds' repeats a value: {seeds}")
+    return [int(seed) for seed in seeds]
+
+
+# Keys every run of the sweep sets itself: an override of one would collide with it or be lost.
+SWEEP_SET_KEYS = {"pretrain_overrides": ("seed", "strategy", "data_root"),
+                  "finetune_overrides": ("seed", "init", "pretrained", "data_root")}
+
+
+def check_overrides(name: str, overrides: Mapping) -> None:
+    """Refuse an override of a key the sweep sets per run (the seed, the data folder, what is pretrained)."""
+    taken = [key for key in SWEEP_SET_KEYS[name] if key in overrides]
+    if taken:
+        raise SelmaskError(f"budget sweep: parameter '{name}' sets {', '.join(map(repr, taken))}, which the sweep "
+                           "sets for every run (seeds come from 'seeds', folders from 'data_roots')")
+
+
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise SelmaskError(f"budget sweep: parameter '{name}' is {value!r}, not one of {', '.join(choices)}")
@@ -210,12 +236,12 @@ def budget_sweep(
     fractions = check_fractions(fractions)
     _check_choice("preset", preset, PRESET_NAMES)
     _check_choice("scale", scale, SCALES)
-    seeds = [int(seed) for seed in seeds]
-    if not seeds:
-        raise SelmaskError("budget sweep: parameter 'seeds' is empty")
+    seeds = check_seeds(seeds)
+    pretrain_overrides, finetune_overrides = dict(pretrain_overrides or {}), dict(finetune_overrides or {})
+    check_overrides("pretrain_overrides", pretrain_overrides)
+    check_overrides("finetune_overrides", finetune_overrides)
     data_roots, runs_root = dict(data_roots or {}), Path(runs_root)
     check_data_roots(data_roots, (dataset, partner))
-    pretrain_overrides, finetune_overrides = dict(pretrain_overrides or {}), dict(finetune_overrides or {})
     domains = {"self": dataset, "cross": partner}
     rows = []
     for seed in seeds:
@@ -319,24 +345,28 @@ def budget_conclusion(gains: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------- an offline partner
 
 
-def same_domain_partner(root: str | Path | None = None, seed: int = 1) -> Path:
-    """A stand-in partner while only one embedded domain exists: a ``folder`` dataset of the embedded
-    generator's images drawn from another ``seed`` (images only: a partner is only pretrained on).
+def same_domain_partner(root: str | Path | None = None, seed: int = 1, dataset: str = "synthetic") -> Path:
+    """A stand-in partner of the embedded ``dataset``: a ``folder`` dataset of its generator's images drawn
+    from another ``seed`` (images only: a partner is only pretrained on).
 
     Same domain, other images: self vs cross should come out "not
     distinguishable", so a sweep against it is a control of the sweep, not a
-    test of claim (3). Written once, next to the embedded set's cache folder
+    test of claim (3). Written once, next to the dataset's cache folder
     unless ``root`` is given; returns the folder.
     """
-    from .data.synthetic import default_root, generate_synthetic_voc
+    from .config import EMBEDDED_DATASETS
+    from .data import embedded
 
-    root = Path(root) if root is not None else default_root().with_name(f"synthetic_seed{seed}_folder")
+    if dataset not in EMBEDDED_DATASETS:
+        raise SelmaskError(f"same-domain control: parameter 'dataset' is {dataset!r}, which has no generator; "
+                           f"one of {', '.join(EMBEDDED_DATASETS)}")
+    root = Path(root) if root is not None else embedded.default_root(dataset).with_name(f"{dataset}_seed{seed}_folder")
     if (root / "images").is_dir():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        tree = generate_synthetic_voc(staging / "tree", seed=seed)
+        tree = embedded.generate_embedded(dataset, staging / "tree", seed=seed)
         (tree / "VOCdevkit" / "VOC2012" / "JPEGImages").rename(staging / "images")
         shutil.rmtree(tree)
         staging.rename(root)  # complete or absent, never half written

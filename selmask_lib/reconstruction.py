@@ -49,7 +49,11 @@ def held_out_indices(cfg) -> list[int]:
     n_images = len(pretraining_pool(cfg))
     loops = ([list(range(n_images))] if cfg.strategy == "random"
              else partition_indices(n_images, cfg.n_partitions))
-    return sorted(index for loop in loops for index in train_val_split(loop, cfg.val_fraction)[1])
+    held_out = sorted(index for loop in loops for index in train_val_split(loop, cfg.val_fraction)[1])
+    if not held_out:  # val_fraction 0: every image was trained on, none shows what the model learnt
+        raise SelmaskError(f"config key 'val_fraction' is {cfg.val_fraction}: the run holds out no image to show; "
+                           "use a run with val_fraction > 0")
+    return held_out
 
 
 def square_pictures(cfg, indices: Sequence[int]) -> torch.Tensor:

@@ -100,10 +100,16 @@ def write_report(datasets: Sequence[str], preset: str = "demo", seeds: Iterable[
     """
     import papermill
 
+    from .budget import check_fractions
     from .reproduction import CROSS_PAIRS
 
+    fractions = None if fractions is None else check_fractions(fractions)  # before hours of the other notebooks
+    check_data_roots(datasets, data_roots or {})
     figures_dir, notebooks_dir = Path(figures_dir), Path(notebooks_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
+    # The notebooks run in notebooks_dir: a folder given relative to here must reach them absolute.
+    data_roots = {name: None if root is None else str(Path(root).expanduser().resolve())
+                  for name, root in (data_roots or {}).items()}
     plan = report_plan(list(datasets), preset, list(seeds), str(Path(runs_root).resolve()),
                        str(figures_dir.resolve()), CROSS_PAIRS if cross_pairs is None else cross_pairs,
                        data_roots, fractions)
@@ -116,12 +122,25 @@ def write_report(datasets: Sequence[str], preset: str = "demo", seeds: Iterable[
             declared = declared_parameters(source)
             given = {name: value for name, value in run.parameters.items() if name in declared}
             started = time.perf_counter()
-            papermill.execute_notebook(str(source), str(figures_dir / run.output), parameters=given,
-                                       kernel_name="python3", progress_bar=False, cwd=str(notebooks_dir))
+            try:
+                papermill.execute_notebook(str(source), str(figures_dir / run.output), parameters=given,
+                                           kernel_name="python3", progress_bar=False, cwd=str(notebooks_dir))
+            except papermill.PapermillExecutionError as error:  # the cell's error, not the kernel's traceback
+                raise SelmaskError(f"reproduce --figures: {run.notebook} failed: {error.ename}: {error.evalue} "
+                                   f"(its executed copy: {figures_dir / run.output})") from error
             executed.append(ExecutedNotebook(run, given, time.perf_counter() - started))
     finally:
         write_readme(figures_dir, executed, command, preset, list(seeds), list(datasets))
     return executed
+
+
+def check_data_roots(datasets: Sequence[str], data_roots: Mapping[str, Optional[str]]) -> None:
+    """Every dataset but the embedded ones needs its folder: refused before the first notebook, not inside one."""
+    from .config import DATASET_NAMES, EMBEDDED_DATASETS
+
+    for name in datasets:
+        if name in DATASET_NAMES and name not in EMBEDDED_DATASETS and data_roots.get(name) is None:
+            raise SelmaskError(f"reproduce --figures: dataset {name!r} has no data root; give --data-root {name}=DIR")
 
 
 def write_readme(figures_dir: Path, executed: Sequence[ExecutedNotebook], command: str, preset: str,
