@@ -2,8 +2,8 @@
 
 import json
 
-import nbformat
 import pytest
+from fake_notebooks import fake_notebook
 
 from selmask_lib.cli import main
 from selmask_lib.errors import SelmaskError
@@ -36,16 +36,6 @@ def test_plan_runs_the_table_once_and_the_other_notebooks_per_dataset():
 def test_plan_needs_a_dataset():
     with pytest.raises(SelmaskError, match="no dataset"):
         plan_for([])
-
-
-def fake_notebook(path, parameters: str, body: str):
-    """A notebook with a tagged parameters cell and one code cell."""
-    notebook = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell(parameters)
-    cell.metadata["tags"] = ["parameters"]
-    notebook.cells = [cell, nbformat.v4.new_code_cell(body)]
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(notebook, path)
 
 
 def test_write_report_executes_the_notebooks_it_finds_and_records_them(tmp_path):

@@ -4,6 +4,7 @@ import json
 
 import nbformat
 import pytest
+from fake_notebooks import fake_notebook
 
 import selmask_lib.data.embedded as embedded
 from selmask_lib.budget import budget_sweep, same_domain_partner
@@ -103,15 +104,6 @@ def test_walkthrough_shows_the_mask_of_another_patch_count(small_synthetic_root,
 
 
 # --------------------------------------------------------------------------- the report's relative paths
-
-
-def fake_notebook(path, parameters: str, body: str):
-    notebook = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell(parameters)
-    cell.metadata["tags"] = ["parameters"]
-    notebook.cells = [cell, nbformat.v4.new_code_cell(body)]
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(notebook, path)
 
 
 def test_report_data_roots_are_read_from_where_the_command_ran(tmp_path, monkeypatch):
