@@ -123,6 +123,9 @@ def _reproduce_command(args: argparse.Namespace) -> int:
 
     if args.figures:
         return _figures_command(args)
+    if args.fractions:
+        raise SelmaskError("reproduce --fractions sets the budget sweep of --figures; add --figures DIR, "
+                           "or use `selmask budget --fractions ...` for the sweep alone")
     reproduction = reproduce(
         args.datasets, preset=args.preset, data_roots=parse_data_roots(args.data_roots), seeds=args.seeds,
         runs_root=args.runs, imagenet_weights=args.imagenet_weights,

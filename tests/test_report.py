@@ -76,3 +76,8 @@ def test_figures_refuses_the_table_only_options(tmp_path, capsys):
     assert code != 0
     assert "reproduce --figures runs the notebooks with their own settings; drop --masking" in capsys.readouterr().err
     assert not (tmp_path / "f").exists()
+
+
+def test_fractions_without_figures_is_refused_not_ignored(capsys):
+    assert main(["reproduce", "--fractions", "0.5", "1"]) != 0
+    assert "reproduce --fractions sets the budget sweep of --figures" in capsys.readouterr().err
