@@ -170,11 +170,14 @@ def budget_config(base: PretrainConfig, fraction: float, scale: str = "images",
             raise SelmaskError(f"budget sweep: parameter 'fractions' has {fraction}, which leaves {wanted} of "
                                f"{n_images} {base.dataset} images, fewer than {least} (K = {base.n_partitions} "
                                "partitions, each with a training and a validation image)")
-        changes["max_images"] = wanted
+        if wanted < n_images:  # rounded up to the whole pool it is the preset's run: reuse it
+            changes["max_images"] = wanted
     if scale in ("epochs", "both"):
-        changes["epochs"] = max(1, _half_up(per_axis * base.epochs))
-        changes["warmup_epochs"] = min(_half_up(per_axis * base.warmup_epochs), changes["epochs"] - 1)
-    return base.updated(**changes)
+        epochs = max(1, _half_up(per_axis * base.epochs))
+        if epochs < base.epochs:
+            changes["epochs"] = epochs
+            changes["warmup_epochs"] = min(_half_up(per_axis * base.warmup_epochs), epochs - 1)
+    return base.updated(**changes) if changes else base
 
 
 def image_steps(cfg: PretrainConfig, n_images: int) -> int:

@@ -254,3 +254,11 @@ def test_no_nan_interval_where_every_run_kept_its_test_images(first_sweep):
     sweep, _, _ = first_sweep
     assert not sweep[["lower", "upper"]].isna().any().any()
     assert not any(math.isnan(value) for value in budget_gains(sweep)["lower"])
+
+
+@pytest.mark.parametrize("scale", ["images", "epochs", "both"])
+def test_a_fraction_that_rounds_to_the_whole_budget_reuses_the_presets_run(scale):
+    base = pretrain_preset("demo", "synthetic", strategy="selective")
+    almost = 1 - 1 / (4 * max(80, base.epochs))  # rounds to every image and every epoch
+    assert budget_config(base, almost, scale, n_images=80) is base
+    assert budget_config(base, 0.5, scale, n_images=80) != base
