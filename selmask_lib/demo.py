@@ -28,7 +28,8 @@ from .models import build_reconstruction_model  # noqa: E402
 from .plotting import masking_figure  # noqa: E402
 from .pretraining import pretrain  # noqa: E402
 from .data import resolve_data_root  # noqa: E402
-from .pretrain_data import pretraining_pool, scoring_view, train_val_split  # noqa: E402
+from .pretrain_data import pretraining_pool, train_val_split  # noqa: E402
+from .reconstruction import square_pictures  # noqa: E402
 from .strategies import score_patches  # noqa: E402
 from .transforms import normalise  # noqa: E402
 
@@ -51,14 +52,8 @@ def run_demo(out_dir: str | Path = "figures", data_root: str | Path | None = Non
     pool = pretraining_pool(cfg)
     _, held_out = train_val_split(range(len(pool)), cfg.val_fraction)  # not trained on
     # Square crops so the rows share one grid: the scoring view's centre.
-    views = [scoring_view(pool, index, cfg.score_size, cfg.antialias) for index in held_out[:n_images]]
-    side = cfg.score_size
-    crops = []
-    for view in views:
-        top, left = (view.shape[1] - side) // 2, (view.shape[2] - side) // 2
-        crops.append(view[:, top : top + side, left : left + side])
-    images = normalise(torch.stack(crops), cfg.mean, cfg.std)  # [B, 3, S, S]
-    grid = patch_grid(side, side, cfg.n_patches)  # [P, 4]
+    images = normalise(square_pictures(cfg, held_out[:n_images]), cfg.mean, cfg.std)  # [B, 3, S, S]
+    grid = patch_grid(cfg.score_size, cfg.score_size, cfg.n_patches)  # [P, 4]
 
     generator = epoch_generator(cfg.seed, "demo")
     random_masks = random_mask(images.shape[0], grid.shape[0], cfg.mask_ratio, generator)  # [B, P]

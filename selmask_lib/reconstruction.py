@@ -22,7 +22,6 @@ from .errors import SelmaskError
 from .masking import apply_mask, patch_losses, pixel_mask, random_mask
 from .models import UNet, build_reconstruction_model
 from .pretrain_data import partition_indices, pretraining_pool, scoring_view, train_val_split
-from .transforms import normalise
 
 
 def load_reconstruction_model(run, step: Optional[int] = None) -> UNet:
