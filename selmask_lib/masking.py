@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 # pytorch-msssim is what the authors call for SSIM. Its public `ssim()` only
 # returns the per-image average, so we take its Gaussian window and separable

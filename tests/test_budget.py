@@ -123,20 +123,20 @@ def test_the_other_direction_reuses_the_pairs_pretraining_runs(pair, first_sweep
 
 
 def test_budgets_scale_image_steps_as_documented():
-    base = pretrain_preset("demo", "synthetic")  # 80 images, K = 4, E = 30, 2 warm-up epochs
-    assert budget_config(base, 1.0, "images", 80) is base  # the preset's own run: same config hash
-    half = budget_config(base, 0.5, "images", 80)
-    assert (half.max_images, half.epochs, half.warmup_epochs) == (40, 30, 2)
+    base = pretrain_preset("demo", "synthetic")  # 560 images, K = 4, E = 20, 2 warm-up epochs
+    assert budget_config(base, 1.0, "images", 560) is base  # the preset's own run: same config hash
+    half = budget_config(base, 0.5, "images", 560)
+    assert (half.max_images, half.epochs, half.warmup_epochs) == (280, 20, 2)
     assert config_hash(half) != config_hash(base)
     # selective: K loops of E epochs on each partition's training images (90/10, at least one for val)
-    assert image_steps(base, 80) == 30 * 4 * (20 - 2) == 2160
-    assert image_steps(half, 80) == 30 * 4 * (10 - 1) == 1080
-    quarter = budget_config(base, 0.25, "epochs", 80)
-    assert (quarter.max_images, quarter.epochs, quarter.warmup_epochs) == (80, 8, 1)  # 7.5 and 0.5 round up
-    assert image_steps(quarter, 80) == 8 * 4 * 18
-    both = budget_config(base, 0.25, "both", 80)  # sqrt(0.25) = 0.5 of each
-    assert (both.max_images, both.epochs) == (40, 15)
-    assert image_steps(both, 80) == image_steps(base, 80) // 4
+    assert image_steps(base, 560) == 20 * 4 * (140 - 14) == 10080
+    assert image_steps(half, 560) == 20 * 4 * (70 - 7) == 5040
+    quarter = budget_config(base, 0.3, "epochs", 560)
+    assert (quarter.max_images, quarter.epochs, quarter.warmup_epochs) == (560, 6, 1)  # 0.6 rounds up
+    assert image_steps(quarter, 560) == 6 * 4 * 126
+    both = budget_config(base, 0.25, "both", 560)  # sqrt(0.25) = 0.5 of each
+    assert (both.max_images, both.epochs) == (280, 10)
+    assert image_steps(both, 560) == image_steps(base, 560) // 4
 
 
 def test_the_table_counts_the_runs_image_steps(first_sweep):

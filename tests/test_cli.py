@@ -183,7 +183,7 @@ def test_config_command_lists_every_key_with_its_preset_values(capsys):
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split() for line in lines[2:] if line and not line.startswith("*")}
     assert set(rows) == {field.name for field in dataclasses.fields(PretrainConfig)}
-    assert rows["epochs"][-3:] == ["1", "30", "1000"]            # smoke, demo, paper
+    assert rows["epochs"][-3:] == ["1", "20", "1000"]            # smoke, demo, paper
     assert rows["batch_size"][-1] == "256"                       # the paper's Nassar batch
     assert rows["max_images"][-1] == "null" and rows["num_workers"][1] == "*"  # not hashed
 

@@ -193,7 +193,7 @@ def test_cpu_presets_are_small():
     assert smoke.n_partitions <= 3 and smoke.n_scoring_draws == 2
     assert finetune_preset("smoke", "synthetic").epochs <= 2
     demo = pretrain_preset("demo", "synthetic")
-    assert demo.image_size <= 96 and demo.max_images * demo.epochs <= 3000
+    assert demo.image_size <= 96 and demo.max_images * demo.epochs <= 12000  # minutes on 2 cores
 
 
 def test_demo_preset_gives_both_strategies_the_same_work_per_epoch():
@@ -218,7 +218,7 @@ def test_config_hash_is_stable():
     # Changing these values invalidates every cached run: do it on purpose only. The paper
     # preset's changed once, when it took on the details of the authors' code (docs/METHOD.md).
     assert config_hash(pretrain_preset("paper", "voc")) == "38452569410512ac"
-    assert config_hash(pretrain_preset("demo", "voc")) == "b73dc690150f3eb2"
+    assert config_hash(pretrain_preset("demo", "voc")) == "20544bcd66ed525c"  # resized on the random arm (issue 12)
     # The settings of the authors' code hash only when changed: at their defaults the
     # config keeps the hash it had before they existed.
     defaults = dict(drop_last=False, antialias=True, recon_loss="ms_ssim", pretrained_checkpoint="last",

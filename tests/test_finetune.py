@@ -20,7 +20,7 @@ import selmask_lib.engine as engine
 import selmask_lib.finetuning as ft
 from selmask_lib import cli
 from selmask_lib.config import config_hash, finetune_preset, pretrain_preset
-from selmask_lib.data.synthetic import SMALL, ensure_synthetic_voc
+from selmask_lib.data.synthetic import SMALL
 from selmask_lib.engine import load_checkpoint
 from selmask_lib.errors import SelmaskError
 from selmask_lib.models import HEAD_PREFIX, IMAGENET_RESNET34_URL

@@ -4,7 +4,6 @@ what it should and nothing else, and the ``paper`` preset sets every one of them
 import pytest
 import torch
 from pytorch_msssim import ms_ssim, ssim
-from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from selmask_lib.config import (
@@ -22,7 +21,7 @@ from selmask_lib.losses import ReconstructionLoss
 from selmask_lib.masking import patch_grid, pixel_mask
 from selmask_lib.models import HEAD_PREFIX, build_reconstruction_model, build_segmentation_model, pad_to_multiple
 from selmask_lib.pretrain_data import BakedMasks, ReconstructionDataset, as_uint8, baked_image, pretraining_pool
-from selmask_lib.pretraining import PretrainRun, pretrain
+from selmask_lib.pretraining import pretrain
 
 
 def read_metrics(csv_path):
