@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from .config import PAPER_SEED
+from .config import EMBEDDED_DATASETS, PAPER_SEED
 from .errors import SelmaskError
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -61,13 +61,19 @@ def report_plan(datasets: Sequence[str], preset: str, seeds: Sequence[int], runs
     """
     if not datasets:
         raise SelmaskError("reproduce --figures: no dataset given")
-    roots = {name: (data_roots or {}).get(name) for name in datasets}
+    given_roots = dict(data_roots or {})
+    roots = {name: given_roots.get(name) for name in datasets}
+    # The budget sweep runs for pairs whose both sides were asked for; the table's cross column
+    # needs only that the partner can be pretrained on: listed, embedded, or given a data root.
     pairs = {name: partner for name, partner in cross_pairs.items() if name in datasets and partner in datasets}
+    table_pairs = {name: partner for name, partner in cross_pairs.items() if name in datasets
+                   and (partner in datasets or partner in EMBEDDED_DATASETS or given_roots.get(partner) is not None)}
+    table_roots = {**roots, **{partner: given_roots.get(partner) for partner in table_pairs.values()}}
     shared = dict(preset=preset, seeds=list(seeds), runs_root=runs_root, figures_dir=figures_dir)
     plan = [NotebookRun("00_walkthrough.ipynb", "00_walkthrough.ipynb",
                         dict(runs_root=runs_root, figures_dir=figures_dir)),
             NotebookRun("02_reproduce_tables.ipynb", "02_reproduce_tables.ipynb",
-                        dict(shared, datasets=list(datasets), data_roots=roots, cross_pairs=pairs))]
+                        dict(shared, datasets=list(datasets), data_roots=table_roots, cross_pairs=table_pairs))]
     for dataset in datasets:
         one = dict(shared, dataset=dataset, data_root=roots[dataset], data_roots=roots)
         plan.append(NotebookRun("01_selective_masking_explained.ipynb",

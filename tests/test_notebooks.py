@@ -210,3 +210,18 @@ def test_a_wrong_walkthrough_setting_stops_in_the_first_cell_after_the_parameter
                                                          "pretrain_settings": {"epoch": 1}})
     assert "SelmaskError" in message and "parameter 'pretrain_settings'" in message and "epoch" in message
     assert cell == 3
+
+
+def test_patches_notebook_at_two_partitions_says_why_there_is_no_overlap(tmp_path, runs_root, monkeypatch):
+    # Review finding: at K = 2 only one selective step saves masks, and the overlap cell drew an
+    # empty plot and printed "nan". It now says why there is nothing to compare.
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("SELMASK_NO_PROGRESS", "1")
+    path = next(p for p in NOTEBOOKS if p.name.startswith("01_"))
+    parameters = {"runs_root": str(runs_root), "n_images": 2, "pretrain_overrides": {**SMALL_PRETRAINING, "n_partitions": 2}}
+    output = tmp_path / path.name
+    papermill.execute_notebook(str(path), str(output), parameters=parameters,
+                               kernel_name="python3", progress_bar=False, cwd=str(path.parent))
+    executed = json.loads(output.read_text())
+    text = "".join("".join(out.get("text", "")) for cell in executed["cells"] for out in cell.get("outputs", []))
+    assert "no two consecutive steps to compare" in text and "nan" not in text

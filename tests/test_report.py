@@ -8,6 +8,7 @@ from fake_notebooks import fake_notebook
 from selmask_lib.cli import main
 from selmask_lib.errors import SelmaskError
 from selmask_lib.report import report_plan, write_report
+from selmask_lib.reproduction import CROSS_PAIRS
 
 PAIRS = {"a": "b", "b": "a", "c": "d", "d": "c"}
 
@@ -31,6 +32,18 @@ def test_plan_runs_the_table_once_and_the_other_notebooks_per_dataset():
     sweep = plan[4].parameters
     assert sweep["dataset"] == "a" and sweep["partner"] == "b" and "fractions" not in sweep
     assert plan_for(["a", "b"], fractions=[0.5, 1.0])[4].parameters["fractions"] == [0.5, 1.0]
+
+
+def test_the_table_keeps_the_cross_column_when_the_partner_can_be_pretrained_on():
+    # Review finding: `--datasets toy_street` alone dropped the cross column although its
+    # partner is embedded (generated when needed); a partner with a data root counts too.
+    table = plan_for(["toy_street"], cross_pairs=CROSS_PAIRS)[1].parameters
+    assert table["cross_pairs"] == {"toy_street": "toy_tabletop"}
+    assert table["data_roots"] == {"toy_street": None, "toy_tabletop": None}
+    plan = plan_for(["a", "c"], data_roots={"d": "/data/d"})
+    assert plan[1].parameters["cross_pairs"] == {"c": "d"}  # a's partner b: not listed, no root
+    assert plan[1].parameters["data_roots"] == {"a": None, "c": None, "d": "/data/d"}
+    assert not any(run.notebook == "04_budget_sweep.ipynb" for run in plan)  # sweeps need both listed
 
 
 def test_plan_needs_a_dataset():
