@@ -36,6 +36,7 @@ config is used unchanged, so notebook 02's selective runs are reused too.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import shutil
@@ -355,7 +356,8 @@ def same_domain_partner(root: str | Path | None = None, seed: int = 1, dataset: 
     Same domain, other images: self vs cross should come out "not
     distinguishable", so a sweep against it is a control of the sweep, not a
     test of claim (3). Written once, next to the dataset's cache folder
-    unless ``root`` is given; returns the folder.
+    unless ``root`` is given, and written again when the generator's version
+    changed since (as the embedded trees are); returns the folder.
     """
     from .config import EMBEDDED_DATASETS
     from .data import embedded
@@ -364,7 +366,8 @@ def same_domain_partner(root: str | Path | None = None, seed: int = 1, dataset: 
         raise SelmaskError(f"same-domain control: parameter 'dataset' is {dataset!r}, which has no generator; "
                            f"one of {', '.join(EMBEDDED_DATASETS)}")
     root = Path(root) if root is not None else embedded.default_root(dataset).with_name(f"{dataset}_seed{seed}_folder")
-    if (root / "images").is_dir():
+    stamp = {"dataset": dataset, "seed": int(seed), "generator_version": embedded.get_domain(dataset).version}
+    if (root / "images").is_dir() and _read_stamp(root) == stamp:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
@@ -372,7 +375,21 @@ def same_domain_partner(root: str | Path | None = None, seed: int = 1, dataset: 
         tree = embedded.generate_embedded(dataset, staging / "tree", seed=seed)
         (tree / "VOCdevkit" / "VOC2012" / "JPEGImages").rename(staging / "images")
         shutil.rmtree(tree)
+        (staging / CONTROL_STAMP).write_text(json.dumps(stamp, indent=1))
+        if root.exists():  # an older generator's images: set aside, then replaced in one rename
+            root.rename(staging.with_name(staging.name + "-old"))
         staging.rename(root)  # complete or absent, never half written
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.with_name(staging.name + "-old"), ignore_errors=True)
     return root
+
+
+CONTROL_STAMP = "CONTROL_INFO.json"  # what drew a same-domain control folder: dataset, seed, generator version
+
+
+def _read_stamp(root: Path) -> dict | None:
+    try:
+        return json.loads((root / CONTROL_STAMP).read_text())
+    except (OSError, ValueError):
+        return None  # written before stamps existed, or damaged: draw it again

@@ -1,5 +1,6 @@
 """Second reading of the budget sweep, the report, the walkthrough helpers: defects found, each pinned by a test."""
 
+import dataclasses
 import json
 
 import nbformat
@@ -31,6 +32,21 @@ def test_the_same_domain_control_draws_the_datasets_own_domain(small_generator, 
     reference = embedded.ensure_embedded("toy_beet_field", tmp_path / "reference", seed=1, **embedded.SMALL)
     drawn = (partner / "images" / "train_00000.jpg").read_bytes()
     assert drawn == (reference / "VOCdevkit" / "VOC2012" / "JPEGImages" / "train_00000.jpg").read_bytes()
+
+
+def test_the_same_domain_control_is_drawn_again_when_its_generator_changed(small_generator, tmp_path, monkeypatch):
+    """Review finding: a control folder written by an older generator was reused forever."""
+    partner = same_domain_partner(tmp_path / "control", seed=1, dataset="toy_beet_field")
+    first = (partner / "images" / "train_00000.jpg").read_bytes()
+    assert same_domain_partner(tmp_path / "control", seed=1, dataset="toy_beet_field") == partner  # reused
+    old_domain = embedded.get_domain("toy_beet_field")
+    changed = dataclasses.replace(old_domain, version=old_domain.version + 1,
+                                  draw=lambda seed, *args: old_domain.draw(seed + 1, *args))
+    monkeypatch.setitem(embedded.DOMAINS, "toy_beet_field", changed)
+    again = same_domain_partner(tmp_path / "control", seed=1, dataset="toy_beet_field")
+    assert again == partner and (again / "images" / "train_00000.jpg").read_bytes() != first
+    assert json.loads((again / "CONTROL_INFO.json").read_text())["generator_version"] == old_domain.version + 1
+    assert [path.name for path in tmp_path.iterdir()] == ["control"]  # nothing left behind
 
 
 def test_the_same_domain_control_of_a_dataset_without_generator_names_the_parameter(tmp_path):
