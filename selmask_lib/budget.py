@@ -296,6 +296,10 @@ def budget_gains(sweep: pd.DataFrame) -> pd.DataFrame:
     records = []
     for (dataset, partner, fraction), rows in sweep.groupby(["dataset", "partner", "fraction"], sort=True):
         runs = load_results(list(rows["path"]))
+        # Keyed by what was pretrained on, not by the variant's name: a masking or loss of one's
+        # own renames the variant (results.ir_variant), and the sweep would find no runs.
+        runs["variant"] = ["selective_ir_self" if str(pretrained_on) == str(dataset) else "selective_ir_cross"
+                           for pretrained_on in runs["pretrain_dataset"]]
         gain = compare(runs, baseline="selective_ir_cross", other="selective_ir_self", datasets=[dataset]).iloc[0]
         steps = rows.groupby("relation")["image_steps"].first()
         records.append({"dataset": dataset, "partner": partner, "fraction": fraction,

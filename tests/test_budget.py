@@ -262,3 +262,19 @@ def test_a_fraction_that_rounds_to_the_whole_budget_reuses_the_presets_run(scale
     almost = 1 - 1 / (4 * max(80, base.epochs))  # rounds to every image and every epoch
     assert budget_config(base, almost, scale, n_images=80) is base
     assert budget_config(base, 0.5, scale, n_images=80) != base
+
+
+def test_gains_pair_self_with_cross_whatever_the_variants_are_called(monkeypatch):
+    # Review finding: runs pretrained with a masking of one's own are keyed "<masking>_ir_self"
+    # (results.ir_variant), and budget_gains, looking for "selective_ir_*", found nothing.
+    import selmask_lib.budget as budget
+
+    runs = pd.DataFrame({"dataset": ["d"] * 4, "pretrain_dataset": ["d", "p", "d", "p"], "seed": [1, 1, 2, 2],
+                         "variant": ["mine_ir_self", "mine_ir_cross"] * 2, "miou": [0.60, 0.50, 0.64, 0.52]})
+    monkeypatch.setattr(budget, "load_results", lambda paths: runs.copy())
+    sweep = pd.DataFrame({"dataset": ["d"] * 4, "partner": ["p"] * 4, "fraction": [1.0] * 4,
+                          "relation": ["self", "cross"] * 2, "seed": [1, 1, 2, 2], "path": ["a", "b", "c", "d"],
+                          "image_steps": [10] * 4})
+    gains = budget.budget_gains(sweep)
+    assert gains.loc[0, "gain"] == pytest.approx(11.0)  # mean of (60 - 50, 64 - 52) points
+    assert gains.loc[0, "n"] == 2
