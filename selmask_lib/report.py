@@ -69,7 +69,9 @@ def report_plan(datasets: Sequence[str], preset: str, seeds: Sequence[int], runs
     table_pairs = {name: partner for name, partner in cross_pairs.items() if name in datasets
                    and (partner in datasets or partner in EMBEDDED_DATASETS or given_roots.get(partner) is not None)}
     table_roots = {**roots, **{partner: given_roots.get(partner) for partner in table_pairs.values()}}
-    shared = dict(preset=preset, seeds=list(seeds), runs_root=runs_root, figures_dir=figures_dir)
+    # The preset as it is: a notebook's stored overrides size its own quick run, not the report's.
+    shared = dict(preset=preset, seeds=list(seeds), runs_root=runs_root, figures_dir=figures_dir,
+                  pretrain_overrides={}, finetune_overrides={})
     plan = [NotebookRun("00_walkthrough.ipynb", "00_walkthrough.ipynb",
                         dict(runs_root=runs_root, figures_dir=figures_dir)),
             NotebookRun("02_reproduce_tables.ipynb", "02_reproduce_tables.ipynb",

@@ -29,6 +29,9 @@ def test_plan_runs_the_table_once_and_the_other_notebooks_per_dataset():
     table = plan[1].parameters
     assert table["datasets"] == ["a", "b", "c"] and table["cross_pairs"] == {"a": "b", "b": "a"}
     assert table["seeds"] == [1, 2] and table["preset"] == "demo" and table["figures_dir"] == "/figures"
+    # every notebook runs the preset as it is, not the small runs its stored overrides make
+    assert all(run.parameters["pretrain_overrides"] == {} for run in plan[1:])
+    assert all(run.parameters["finetune_overrides"] == {} for run in plan[1:])
     sweep = plan[4].parameters
     assert sweep["dataset"] == "a" and sweep["partner"] == "b" and "fractions" not in sweep
     assert plan_for(["a", "b"], fractions=[0.5, 1.0])[4].parameters["fractions"] == [0.5, 1.0]
