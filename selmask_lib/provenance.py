@@ -63,6 +63,9 @@ def _installed_version(name: str) -> Optional[str]:
         return None
 
 
+OUTPUTS_DIR = "figures"  # rendered outputs kept in git: regenerating them does not make the code dirty
+
+
 def git_state(directory: str | Path) -> tuple[Optional[str], Optional[bool]]:
     """(commit, dirty) of the git checkout whose top folder is ``directory``; (None, None) otherwise.
 
@@ -70,13 +73,15 @@ def git_state(directory: str | Path) -> tuple[Optional[str], Optional[bool]]:
     of the kit that happens to sit inside some other repository (a user's
     project with a virtual environment in it) must not record that
     repository's commit. ``dirty`` is True when tracked files differ from the
-    commit (untracked files, e.g. run outputs, do not count).
+    commit (untracked files, e.g. run outputs, do not count, nor do the
+    rendered figures under ``figures/``: ``make figures`` rewrites them while
+    its runs go on, and they are outputs, not code).
     """
     directory = Path(directory).resolve()
     lines = _git(directory, "rev-parse", "--show-toplevel", "HEAD")
     if lines is None or len(lines) != 2 or Path(lines[0]).resolve() != directory:
         return None, None
-    changes = _git(directory, "status", "--porcelain", "--untracked-files=no")
+    changes = _git(directory, "status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){OUTPUTS_DIR}")
     return lines[1], None if changes is None else bool(changes)
 
 

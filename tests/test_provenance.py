@@ -104,6 +104,19 @@ def test_a_changed_tracked_file_makes_the_checkout_dirty(tmp_path):
     assert provenance.git_state(tmp_path)[1] is True
 
 
+@NEEDS_GIT
+def test_regenerated_figures_do_not_make_the_checkout_dirty(tmp_path):
+    # `make figures` rewrites the tracked figures/ while its runs start: they are outputs, not code.
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "demo.png").write_bytes(b"old")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "add", "figures"], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                    "-m", "x"], check=True)
+    (tmp_path / "figures" / "demo.png").write_bytes(b"new")
+    assert provenance.git_state(tmp_path)[1] is False
+
+
 def test_without_git_the_commit_is_null(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no git executable on the path
     assert provenance.git_state(provenance.KIT_ROOT) == (None, None)
