@@ -353,6 +353,9 @@ def budget_conclusion(gains: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------- an offline partner
 
 
+CONTROL_STAMP = "CONTROL_INFO.json"  # what drew a same-domain control folder: dataset, seed, generator version
+
+
 def same_domain_partner(root: str | Path | None = None, seed: int = 1, dataset: str = "synthetic") -> Path:
     """A stand-in partner of the embedded ``dataset``: a ``folder`` dataset of its generator's images drawn
     from another ``seed`` (images only: a partner is only pretrained on).
@@ -375,21 +378,20 @@ def same_domain_partner(root: str | Path | None = None, seed: int = 1, dataset: 
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    set_aside = staging.with_name(staging.name + "-old")
     try:
         tree = embedded.generate_embedded(dataset, staging / "tree", seed=seed)
         (tree / "VOCdevkit" / "VOC2012" / "JPEGImages").rename(staging / "images")
         shutil.rmtree(tree)
         (staging / CONTROL_STAMP).write_text(json.dumps(stamp, indent=1))
         if root.exists():  # an older generator's images: set aside, then replaced in one rename
-            root.rename(staging.with_name(staging.name + "-old"))
+            root.rename(set_aside)
         staging.rename(root)  # complete or absent, never half written
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(staging.with_name(staging.name + "-old"), ignore_errors=True)
+        shutil.rmtree(set_aside, ignore_errors=True)
     return root
 
-
-CONTROL_STAMP = "CONTROL_INFO.json"  # what drew a same-domain control folder: dataset, seed, generator version
 
 
 def _read_stamp(root: Path) -> dict | None:

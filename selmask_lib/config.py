@@ -373,6 +373,11 @@ class FinetuneConfig(_ConfigBase):
             fields["data_root"] = self.data_root
         if self.init not in IR_INITS:
             fields.pop("pretrained")
+        else:
+            # The pretraining run's folder name, not its path: the kit names a run by its own
+            # config hash and data, so a runs folder that moves, or is named relatively, keeps its
+            # fine-tuning runs. finetune() also checks the pretraining run's own config hash.
+            fields["pretrained"] = Path(self.pretrained).name
         if self.init != "imagenet":
             fields.pop("imagenet_weights")
         # The list's content, not its path, is the run's identity: finetuning.load_splits hashes

@@ -378,14 +378,16 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path | None = None, resume: boo
     init_distributed()  # no-op without torchrun
     if not isinstance(cfg, FinetuneConfig):
         raise SelmaskError(f"finetune() needs a FinetuneConfig, got {type(cfg).__name__}")
-    if cfg.pretrained is not None:  # one run, one hash, whether named relatively or absolutely
+    pretrain_run = check_pretrain_run(cfg)  # as named by the caller: messages show the path it gave
+    if cfg.pretrained is not None:  # stored absolute, so results.json finds it from any folder
         cfg = cfg.updated(pretrained=str(Path(cfg.pretrained).resolve()))
-    pretrain_run = check_pretrain_run(cfg)
     pretrain_dataset = None if pretrain_run is None else pretrain_run.config.dataset
     splits = load_splits(cfg)  # the data is part of the run's identity
     run_dir = (Path(out_dir) if out_dir is not None
                else default_run_dir(cfg, runs_root, pretrain_dataset, splits.fingerprint))
-    identity = {"data_fingerprint": splits.fingerprint}
+    # The config hashes only the pretraining folder's name; its content is checked here.
+    identity = {"data_fingerprint": splits.fingerprint,
+                **({} if pretrain_run is None else {"pretrain_config_hash": config_hash(pretrain_run.config)})}
     finished = check_run_dir(run_dir, RUN_KIND, cfg, resume, identity=identity, data_root=splits.root)
     if finished is not None and (run_dir / RESULTS_FILENAME).is_file():
         log.info("reusing finished fine-tuning run %s", run_dir)
@@ -398,8 +400,8 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path | None = None, resume: boo
             check_fills_a_batch(len(getattr(splits, name)), cfg.batch_size, f"{cfg.dataset} {name} split")
     model, transfer = build_initialised_model(cfg, splits.num_outputs, pretrain_run)
     with training_run(run_dir, RUN_KIND, cfg, resume, identity=identity, finished=finished,
-                      data_fingerprint=splits.fingerprint, data_root=str(splits.root),
-                      dataset=cfg.dataset, init=cfg.init,
+                      data_root=str(splits.root),
+                      dataset=cfg.dataset, init=cfg.init, **identity,
                       pretrain_run=None if pretrain_run is None else cfg.pretrained):  # locked, begun, logged
         return _train_and_test(cfg, run_dir, splits, model, transfer, pretrain_run)
 

@@ -118,8 +118,8 @@ def write_report(datasets: Sequence[str], preset: str = "demo", seeds: Iterable[
     # The notebooks run in notebooks_dir: a folder given relative to here must reach them absolute.
     data_roots = {name: None if root is None else str(Path(root).expanduser().resolve())
                   for name, root in (data_roots or {}).items()}
-    plan = report_plan(list(datasets), preset, list(seeds), str(Path(runs_root).resolve()),
-                       str(figures_dir.resolve()), CROSS_PAIRS if cross_pairs is None else cross_pairs,
+    plan = report_plan(list(datasets), preset, list(seeds), path_from(notebooks_dir, runs_root),
+                       path_from(notebooks_dir, figures_dir), CROSS_PAIRS if cross_pairs is None else cross_pairs,
                        data_roots, fractions)
     executed: list[ExecutedNotebook] = []
     try:
@@ -136,10 +136,36 @@ def write_report(datasets: Sequence[str], preset: str = "demo", seeds: Iterable[
             except papermill.PapermillExecutionError as error:  # the cell's error, not the kernel's traceback
                 raise SelmaskError(f"reproduce --figures: {run.notebook} failed: {error.ename}: {error.evalue} "
                                    f"(its executed copy: {figures_dir / run.output})") from error
+            record_paths_as_in_a_clone(figures_dir / run.output, run)
             executed.append(ExecutedNotebook(run, given, time.perf_counter() - started))
     finally:
         write_readme(figures_dir, executed, command, preset, list(seeds), list(datasets))
     return executed
+
+
+def record_paths_as_in_a_clone(executed: Path, run: NotebookRun) -> None:
+    """Papermill records the absolute paths it read and wrote: keep the ones a clone has instead."""
+    import nbformat
+
+    notebook = nbformat.read(executed, as_version=4)
+    record = notebook.metadata.get("papermill", {})
+    record.update(input_path=f"notebooks/{run.notebook}", output_path=run.output)
+    nbformat.write(notebook, executed)
+
+
+def path_from(start: Path, path: str | Path) -> str:
+    """``path`` as the notebooks running in ``start`` reach it: relative when it can be, else absolute.
+
+    Relative, the executed notebooks and their tables name ``../runs/...``, not
+    the folder of the machine that made them, and stay true in a clone.
+    """
+    import os
+
+    target = Path(path).expanduser().resolve()
+    try:
+        return os.path.relpath(target, Path(start).resolve())
+    except ValueError:  # another drive (Windows): no relative path exists
+        return str(target)
 
 
 def check_data_roots(datasets: Sequence[str], data_roots: Mapping[str, Optional[str]]) -> None:
@@ -169,6 +195,7 @@ def write_readme(figures_dir: Path, executed: Sequence[ExecutedNotebook], comman
         f"- code: {made}",
         f"- total time: {sum(item.seconds for item in executed) / 60:.1f} min "
         "(runs already in the runs folder are reused, not timed again)",
+        "- paths in the notebooks and tables are relative to notebooks/, where the notebooks ran",
         "",
         "| executed notebook | from | parameters | minutes |",
         "|---|---|---|---|",

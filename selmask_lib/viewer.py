@@ -165,8 +165,8 @@ def gallery_figure(views: StepViews, overlays: Sequence[str] = ("loss", "selecte
     for overlay in overlays:
         _check_choice("overlay", overlay, OVERLAYS)
     columns = [(step, overlay) for step in views.steps for overlay in overlays]
-    figure, axes = plt.subplots(len(views.ids), len(columns), figsize=(2.3 * len(columns) + 0.8,
-                                                                       2.3 * len(views.ids)), squeeze=False)
+    figure, axes = plt.subplots(len(views.ids), len(columns), figsize=(1.7 * len(columns) + 0.8,
+                                                                       1.7 * len(views.ids)), squeeze=False)
     shown = None
     for image, axes_row in enumerate(axes):
         for axis, (step, overlay) in zip(axes_row, columns):

@@ -332,6 +332,38 @@ def test_finished_run_is_reused_and_another_config_refused(synthetic_root, tmp_p
     assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
 
 
+def test_moved_runs_folder_keeps_its_finetune_runs(pretrain_runs, synthetic_root, tmp_path, spy, monkeypatch):
+    """The hash names the pretraining run by its folder name: moved, or named relatively, it is the same run.
+
+    A folder of that name holding another pretraining run is refused, not reused.
+    """
+    import shutil
+
+    here = tmp_path / "here" / "runs"
+    shutil.copytree(pretrain_runs["selective"].run_dir, here / "pretrain-selective-x")
+    cfg = smoke("synthetic", synthetic_root, init="selective_ir", pretrained=str(here / "pretrain-selective-x"))
+    first = ft.finetune(cfg, runs_root=here)
+
+    moved = tmp_path / "moved" / "runs"
+    shutil.move(str(here), str(moved))
+    monkeypatch.chdir(moved.parent)  # and named relatively
+    fit_spy = spy()
+    again = ft.finetune(cfg.updated(pretrained="runs/pretrain-selective-x"), runs_root="runs")
+    assert fit_spy.initial_states == []  # reused: no training at all
+    assert again.run_dir.name == first.run_dir.name and again.results["miou"] == first.results["miou"]
+    assert again.results["pretrain_run"] == str(here / "pretrain-selective-x")  # where it was made
+
+    # Same folder name, another pretraining config inside (another seed): refused, not reused.
+    impostor = tmp_path / "impostor" / "pretrain-selective-x"
+    shutil.copytree(moved / "pretrain-selective-x", impostor)
+    config = impostor / "config.yaml"
+    assert "\nseed: " in config.read_text()
+    config.write_text(config.read_text().replace("\nseed: ", "\nseed: 1", 1))
+    assert config_hash(cfg.updated(pretrained=str(impostor))) == config_hash(cfg)
+    with pytest.raises(SelmaskError, match="different config.*pretrain_config_hash"):
+        ft.finetune(cfg.updated(pretrained=str(impostor)), out_dir=again.run_dir)
+
+
 def test_pretraining_run_dir_is_not_a_finetune_output(pretrain_runs, synthetic_root):
     with pytest.raises(SelmaskError, match="holds a pretraining run, not a fine-tuning run"):
         ft.finetune(smoke("synthetic", synthetic_root), out_dir=pretrain_runs["random"].run_dir)
