@@ -320,11 +320,14 @@ def main() -> None:
               f"{m['other']:8.1f}   ({m['checkpoint_saves']:.0f} checkpoint saves)")
     gap = {key: sel[key] - rnd[key] for key in ("total", "epochs", "scoring", "checkpoints", "other")}
     print("  selective - random: " + ", ".join(f"{key} {value:+.1f} s" for key, value in gap.items()))
-    print(f"\n  selective / random total   {ratio:.3f}x   "
-          f"(target <= {TARGET_RATIO:.2f}x: {'MET' if ratio <= TARGET_RATIO else 'MISSED'})")
+    # The target is judged on the median of paired rounds (each round's two runs back to back, so
+    # they share the machine's load), not on the ratio of the two medians, which pairs nothing.
     paired = [s_run["total"] / r_run["total"] for r_run, s_run in zip(results["random"], results["selective"])]
-    print("  per round (same round, back to back): " + ", ".join(f"{value:.3f}x" for value in paired)
-          + f"; median {statistics.median(paired):.3f}x")
+    paired_median = statistics.median(paired)
+    print("\n  per round (same round, back to back): " + ", ".join(f"{value:.3f}x" for value in paired))
+    print(f"  selective / random total, median of paired rounds   {paired_median:.3f}x   "
+          f"(target <= {TARGET_RATIO:.2f}x: {'MET' if paired_median <= TARGET_RATIO else 'MISSED'})")
+    print(f"  ratio of the two medians above                      {ratio:.3f}x")
     print(f"  selective / random epochs  {sel['epochs'] / rnd['epochs']:.3f}x")
     print(f"  scoring share of selective {sel['scoring'] / sel['total']:.1%}  "
           f"({sel['scoring'] / max(work['scored'], 1) * 1e3:.1f} ms per scored image; in all as long as "
