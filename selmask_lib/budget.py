@@ -393,7 +393,6 @@ def same_domain_partner(root: str | Path | None = None, seed: int = 1, dataset: 
     return root
 
 
-
 def _read_stamp(root: Path) -> dict | None:
     try:
         return json.loads((root / CONTROL_STAMP).read_text())

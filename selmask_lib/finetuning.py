@@ -400,8 +400,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path | None = None, resume: boo
             check_fills_a_batch(len(getattr(splits, name)), cfg.batch_size, f"{cfg.dataset} {name} split")
     model, transfer = build_initialised_model(cfg, splits.num_outputs, pretrain_run)
     with training_run(run_dir, RUN_KIND, cfg, resume, identity=identity, finished=finished,
-                      data_root=str(splits.root),
-                      dataset=cfg.dataset, init=cfg.init, **identity,
+                      data_root=str(splits.root), dataset=cfg.dataset, init=cfg.init,
                       pretrain_run=None if pretrain_run is None else cfg.pretrained):  # locked, begun, logged
         return _train_and_test(cfg, run_dir, splits, model, transfer, pretrain_run)
 

@@ -339,7 +339,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path | None = None, resume: boo
     pick_device(cfg.device)  # and on a device this machine does not have
     check_pool(pool, cfg)  # a corrupt or too small image fails now, naming itself, not in a loader worker
     with training_run(run_dir, RUN_KIND, cfg, resume, identity=identity,  # locked, begun, logged
-                      strategy=cfg.strategy, masking=name, dataset=cfg.dataset, data_fingerprint=data,
+                      strategy=cfg.strategy, dataset=cfg.dataset,
                       data_root=str(data_root)):
         log.info("pretraining %s (%s masking) on %d images, config hash %s",
                  run_dir, name, len(pool), config_hash(cfg))

@@ -21,6 +21,7 @@ time: a reader can tell what made every file, and rerun it.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,8 +160,6 @@ def path_from(start: Path, path: str | Path) -> str:
     Relative, the executed notebooks and their tables name ``../runs/...``, not
     the folder of the machine that made them, and stay true in a clone.
     """
-    import os
-
     target = Path(path).expanduser().resolve()
     try:
         return os.path.relpath(target, Path(start).resolve())

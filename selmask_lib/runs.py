@@ -250,7 +250,7 @@ def training_run(run_dir: str | Path, kind: str, cfg: Config, resume: bool, iden
     by an exception. Holding it, the folder is checked again (another
     process may have used it since) and the temp files of killed writes are
     deleted; then :func:`begin_run` writes config.yaml and run.json with
-    ``fields``. Under torchrun every process calls it and rank 0 locks and
+    ``identity`` and ``fields``. Under torchrun every process calls it and rank 0 locks and
     writes on behalf of all; if rank 0 stops with an error, torchrun stops
     the other processes.
     """
@@ -264,7 +264,7 @@ def training_run(run_dir: str | Path, kind: str, cfg: Config, resume: bool, iden
                 raise SelmaskError(f"{run_dir} was finished by another selmask process while this one started; "
                                    f"run again to reuse it")
             removed = remove_temp_files(run_dir)
-            begin_run(run_dir, kind, cfg, **fields)
+            begin_run(run_dir, kind, cfg, **(identity or {}), **fields)  # what check_run_dir compares, recorded
         barrier()
         with main_only(run_log(run_dir, RUN_LOG_FILE)):
             if removed:
