@@ -65,7 +65,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # 'auto': amp decides (bf16 where
 # Fields that change how fast or where a run goes, never what it computes.
 # They are left out of config_hash so that, e.g., more data-loader workers
 # do not invalidate a finished run.
-NON_RESULT_FIELDS = frozenset({"data_root", "num_workers", "device", "checkpoint_every"}) | {
+NON_RESULT_FIELDS = frozenset({"data_root", "num_workers", "device", "checkpoint_every", "image_cache_mb"}) | {
     *GPU_SPEED_FIELDS,  # GPU path (benchmarks/README.md): same arithmetic, other kernels or loading
 }
 
@@ -180,6 +180,7 @@ class _ConfigBase:
         _check_at_least("pad_to_multiple", self.pad_to_multiple, 0)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_at_least("prefetch_factor", self.prefetch_factor, 1)
+        _check_at_least("image_cache_mb", self.image_cache_mb, 0)
         if not _DEVICE_PATTERN.match(self.device):
             raise SelmaskError(
                 f"config key 'device' must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N', "
@@ -228,6 +229,7 @@ class PretrainConfig(_ConfigBase):
     pin_memory: bool = True            # CUDA: pinned host memory for loaded batches (not hashed)
     persistent_workers: bool = True    # keep loader workers alive between epochs (not hashed; workers only)
     prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
+    image_cache_mb: int = 512          # decoded images kept in memory, MB per cache and process (not hashed)
     checkpoint_every: int = 1          # epochs between checkpoints (not hashed)
     # Details of the authors' code (docs/METHOD.md); the paper preset sets them their way.
     recon_loss: str = "ms_ssim"        # 'ms_ssim' | 'ssim3': the similarity term of the training loss
@@ -336,6 +338,7 @@ class FinetuneConfig(_ConfigBase):
     pin_memory: bool = True            # CUDA: pinned host memory for loaded batches (not hashed)
     persistent_workers: bool = True    # keep loader workers alive between epochs (not hashed; workers only)
     prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
+    image_cache_mb: int = 512          # decoded images kept in memory, MB per cache and process (not hashed)
     checkpoint_every: int = 1
     # Details of the authors' code (docs/METHOD.md); the paper preset sets them their way.
     pad_to_multiple: int = 0           # reflect-pad every forward input to a multiple (0: never)

@@ -70,6 +70,7 @@ from torch.utils.data import Dataset, Subset
 
 from .config import IR_INIT_STRATEGY, FinetuneConfig, config_hash
 from .data import dataset_info, fingerprint, load_segmentation_split, resolve_data_root
+from .data.cache import DecodedCache
 from .device import pick_device
 from .distributed import all_reduce_sum, barrier, eval_shard, gather_confusion, init_distributed, is_main_process
 from .engine import (
@@ -196,7 +197,9 @@ def load_splits(cfg: FinetuneConfig) -> _Splits:
     mean, std, antialias = tuple(cfg.mean), tuple(cfg.std), cfg.antialias
 
     def split(name: str, transform):
-        return load_segmentation_split(cfg.dataset, root, name, transform, split_list=cfg.split_list)
+        dataset = load_segmentation_split(cfg.dataset, root, name, transform, split_list=cfg.split_list)
+        dataset.cache = DecodedCache(cfg.image_cache_mb)  # checked arrays, kept from the first read on
+        return dataset
 
     train = split("train", train_transform(cfg.image_size, tuple(cfg.crop_scale), mean, std, antialias=antialias))
     used = list(train.samples)

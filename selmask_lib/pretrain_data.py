@@ -25,6 +25,7 @@ from torchvision.transforms import v2
 
 from .config import PretrainConfig
 from .data import UnlabelledImages, load_pretraining_images, resolve_data_root
+from .data.cache import DecodedCache, no_cache
 from .errors import SelmaskError
 from .masking import PATCH_SSIM_WINDOW, patch_grid, patch_index_map, pixel_mask, random_mask
 from .transforms import normalise
@@ -37,9 +38,8 @@ def pretraining_pool(cfg: PretrainConfig) -> UnlabelledImages:
     """The pretraining images of ``cfg.dataset`` (``cfg.cityscapes_pool``), the first ``cfg.max_images``."""
     pool = load_pretraining_images(cfg.dataset, resolve_data_root(cfg.dataset, cfg.data_root),
                                    cityscapes_pool=cfg.cityscapes_pool)
-    if cfg.max_images is not None and cfg.max_images < len(pool):
-        pool = UnlabelledImages(pool.paths[: cfg.max_images])
-    return pool
+    paths = pool.paths[: cfg.max_images] if cfg.max_images is not None else pool.paths
+    return UnlabelledImages(paths, cache=DecodedCache(cfg.image_cache_mb))
 
 
 def check_pool(pool: UnlabelledImages, cfg: PretrainConfig) -> None:
@@ -185,7 +185,9 @@ class ReconstructionDataset(Dataset):
     on the scoring view and cropped and flipped together with the image.
     With ``baked`` (and ``patch_masks``) the items are ``(masked input,
     target, pixel_mask)`` instead: the mask is burned into the input image
-    before augmentation (:class:`BakedMasks`).
+    before augmentation (:class:`BakedMasks`). ``cache`` keeps each image's
+    scoring view and pixel mask, which are the same every epoch (none by
+    default; :class:`~selmask_lib.data.cache.DecodedCache`).
     """
 
     def __init__(
@@ -198,8 +200,10 @@ class ReconstructionDataset(Dataset):
         patch_masks: dict[int, torch.Tensor] | None = None,
         baked: Optional[BakedMasks] = None,
         antialias: bool = True,
+        cache: DecodedCache | None = None,
     ):
         self.pool, self.indices, self.transform = pool, list(indices), transform
+        self.cache = cache if cache is not None else no_cache()
         self.baked = baked if patch_masks is not None else None  # only fixed masks can be baked
         self.score_size, self.n_patches, self.patch_masks = score_size, n_patches, patch_masks
         self.antialias = antialias  # of the scoring view (the transform carries its own)
@@ -217,13 +221,17 @@ class ReconstructionDataset(Dataset):
             image = self.pool[index]  # [3, H, W]
             pixels = torch.zeros(image.shape[-2:], dtype=torch.bool)
         else:
-            image = scoring_view(self.pool, index, self.score_size, self.antialias)  # [3, h, w]
-            grid = patch_grid(*image.shape[-2:], self.n_patches)
-            pixels = pixel_mask(self.patch_masks[index][None], grid)[0]  # [h, w]
+            image, pixels = (tensor.clone() for tensor in self.cache.get(index, lambda: self.masked_view(index)))
         if self.baked is not None:
             return self._baked_item(image, pixels)
         image, pixels = self.transform(tv_tensors.Image(image), tv_tensors.Mask(pixels))
         return image.as_subclass(torch.Tensor), pixels.as_subclass(torch.Tensor).bool()
+
+    def masked_view(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pool image ``index`` at its scoring size ``[3, h, w]`` and its fixed pixel mask ``[h, w]``."""
+        image = scoring_view(self.pool, index, self.score_size, self.antialias)
+        grid = patch_grid(*image.shape[-2:], self.n_patches)
+        return image, pixel_mask(self.patch_masks[index][None], grid)[0]
 
     def _baked_item(self, image: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         target = as_uint8(image)

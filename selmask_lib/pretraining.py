@@ -52,6 +52,7 @@ import torch
 
 from .config import PretrainConfig, config_hash, load_config
 from .data import UnlabelledImages, fingerprint, resolve_data_root
+from .data.cache import DecodedCache
 from .device import pick_device
 from .distributed import barrier, init_distributed, is_main_process, rank_key
 from .engine import (
@@ -172,7 +173,7 @@ def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledIma
 
     def dataset(indices, transform) -> ReconstructionDataset:
         return ReconstructionDataset(pool, indices, transform, cfg.score_size, cfg.n_patches, patch_masks, baked,
-                                     antialias=cfg.antialias)
+                                     antialias=cfg.antialias, cache=DecodedCache(cfg.image_cache_mb))
 
     train_set = dataset(train_indices, train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std,
                                                        antialias=cfg.antialias))

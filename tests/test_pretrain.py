@@ -305,9 +305,10 @@ SPEED_ONLY = dict(persistent_workers=True, prefetch_factor=3,  # used on CPU too
     ("random", dict(num_workers=2)),
     ("random", dict(num_workers=1, **SPEED_ONLY)),
     ("selective", dict(num_workers=1, **SPEED_ONLY)),  # kept workers must see each step's new masks
-], ids=["2 workers", "speed keys", "selective, speed keys"])
+    ("selective", dict(image_cache_mb=0)),  # the default keeps decoded images and scoring views
+], ids=["2 workers", "speed keys", "selective, speed keys", "selective, no cache"])
 def test_speed_settings_do_not_change_the_weights(data_root, tmp_path, strategy, speed_settings):
-    """num_workers and the GPU speed keys are not hashed: on a CPU they must train the very same model."""
+    """num_workers, the GPU speed keys and the image cache are not hashed: on a CPU they must train the very same model."""
     cfg = smoke(data_root, strategy=strategy, max_images=12, epochs=2)
     in_process = pretrain(cfg, out_dir=tmp_path / "default")
     fast = pretrain(cfg.updated(**speed_settings), out_dir=tmp_path / "fast")

@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from selmask_lib.data.cache import DecodedCache, no_cache
 from selmask_lib.errors import SelmaskError
 from selmask_lib.transforms import normalise_transform
 
@@ -295,7 +296,9 @@ class SegmentationDataset(Dataset):
     called as ``transform(tv_tensors.Image uint8, tv_tensors.Mask int64)``;
     without one, images are only converted to float and normalised. Each item
     is checked when loaded (readable, same size as its label, label values
-    known), which costs little next to decoding the files.
+    known), which costs little next to decoding the files. ``cache`` keeps
+    checked arrays in memory (:class:`~selmask_lib.data.cache.DecodedCache`;
+    none by default): each file is then decoded and checked once per process.
     """
 
     def __init__(
@@ -306,8 +309,10 @@ class SegmentationDataset(Dataset):
         transform: Callable | None = None,
         ignore_index: int = IGNORE_INDEX,
         info: DatasetInfo | None = None,
+        cache: DecodedCache | None = None,
     ):
         self.samples = list(samples)
+        self.cache = cache if cache is not None else no_cache()
         self.decode_label = decode_label
         self.num_classes = num_classes
         self.transform = transform if transform is not None else normalise_transform()
@@ -322,7 +327,11 @@ class SegmentationDataset(Dataset):
         return len(self.samples)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Checked raw arrays: uint8 image [H, W, 3], int64 class ids [H, W]."""
+        """Checked raw arrays: uint8 image [H, W, 3], int64 class ids [H, W] (new arrays, the caller's to change)."""
+        image, label = self.cache.get(index, lambda: self._decode_checked(index))
+        return image.copy(), label.astype(np.int64)  # copies: the cache keeps its own
+
+    def _decode_checked(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.samples[index]
         image = read_rgb(sample.image_path)
         label = self.decode_label(sample.label_path)
@@ -332,7 +341,9 @@ class SegmentationDataset(Dataset):
                 f"{sample.label_path}: label is {lw}x{lh} px but its image {sample.image_path} is {iw}x{ih} px"
             )
         check_label_values(label, self.num_classes, self.ignore_index, sample.label_path)
-        return image, label.astype(np.int64)
+        if self.num_classes <= 256 and 0 <= self.ignore_index <= 255:
+            label = label.astype(np.uint8)  # checked: every value fits; an eighth of the memory kept
+        return image, label
 
     def check_all(self, indices: Sequence[int] | None = None, description: str = "checking data",
                   min_side: int = 1) -> None:
@@ -363,12 +374,20 @@ class UnlabelledImages(Dataset):
     colour first, and normalisation comes after. ``transform`` (optional) is
     called with one ``tv_tensors.Image`` (float [0, 1]). ``ids`` name the
     images (file stems) in a stable order, for saving per-image masks.
+    ``cache`` keeps decoded uint8 images in memory
+    (:class:`~selmask_lib.data.cache.DecodedCache`; none by default).
     """
 
-    def __init__(self, paths: Sequence[Path], transform: Callable | None = None):
+    def __init__(self, paths: Sequence[Path], transform: Callable | None = None,
+                 cache: DecodedCache | None = None):
         self.paths = [Path(p) for p in paths]
         self.ids = unique_ids(self.paths) if self.paths else []
         self.transform = transform
+        self.cache = cache if cache is not None else no_cache()
+
+    def decoded(self, index: int) -> np.ndarray:
+        """Image ``index`` as decoded: uint8 [H, W, 3], kept by the cache (do not change it in place)."""
+        return self.cache.get(index, lambda: read_rgb(self.paths[index]))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -381,15 +400,15 @@ class UnlabelledImages(Dataset):
         (pretraining passes its patch-grid rule, ``pretrain_data.check_patch_size``).
         """
         def check(index: int) -> None:
-            height, width = read_rgb(self.paths[index]).shape[:2]
+            height, width = self.decoded(index).shape[:2]
             if check_size is not None:
                 check_size(self.paths[index], height, width)
 
         decode_each(check, range(len(self)) if indices is None else indices, description)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        image = torch.from_numpy(read_rgb(self.paths[index])).permute(2, 0, 1)  # [3, H, W] uint8
-        image = tv_tensors.Image(image.float() / 255.0)
+        image = torch.from_numpy(self.decoded(index)).permute(2, 0, 1)  # [3, H, W] uint8, the cache's
+        image = tv_tensors.Image(image.float() / 255.0)  # a new tensor: the cached array is left as it is
         if self.transform is not None:
             image = self.transform(image)
         return image.as_subclass(torch.Tensor)
