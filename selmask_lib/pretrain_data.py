@@ -218,10 +218,11 @@ class ReconstructionDataset(Dataset):
     def __getitem__(self, item: int) -> tuple[torch.Tensor, ...]:
         index = self.indices[item]
         if self.patch_masks is None:
-            image = self.pool[index]  # [3, H, W]
-            pixels = torch.zeros(image.shape[-2:], dtype=torch.bool)
-        else:
-            image, pixels = (tensor.clone() for tensor in self.cache.get(index, lambda: self.masked_view(index)))
+            # Random masks are drawn per batch by the training loop: the all-False mask needs no
+            # augmenting (the transform draws the same crop and flip with or without it).
+            image = self.transform(tv_tensors.Image(self.pool[index])).as_subclass(torch.Tensor)
+            return image, torch.zeros(image.shape[-2:], dtype=torch.bool)
+        image, pixels = (tensor.clone() for tensor in self.cache.get(index, lambda: self.masked_view(index)))
         if self.baked is not None:
             return self._baked_item(image, pixels)
         image, pixels = self.transform(tv_tensors.Image(image), tv_tensors.Mask(pixels))
