@@ -7,7 +7,8 @@ timed: the wall time inside ``Trainer.train_one_epoch`` (validation, test,
 checkpoints and set-up are left out).
 
 Bare: a loop written here, on the same U-Net (``selmask_lib.models``), batch,
-image size, loss (``ReconstructionLoss`` / the Jaccard loss) and Adam, on
+image size, loss (``ReconstructionLoss`` / the Jaccard loss) and Adam
+(``engine.adam_optimizer``, so the ratio measures the kit's overhead, not its optimiser), on
 images already in memory as tensors (the same training images, centre-cropped
 once): shuffle, mask, forward, loss, backward, step. No checks, no loader.
 
@@ -48,7 +49,7 @@ from selmask_lib.cli import parse_overrides  # noqa: E402
 from selmask_lib.config import FinetuneConfig, PretrainConfig, finetune_preset, pretrain_preset  # noqa: E402
 from selmask_lib.data import load_segmentation_split, resolve_data_root  # noqa: E402
 from selmask_lib.data.synthetic import ensure_synthetic_voc  # noqa: E402
-from selmask_lib.engine import Trainer  # noqa: E402
+from selmask_lib.engine import Trainer, adam_optimizer  # noqa: E402
 from selmask_lib.finetuning import finetune, segmentation_loss  # noqa: E402
 from selmask_lib.losses import ReconstructionLoss  # noqa: E402
 from selmask_lib.masking import patch_grid, patch_index_map  # noqa: E402
@@ -132,7 +133,7 @@ def bare_epochs(model, images, targets, loss_of, cfg, device, epochs: int) -> fl
     On CUDA it uses the kit's resolved precision (autocast dtype, float16 loss scaling).
     """
     model = model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = adam_optimizer(model.parameters(), cfg.lr)  # the kit's Adam: the same update, the same speed
     amp_dtype = Trainer(cfg, torch.nn.Identity()).amp_dtype
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     images, targets = images.to(device), targets.to(device)

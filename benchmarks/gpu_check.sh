@@ -28,10 +28,11 @@ step() {  # step SECONDS TITLE ARGS...: one bench_throughput run under its own l
 }
 step 130 "default keys (precision auto = bf16), 4 loader workers, 3 rounds" --workers 4 --rounds 3
 step 60 "fp32 (the paper preset's precision), 4 workers" --workers 4 --rounds 1 --set precision=fp32
-step 60 "bf16, 12 loader workers" --workers 12 --rounds 1
 step 60 "bf16, 4 workers, channels_last" --workers 4 --rounds 1 --set channels_last=true
 step 60 "bf16, 4 workers, pin_memory + persistent_workers" --workers 4 --rounds 1 \
     --set pin_memory=true --set persistent_workers=true
+step 60 "bf16, 4 workers, no decoded-image cache (image_cache_mb 0)" --workers 4 --rounds 1 \
+    --set image_cache_mb=0
 
 echo "== paper-run estimate: 20 steps after 3 warm-up steps, paper batch and size =="
 timeout 90 "$PY" -m selmask_lib.cli estimate --preset paper --steps 20 --warmup 3 --gpus 4 \

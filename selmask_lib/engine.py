@@ -531,6 +531,18 @@ def _require_finite_losses(row: dict[str, Any], what: str) -> None:
             raise DivergenceError(f"{what}: epoch {row['epoch']} {key} is {value} (lr {row['lr']:g})")
 
 
+def adam_optimizer(parameters: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam at ``lr`` with torch's multi-tensor ("foreach") update, on every device.
+
+    On a CPU torch's default update is a Python loop over the parameter
+    tensors: its interpreter time was about 4 % of a demo pretraining step
+    (cProfile). The multi-tensor update does the same arithmetic in the same
+    order, so the weights are bit-identical (``tests/test_engine.py``); on
+    CUDA it is torch's default already.
+    """
+    return torch.optim.Adam(parameters, lr=lr, foreach=True)
+
+
 @dataclass
 class Optimisation:
     """What a resumable checkpoint saves besides the model: optimiser, schedule and AMP scaler."""
@@ -542,7 +554,7 @@ class Optimisation:
     @classmethod
     def adam(cls, model: torch.nn.Module, cfg, device: str | torch.device, use_amp: bool) -> "Optimisation":
         """The paper's recipe for both loops: Adam at ``cfg.lr``, warm-up + cosine per epoch."""
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        optimizer = adam_optimizer(model.parameters(), cfg.lr)
         scheduler = build_scheduler(optimizer, cfg.warmup_epochs, cfg.epochs, cfg.min_lr_ratio)
         return cls(optimizer, scheduler, make_grad_scaler(device, use_amp))
 

@@ -1,5 +1,6 @@
 """The training engine: schedule, RNG, atomic checkpoints, resume, metrics log."""
 
+import copy
 import errno
 import json
 import math
@@ -13,6 +14,7 @@ import torch
 import selmask_lib.engine as engine
 from selmask_lib.engine import (
     MetricsLogger,
+    adam_optimizer,
     autocast,
     build_scheduler,
     Optimisation,
@@ -58,6 +60,25 @@ def test_schedule_edge_cases():
     )
     with pytest.raises(SelmaskError, match="total_epochs"):
         warmup_cosine_lambda(1, 0, 0.01)
+
+
+def test_the_kits_adam_trains_the_same_weights_as_the_plain_per_parameter_loop():
+    """adam_optimizer's multi-tensor update is a speed choice only: same weights and BatchNorm statistics."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 3, 3))
+    twin = copy.deepcopy(model)
+    plain = torch.optim.Adam(model.parameters(), lr=3e-3, foreach=False)
+    kits = adam_optimizer(twin.parameters(), 3e-3)
+    inputs, initial = torch.randn(4, 3, 12, 12), model[0].weight.detach().clone()
+    for _ in range(5):
+        for net, optimizer in ((model, plain), (twin, kits)):
+            optimizer.zero_grad()
+            net(inputs).square().mean().backward()
+            optimizer.step()
+    for (name, want), got in zip(model.state_dict().items(), twin.state_dict().values()):
+        assert torch.equal(want, got), name
+    assert not torch.equal(model[0].weight, initial)  # it did train
 
 
 def test_build_scheduler_steps_per_epoch():
