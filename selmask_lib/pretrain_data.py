@@ -228,6 +228,22 @@ class ReconstructionDataset(Dataset):
         image, pixels = self.transform(tv_tensors.Image(image), tv_tensors.Mask(pixels))
         return image.as_subclass(torch.Tensor), pixels.as_subclass(torch.Tensor).bool()
 
+    def fill_cache(self) -> None:
+        """Compute the kept scoring views and pixel masks now, in this process (fixed masks only).
+
+        Loader workers forked afterwards share them, instead of each computing and keeping its
+        own. One torch thread, as a loader item computes them (``engine.SeededAugmentation``):
+        some resizes round differently on two.
+        """
+        if self.patch_masks is None:
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self.cache.fill(self.indices, self.masked_view)
+        finally:
+            torch.set_num_threads(threads)
+
     def masked_view(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool image ``index`` at its scoring size ``[3, h, w]`` and its fixed pixel mask ``[h, w]``."""
         image = scoring_view(self.pool, index, self.score_size, self.antialias)

@@ -172,8 +172,10 @@ def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledIma
     baked = BakedMasks(cfg.mean, cfg.std, cfg.baked_image_quality) if cfg.bake_selective_masks else None
 
     def dataset(indices, transform) -> ReconstructionDataset:
-        return ReconstructionDataset(pool, indices, transform, cfg.score_size, cfg.n_patches, patch_masks, baked,
-                                     antialias=cfg.antialias, cache=DecodedCache(cfg.image_cache_mb))
+        items = ReconstructionDataset(pool, indices, transform, cfg.score_size, cfg.n_patches, patch_masks, baked,
+                                      antialias=cfg.antialias, cache=DecodedCache(cfg.image_cache_mb))
+        items.fill_cache()  # before any loader worker forks: they share the views
+        return items
 
     train_set = dataset(train_indices, train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std,
                                                        antialias=cfg.antialias))

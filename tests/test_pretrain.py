@@ -325,13 +325,15 @@ def test_random_masking_items_crop_and_flip_as_with_a_mask(data_root):
 
     cfg = smoke(data_root, max_images=4)
     pool = pretraining_pool(cfg)
-    transform = train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std)
-    dataset = ReconstructionDataset(pool, range(4), transform, cfg.score_size, cfg.n_patches)
-    for index in range(4):
-        torch.manual_seed(index)
-        image, pixels = dataset[index]
-        torch.manual_seed(index)
-        want, want_pixels = transform(tv_tensors.Image(pool[index]),
-                                      tv_tensors.Mask(torch.zeros(pool[index].shape[-2:], dtype=torch.bool)))
-        assert torch.equal(image, want.as_subclass(torch.Tensor))
-        assert pixels.dtype == torch.bool and not pixels.any() and pixels.shape == want_pixels.shape
+    transforms = [train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std, antialias=antialias)
+                  for antialias in (True, False)] + [val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=False)]
+    for transform in transforms:
+        dataset = ReconstructionDataset(pool, range(4), transform, cfg.score_size, cfg.n_patches)
+        for index in range(4):
+            torch.manual_seed(index)
+            image, pixels = dataset[index]
+            torch.manual_seed(index)
+            want, want_pixels = transform(tv_tensors.Image(pool[index]),
+                                          tv_tensors.Mask(torch.zeros(pool[index].shape[-2:], dtype=torch.bool)))
+            assert torch.equal(image, want.as_subclass(torch.Tensor))
+            assert pixels.dtype == torch.bool and not pixels.any() and pixels.shape == want_pixels.shape

@@ -8,12 +8,14 @@ items' cost. What is kept is exactly what would be computed again, so a run
 with a cache trains the very same weights as one without (config key
 ``image_cache_mb``, not hashed; ``tests/test_pretrain.py`` checks it).
 
-The cache fills as items are first read. The pre-training checks decode every
-image once anyway (``check_all``), so they fill it in the main process before
-any loader worker starts: with the ``fork`` start method (Linux) workers then
-share those pages. A dataset sent to a ``spawn`` worker (macOS, Windows) goes
-without its entries, and each worker fills its own copy: with W workers that is
-up to W + 1 budgets of memory.
+The cache fills as items are first read, or all at once with ``fill``. The
+pre-training checks decode every image once anyway (``check_all``), and a
+selective step computes its scoring views before its loaders start
+(``ReconstructionDataset.fill_cache``): both fill their caches in the main
+process, so with the ``fork`` start method (Linux) loader workers share those
+pages. A dataset sent to a ``spawn`` worker (macOS, Windows) goes without its
+entries, and each worker fills its own copy: with W workers that is up to
+W + 1 budgets of memory.
 """
 
 from __future__ import annotations
@@ -60,6 +62,20 @@ class DecodedCache:
             self._kept[key] = value
             self.nbytes += size
         return value
+
+    def fill(self, keys, load: Callable[[Hashable], Any]) -> int:
+        """``get`` each key in order until a value does not fit; the number of keys kept.
+
+        For filling in the main process before loader workers fork, so they share the values.
+        """
+        kept = 0
+        for key in keys:
+            before = len(self._kept)
+            self.get(key, lambda: load(key))
+            if len(self._kept) == before and key not in self._kept:
+                break  # the budget is full: computing the rest now would keep nothing
+            kept += 1
+        return kept
 
     def __len__(self) -> int:
         return len(self._kept)
