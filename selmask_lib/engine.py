@@ -194,16 +194,24 @@ class SeededAugmentation(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         index, item_seed = key
-        threads = torch.get_num_threads()
-        # Loader workers run torch on one thread; some CPU kernels (bilinear resize without
-        # antialiasing) round differently on two, so the main process uses one thread here too.
-        torch.set_num_threads(1)
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(item_seed)
-                return self.dataset[index]
-        finally:
-            torch.set_num_threads(threads)
+        with one_torch_thread(), torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(item_seed)
+            return self.dataset[index]
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run torch on one thread inside, as loader workers do, then restore the thread count.
+
+    Some CPU kernels (bilinear resize without antialiasing) round differently
+    on two threads, so data items computed in the main process use one too.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def seeded_order(dataset, shuffle: bool, seed: int, *keys: Any) -> Iterable[int]:

@@ -232,17 +232,14 @@ class ReconstructionDataset(Dataset):
         """Compute the kept scoring views and pixel masks now, in this process (fixed masks only).
 
         Loader workers forked afterwards share them, instead of each computing and keeping its
-        own. One torch thread, as a loader item computes them (``engine.SeededAugmentation``):
-        some resizes round differently on two.
+        own. On one torch thread, as a loader item computes them.
         """
+        from .engine import one_torch_thread  # lazy: the data layer does not need the engine otherwise
+
         if self.patch_masks is None:
             return
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with one_torch_thread():
             self.cache.fill(self.indices, self.masked_view)
-        finally:
-            torch.set_num_threads(threads)
 
     def masked_view(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool image ``index`` at its scoring size ``[3, h, w]`` and its fixed pixel mask ``[h, w]``."""

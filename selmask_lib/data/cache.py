@@ -70,9 +70,8 @@ class DecodedCache:
         """
         kept = 0
         for key in keys:
-            before = len(self._kept)
             self.get(key, lambda: load(key))
-            if len(self._kept) == before and key not in self._kept:
+            if key not in self._kept:
                 break  # the budget is full: computing the rest now would keep nothing
             kept += 1
         return kept
