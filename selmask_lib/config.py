@@ -59,7 +59,8 @@ DEFAULT_STD = (0.4443, 0.4665, 0.4887)
 PAPER_SEED = 3741
 
 # GPU path settings that change speed, never what is computed (no-ops on a CPU by design).
-GPU_SPEED_FIELDS = ("channels_last", "compile", "pin_memory", "persistent_workers", "prefetch_factor")
+GPU_SPEED_FIELDS = ("channels_last", "compile", "pin_memory", "persistent_workers", "prefetch_factor",
+                    "jitter_on_device")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # 'auto': amp decides (bf16 where supported, else fp16)
 
 # Fields that change how fast or where a run goes, never what it computes.
@@ -229,6 +230,7 @@ class PretrainConfig(_ConfigBase):
     pin_memory: bool = True            # CUDA: pinned host memory for loaded batches (not hashed)
     persistent_workers: bool = True    # keep loader workers alive between epochs (not hashed; workers only)
     prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
+    jitter_on_device: bool = True      # CUDA: colour jitter + normalisation of training batches on the GPU (not hashed)
     image_cache_mb: int = 512          # decoded images kept in memory, MB per cache and process (not hashed)
     checkpoint_every: int = 1          # epochs between checkpoints (not hashed)
     # Details of the authors' code (docs/METHOD.md); the paper preset sets them their way.
@@ -338,6 +340,7 @@ class FinetuneConfig(_ConfigBase):
     pin_memory: bool = True            # CUDA: pinned host memory for loaded batches (not hashed)
     persistent_workers: bool = True    # keep loader workers alive between epochs (not hashed; workers only)
     prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
+    jitter_on_device: bool = True      # CUDA: colour jitter + normalisation of training batches on the GPU (not hashed)
     image_cache_mb: int = 512          # decoded images kept in memory, MB per cache and process (not hashed)
     checkpoint_every: int = 1
     # Details of the authors' code (docs/METHOD.md); the paper preset sets them their way.

@@ -67,6 +67,7 @@ from .distributed import (
 )
 from .errors import DivergenceError, SelmaskError
 from .files import append_text, atomic_write, ensure_writable_dir, write_text_atomic
+from .transforms import COLOUR_DRAWS, ColourJitterOnDevice
 
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
@@ -197,6 +198,15 @@ class SeededAugmentation(torch.utils.data.Dataset):
         with one_torch_thread(), torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(item_seed)
             return self.dataset[index]
+
+
+def defers_colour(cfg) -> bool:
+    """Whether a run's training transform leaves colour jitter to the device: ``jitter_on_device`` on CUDA.
+
+    Elsewhere the key is a no-op (the loader workers jitter each image, as always), so CPU results stay
+    the same with it on or off.
+    """
+    return bool(cfg.jitter_on_device) and local_device(pick_device(cfg.device)).type == "cuda"
 
 
 @contextlib.contextmanager
@@ -768,6 +778,7 @@ class Trainer:
         self.use_amp = self.amp_dtype is not None
         # The GPU speed settings (config.GPU_SPEED_FIELDS) are no-ops elsewhere: CPU results stay bit-identical.
         self.channels_last = cfg.channels_last and on_cuda
+        self.colour_on_device = ColourJitterOnDevice(cfg.mean, cfg.std)  # for batches of deferred items only
         self.model = model.to(self.device, memory_format=torch.channels_last) if self.channels_last \
             else model.to(self.device)
         self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun, else self.model
@@ -811,6 +822,16 @@ class Trainer:
         """
         torch.manual_seed(derive_seed(self.cfg.seed, *keys, *rank_key()))
 
+    def finish_batch(self, batch: Any) -> Any:
+        """A batch whose colour jitter was left to the device (its last element holds the draws:
+        ``transforms.DeferredColourJitter``) gets it here: ``(images, ...)`` normalised on the device.
+        Any other batch is returned as it is.
+        """
+        if not (isinstance(batch, (list, tuple)) and isinstance(batch[-1], dict) and COLOUR_DRAWS in batch[-1]):
+            return batch
+        images = batch[0].to(self.device, non_blocking=True)
+        return (self.colour_on_device(images, batch[-1][COLOUR_DRAWS]), *batch[1:-1])
+
     def forward(self, model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         """``model(inputs)`` on the device, under autocast with AMP; the output in float32."""
         inputs = inputs.to(self.device, non_blocking=True)
@@ -837,6 +858,7 @@ class Trainer:
         """
         total, count = 0.0, 0
         for batch_index, batch in enumerate(progress(loader, desc=description, leave=False)):
+            batch = self.finish_batch(batch)
             loss = batch_loss(self.train_model, batch)
             optimisation.backward(loss)
             value = float(loss.detach())
@@ -858,6 +880,7 @@ class Trainer:
         """The mean loss per image of the current model over ``loader`` (no training)."""
         total, count = 0.0, 0
         for batch in progress(loader, desc=description, leave=False):
+            batch = self.finish_batch(batch)
             n = len(batch[0])
             total += float(batch_loss(self.model, batch)) * n
             count += n

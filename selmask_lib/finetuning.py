@@ -78,6 +78,7 @@ from .engine import (
     Optimisation,
     Trainer,
     check_fills_a_batch,
+    defers_colour,
     load_checkpoint,
     require_finite_weights,
     seed_everything,
@@ -201,7 +202,8 @@ def load_splits(cfg: FinetuneConfig) -> _Splits:
         dataset.cache = DecodedCache(cfg.image_cache_mb)  # checked arrays, kept from the first read on
         return dataset
 
-    train = split("train", train_transform(cfg.image_size, tuple(cfg.crop_scale), mean, std, antialias=antialias))
+    train = split("train", train_transform(cfg.image_size, tuple(cfg.crop_scale), mean, std, antialias=antialias,
+                                           defer_colour=defers_colour(cfg)))  # jitter_on_device
     used = list(train.samples)
     if cfg.max_train_images is not None and cfg.max_train_images < len(train):
         train, used = Subset(train, range(cfg.max_train_images)), used[: cfg.max_train_images]

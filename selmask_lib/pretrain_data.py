@@ -28,7 +28,7 @@ from .data import UnlabelledImages, load_pretraining_images, resolve_data_root
 from .data.cache import DecodedCache, no_cache
 from .errors import SelmaskError
 from .masking import PATCH_SSIM_WINDOW, patch_grid, patch_index_map, pixel_mask, random_mask
-from .transforms import normalise
+from .transforms import as_outputs, normalise
 
 # The smallest patch, in pixels of the image, that is worth scoring or reconstructing (check_patch_size).
 MIN_PATCH_SIDE = PATCH_SSIM_WINDOW
@@ -185,7 +185,9 @@ class ReconstructionDataset(Dataset):
     on the scoring view and cropped and flipped together with the image.
     With ``baked`` (and ``patch_masks``) the items are ``(masked input,
     target, pixel_mask)`` instead: the mask is burned into the input image
-    before augmentation (:class:`BakedMasks`). ``cache`` keeps each image's
+    before augmentation (:class:`BakedMasks`). Whatever the transform returns
+    after its inputs (the draws of a deferred colour jitter,
+    ``transforms.DeferredColourJitter``) ends the item. ``cache`` keeps each image's
     scoring view and pixel mask, which are the same every epoch (none by
     default; :class:`~selmask_lib.data.cache.DecodedCache`).
     """
@@ -220,13 +222,14 @@ class ReconstructionDataset(Dataset):
         if self.patch_masks is None:
             # Random masks are drawn per batch by the training loop: the all-False mask needs no
             # augmenting (the transform draws the same crop and flip with or without it).
-            image = self.transform(tv_tensors.Image(self.pool[index])).as_subclass(torch.Tensor)
-            return image, torch.zeros(image.shape[-2:], dtype=torch.bool)
+            image, *extra = as_outputs(self.transform(tv_tensors.Image(self.pool[index])))
+            image = image.as_subclass(torch.Tensor)
+            return image, torch.zeros(image.shape[-2:], dtype=torch.bool), *extra
         image, pixels = (tensor.clone() for tensor in self.cache.get(index, lambda: self.masked_view(index)))
         if self.baked is not None:
             return self._baked_item(image, pixels)
-        image, pixels = self.transform(tv_tensors.Image(image), tv_tensors.Mask(pixels))
-        return image.as_subclass(torch.Tensor), pixels.as_subclass(torch.Tensor).bool()
+        image, pixels, *extra = self.transform(tv_tensors.Image(image), tv_tensors.Mask(pixels))
+        return image.as_subclass(torch.Tensor), pixels.as_subclass(torch.Tensor).bool(), *extra
 
     def fill_cache(self) -> None:
         """Compute the kept scoring views and pixel masks now, in this process (fixed masks only).

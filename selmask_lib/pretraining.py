@@ -60,6 +60,7 @@ from .engine import (
     LAST_CHECKPOINT,
     Optimisation,
     Trainer,
+    defers_colour,
     epoch_generator,
     load_checkpoint,
     progress,
@@ -177,8 +178,10 @@ def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledIma
         items.fill_cache()  # before any loader worker forks: they share the views
         return items
 
+    # Colour jitter on the GPU (jitter_on_device); baked masks keep theirs in the worker, jittering the fill too.
+    defer = defers_colour(cfg) and baked is None
     train_set = dataset(train_indices, train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std,
-                                                       antialias=cfg.antialias))
+                                                       antialias=cfg.antialias, defer_colour=defer))
     val_set = dataset(val_indices, val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias))
 
     random_masks = RandomPixelMasks(crop_grid, cfg.mask_ratio, trainer.device) if patch_masks is None else None

@@ -24,6 +24,14 @@ strength is not in METHOD.md: the authors used albumentations' ``ColorJitter``
 with its defaults (0.2 for brightness/contrast/saturation/hue, applied with
 probability 0.5), which is what ``color_jitter=0.2, jitter_p=0.5`` gives.
 
+Colour on the device (config key ``jitter_on_device``, CUDA only): with
+``defer_colour=True`` the training transform stops after the crop and flip
+and appends the colour-jitter draws it would have used to its outputs
+(:class:`DeferredColourJitter`, the same random numbers in the same order);
+:class:`ColourJitterOnDevice` then applies them, and the float conversion and
+normalisation, to the whole batch on the GPU. A loader worker does less
+work per image and, for uint8 images, sends a quarter of the bytes.
+
 Resizing (config key ``antialias``): images are resized bilinearly with
 antialiasing by default (torchvision's default); ``antialias=False`` is the
 authors' OpenCV-like bilinear resize, which samples without low-pass
@@ -36,6 +44,9 @@ from typing import Sequence
 
 import torch
 from torchvision.transforms import v2
+
+# torchvision's HSV conversions work on batches; only its adjust_hue takes one factor per call.
+from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
 from .config import DEFAULT_MEAN, DEFAULT_STD
 
@@ -57,16 +68,143 @@ def train_transform(
     color_jitter: float = 0.2,
     jitter_p: float = 0.5,
     antialias: bool = True,
+    defer_colour: bool = False,
 ) -> v2.Compose:
     """Training augmentation: random crop of ``scale`` of the area resized to
     ``size`` x ``size``, horizontal flip (p=0.5), colour jitter (image only),
     then float conversion and normalisation. ``color_jitter=0`` drops the
-    jitter (useful for tests and for geometry-only pipelines)."""
+    jitter (useful for tests and for geometry-only pipelines).
+
+    ``defer_colour``: stop after the crop and flip; the image keeps its dtype
+    and the outputs end with the jitter draws (:class:`DeferredColourJitter`),
+    for :class:`ColourJitterOnDevice` to finish the batch on the GPU.
+    """
     steps = [v2.RandomResizedCrop(size, scale=scale, antialias=antialias), v2.RandomHorizontalFlip(p=0.5)]
+    jitter = None
     if color_jitter > 0 and jitter_p > 0:
         jitter = v2.ColorJitter(color_jitter, color_jitter, color_jitter, min(color_jitter, 0.5))
+    if defer_colour:
+        return v2.Compose(steps + [DeferredColourJitter(jitter, jitter_p)])
+    if jitter is not None:
         steps.append(v2.RandomApply([jitter], p=jitter_p))
     return v2.Compose(steps + _to_normalised_float(mean, std))
+
+
+# --------------------------------------------------------------------------- colour jitter on the device
+
+COLOUR_DRAWS = "colour_jitter"  # the key under which a deferred item carries its draws
+_APPLIED, _ORDER, _FACTORS = 0, slice(1, 5), slice(5, 9)  # columns of the draws: flag, op order, 4 factors
+
+
+class DeferredColourJitter:
+    """The last step of a training transform whose colour work is left to the device.
+
+    It draws exactly what ``RandomApply([ColorJitter], p)`` would draw (the
+    same calls on torch's RNG, in the same order), applies none of it, and
+    returns the inputs followed by ``{"colour_jitter": draws}``: a float
+    tensor [9] holding whether the jitter applies, the order of its four
+    operations (0 brightness, 1 contrast, 2 saturation, 3 hue) and their
+    factors (NaN: that operation is off). The default collate stacks the
+    draws of a batch into [B, 9].
+    """
+
+    def __init__(self, jitter: v2.ColorJitter | None, p: float):
+        self.jitter, self.p = jitter, p
+
+    def __call__(self, *inputs):
+        draws = torch.full((9,), float("nan"))
+        draws[_APPLIED] = 0.0
+        if self.jitter is not None and not torch.rand(1) >= self.p:  # RandomApply's own test
+            params = self.jitter.make_params([])
+            draws[_APPLIED] = 1.0
+            draws[_ORDER] = params["fn_idx"].float()
+            factors = [params[f"{name}_factor"] for name in ("brightness", "contrast", "saturation", "hue")]
+            draws[_FACTORS] = torch.tensor([float("nan") if f is None else f for f in factors])
+        return (*inputs, {COLOUR_DRAWS: draws})
+
+
+def as_outputs(outputs) -> tuple:
+    """A transform's outputs as a tuple: one input gives one output, unless the transform appends draws."""
+    return outputs if isinstance(outputs, tuple) else (outputs,)
+
+
+def _bound(images: torch.Tensor) -> float:
+    return 1.0 if images.is_floating_point() else float(torch.iinfo(images.dtype).max)
+
+
+def _in_dtype_of(result: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    return result if images.is_floating_point() else result.to(images.dtype)
+
+
+def _grayscale(images: torch.Tensor) -> torch.Tensor:
+    r, g, b = images.unbind(dim=-3)
+    gray = r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(-3)
+    return gray if images.is_floating_point() else gray.floor_()
+
+
+def _blend(images: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    return _in_dtype_of(images.mul(ratio).add_(other.mul(1.0 - ratio)).clamp_(0, _bound(images)), images)
+
+
+def _brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _in_dtype_of(images.mul(factor).clamp_(0, _bound(images)), images)
+
+
+def _contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(images, _grayscale(images).mean(dim=(-3, -2, -1), keepdim=True), factor)
+
+
+def _saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(images, _grayscale(images), factor)
+
+
+def _hue(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    hsv = _rgb_to_hsv(v2.functional.to_dtype(images, torch.float32, scale=True))
+    hsv[:, 0].add_(factor.view(-1, 1, 1)).remainder_(1.0)
+    return v2.functional.to_dtype(_hsv_to_rgb(hsv), images.dtype, scale=True)
+
+
+_OPERATIONS = (_brightness, _contrast, _saturation, _hue)  # in ColorJitter's numbering
+
+
+class ColourJitterOnDevice:
+    """Finish a batch of :class:`DeferredColourJitter` items where it is: colour jitter, float, normalise.
+
+    torchvision's colour kernels take one factor per call, so a batch whose
+    images each have their own factors and order would be 4 calls per image;
+    the operations above are the same arithmetic as torchvision's
+    (``adjust_brightness`` ... ``adjust_hue``, uint8 or float [0, 1]) with a
+    factor per image, and each of the 4 slots of the order runs each
+    operation once, on the images that have it in that slot. Results match
+    the per-image jitter of a loader worker up to float rounding (a uint8
+    level now and then): ``tests/test_transforms.py``.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean, self.std = list(mean), list(std)
+
+    def __call__(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """``images`` [B, 3, H, W] (uint8, or float in [0, 1]) on their device, ``draws`` [B, 9] on the CPU."""
+        images = images.clone()
+        applied = draws[:, _APPLIED] == 1
+        for slot in range(4):
+            for operation, apply in enumerate(_OPERATIONS):
+                rows = (applied & (draws[:, _ORDER][:, slot] == operation)
+                        & ~draws[:, _FACTORS][:, operation].isnan()).nonzero().flatten()
+                if len(rows) == 0:
+                    continue
+                factors = draws[rows, _FACTORS][:, operation].view(-1, 1, 1, 1)
+                rows, factors = _to_device(rows, images.device), _to_device(factors, images.device)
+                images[rows] = apply(images[rows], factors)
+        images = v2.functional.to_dtype(images, torch.float32, scale=True)
+        return v2.functional.normalize(images, self.mean, self.std)
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on ``device`` without making the host wait for the GPU (through pinned memory)."""
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def val_transform(
@@ -108,6 +246,10 @@ def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
 
 
 __all__ = [
+    "COLOUR_DRAWS",
+    "ColourJitterOnDevice",
+    "DeferredColourJitter",
+    "as_outputs",
     "normalise",
     "train_transform",
     "val_transform",

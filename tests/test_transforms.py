@@ -131,3 +131,67 @@ def test_same_seed_same_augmentation():
         results.append(T.train_transform(size=16)(image, mask))
     torch.testing.assert_close(results[0][0], results[1][0])
     assert torch.equal(results[0][1], results[1][1])
+
+
+# --------------------------------------------------------------------------- colour jitter on the device
+
+
+def deferred_and_in_worker(images, jitter_p=0.5, color_jitter=0.2, size=32):
+    """Each image through the usual training transform and through the deferred one, from the same seed:
+    (worker-jittered batch, batch finished by ColourJitterOnDevice, uncoloured crops, draws)."""
+    full = T.train_transform(size, color_jitter=color_jitter, jitter_p=jitter_p)
+    deferred = T.train_transform(size, color_jitter=color_jitter, jitter_p=jitter_p, defer_colour=True)
+    in_worker, crops, draws = [], [], []
+    for index, image in enumerate(images):
+        torch.manual_seed(100 + index)
+        in_worker.append(full(tv_tensors.Image(image)).as_subclass(torch.Tensor))
+        torch.manual_seed(100 + index)
+        crop, extra = deferred(tv_tensors.Image(image))
+        crops.append(crop.as_subclass(torch.Tensor))
+        draws.append(extra[T.COLOUR_DRAWS])
+    crops, draws = torch.stack(crops), torch.stack(draws)
+    return torch.stack(in_worker), T.ColourJitterOnDevice(DEFAULT_MEAN, DEFAULT_STD)(crops, draws), crops, draws
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32], ids=["uint8 (fine-tuning)", "float (pretraining)"])
+@pytest.mark.parametrize("jitter_p", [0.5, 1.0])
+def test_colour_jitter_on_the_device_gives_the_workers_images(dtype, jitter_p):
+    """Same draws, same crops, and the batched jitter equals torchvision's per-image one up to float rounding."""
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (24, 3, 40, 52), dtype=torch.uint8, generator=generator)
+    images = images if dtype == torch.uint8 else images.float() / 255
+    in_worker, on_device, crops, draws = deferred_and_in_worker(images, jitter_p)
+    assert crops.dtype == dtype and on_device.dtype == torch.float32
+    applied = draws[:, 0] == 1
+    assert 0 < applied.sum() <= len(images) and (applied.all() or jitter_p < 1)
+    orders = {tuple(order.int().tolist()) for order in draws[applied, 1:5]}
+    assert len(orders) > 1 and all(sorted(order) == [0, 1, 2, 3] for order in orders)
+    difference = (in_worker - on_device).abs() * torch.tensor(DEFAULT_STD).view(1, 3, 1, 1)  # in [0, 1] units
+    if dtype == torch.uint8:  # truncation to uint8 after each operation: a level now and then
+        assert difference.max() <= 1.01 / 255 and (difference == 0).float().mean() > 0.999
+    else:
+        assert difference.max() < 1e-5
+    unjittered = ~applied
+    torch.testing.assert_close(on_device[unjittered], in_worker[unjittered], rtol=0, atol=0)
+
+
+def test_colour_jitter_on_the_device_follows_each_images_order_and_factors():
+    """Swapping two images' draws must change both results: each image gets its own jitter, in its own order."""
+    images = torch.rand(6, 3, 24, 24, generator=torch.Generator().manual_seed(2))
+    _, on_device, crops, draws = deferred_and_in_worker(images, jitter_p=1.0, color_jitter=0.4)
+    swapped = draws.clone()
+    swapped[[0, 1]] = draws[[1, 0]]
+    other = T.ColourJitterOnDevice(DEFAULT_MEAN, DEFAULT_STD)(crops, swapped)
+    assert not torch.allclose(other[0], on_device[0]) and not torch.allclose(other[1], on_device[1])
+    torch.testing.assert_close(other[2:], on_device[2:], rtol=0, atol=0)
+
+
+def test_deferred_items_carry_their_draws_and_a_mask_keeps_its_geometry():
+    image, mask = image_and_mask()
+    torch.manual_seed(0)
+    want_image, want_mask = T.train_transform(size=24, color_jitter=0)(image, mask)
+    torch.manual_seed(0)
+    crop, crop_mask, extra = T.train_transform(size=24, defer_colour=True)(image, mask)
+    assert crop.dtype == torch.uint8 and torch.equal(crop_mask, want_mask)
+    torch.testing.assert_close(normalise(crop), want_image)
+    assert extra[T.COLOUR_DRAWS].shape == (9,)

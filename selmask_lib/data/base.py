@@ -363,8 +363,8 @@ class SegmentationDataset(Dataset):
         image, label = self.load(index)
         image_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))  # [3, H, W] uint8
         mask_t = tv_tensors.Mask(torch.from_numpy(label))  # [H, W] int64
-        image_t, mask_t = self.transform(image_t, mask_t)
-        return image_t.as_subclass(torch.Tensor), mask_t.as_subclass(torch.Tensor).long()
+        image_t, mask_t, *extra = self.transform(image_t, mask_t)  # extra: a deferred colour jitter's draws
+        return image_t.as_subclass(torch.Tensor), mask_t.as_subclass(torch.Tensor).long(), *extra
 
 
 class UnlabelledImages(Dataset):

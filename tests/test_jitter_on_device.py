@@ -1,0 +1,106 @@
+"""``jitter_on_device``: on CUDA the training batches get their colour jitter and normalisation on the GPU.
+
+The key is a no-op on a CPU, so these tests force the deferred path here
+(``defers_colour`` patched to say yes) and check that it gives the batches,
+and the training, of the usual path in the loader workers: the same crops,
+the same draws, the same jitter up to float rounding.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import selmask_lib.finetuning as ft
+import selmask_lib.pretraining as pt
+from selmask_lib.config import finetune_preset, pretrain_preset
+from selmask_lib.engine import Trainer
+from selmask_lib.pretrain_data import ReconstructionDataset, pretraining_pool
+from selmask_lib.transforms import COLOUR_DRAWS, train_transform
+
+DEFERRED_MODULES = (pt, ft)  # the two places that build a training transform
+
+
+@pytest.fixture
+def deferred(monkeypatch):
+    for module in DEFERRED_MODULES:
+        monkeypatch.setattr(module, "defers_colour", lambda cfg: True)
+
+
+def first_batch(trainer, dataset):
+    loader = trainer.loader(dataset, True, "epoch", 0)
+    return next(iter(loader))
+
+
+def assert_same_images(usual, finished, uint8_source):
+    std = usual.new_tensor([0.4443, 0.4665, 0.4887]).view(1, 3, 1, 1)
+    difference = (usual - finished).abs() * std  # in [0, 1] units
+    if uint8_source:  # truncation to uint8 after each colour operation: a level now and then
+        assert difference.max() <= 1.01 / 255 and (difference == 0).float().mean() > 0.999
+    else:
+        assert difference.max() < 1e-5
+
+
+def test_deferred_pretraining_batches_are_the_workers_batches(small_synthetic_root):
+    cfg = pretrain_preset("smoke", "synthetic", data_root=str(small_synthetic_root), max_images=12, device="cpu")
+    pool = pretraining_pool(cfg)
+    trainer = Trainer(cfg, torch.nn.Identity())
+    batches = {}
+    for defer in (False, True):
+        transform = train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std, defer_colour=defer)
+        dataset = ReconstructionDataset(pool, range(12), transform, cfg.score_size, cfg.n_patches)
+        batches[defer] = first_batch(trainer, dataset)
+    assert len(batches[True]) == 3 and batches[True][0].dtype == torch.float32
+    assert batches[True][2][COLOUR_DRAWS].shape == (cfg.batch_size, 9)
+    finished = trainer.finish_batch(batches[True])
+    assert len(finished) == 2 and torch.equal(finished[1], batches[False][1])
+    assert_same_images(batches[False][0], finished[0], uint8_source=False)
+    assert trainer.finish_batch(batches[False]) is batches[False]  # a usual batch is left as it is
+
+
+def test_deferred_finetuning_batches_are_the_workers_batches(small_synthetic_root, monkeypatch):
+    cfg = finetune_preset("smoke", "synthetic", data_root=str(small_synthetic_root), max_train_images=8,
+                          device="cpu")
+    trainer = Trainer(cfg, torch.nn.Identity())
+    usual = first_batch(trainer, ft.load_splits(cfg).train)
+    monkeypatch.setattr(ft, "defers_colour", lambda cfg: True)
+    deferred_batch = first_batch(trainer, ft.load_splits(cfg).train)
+    assert deferred_batch[0].dtype == torch.uint8  # a quarter of the bytes from the workers
+    images, labels = trainer.finish_batch(deferred_batch)
+    assert torch.equal(labels, usual[1])
+    assert_same_images(usual[0], images, uint8_source=True)
+
+
+def train_losses(run_dir):
+    rows = [json.loads(line) for path in sorted(run_dir.rglob("metrics.jsonl")) for line in path.read_text().splitlines()]
+    return [row["train_loss"] for row in rows if "train_loss" in row]
+
+
+@pytest.mark.slow
+def test_runs_with_the_colour_on_the_device_train_as_usual(small_synthetic_root, tmp_path, monkeypatch):
+    """Pretraining (random, then selective) and fine-tuning through the deferred path: the same losses."""
+    root = str(small_synthetic_root)
+    losses = {}
+    for defer in (False, True):
+        monkeypatch.setattr(pt, "defers_colour", lambda cfg: defer)
+        monkeypatch.setattr(ft, "defers_colour", lambda cfg: defer)
+        for strategy in ("random", "selective"):
+            cfg = pretrain_preset("smoke", "synthetic", data_root=root, strategy=strategy, max_images=12, epochs=2,
+                                  device="cpu", num_workers=1)
+            pt.pretrain(cfg, out_dir=tmp_path / f"{strategy}-{defer}")
+            losses[strategy, defer] = train_losses(tmp_path / f"{strategy}-{defer}")
+        cfg = finetune_preset("smoke", "synthetic", data_root=root, epochs=2, max_train_images=4, device="cpu")
+        ft.finetune(cfg, tmp_path / f"finetune-{defer}", resume=False)
+        losses["finetune", defer] = train_losses(tmp_path / f"finetune-{defer}")
+    # Step 0 of selective pretraining trains on masks scored by the untrained model; later steps score
+    # with weights that differ in the last bits, and a top-k of patch losses may then pick other patches.
+    compared = {"random": 2, "selective": 2, "finetune": 2}  # epochs compared
+    for name, epochs in compared.items():
+        assert len(losses[name, True]) == len(losses[name, False]) >= epochs
+        torch.testing.assert_close(torch.tensor(losses[name, True][:epochs]),
+                                   torch.tensor(losses[name, False][:epochs]), rtol=2e-3, atol=0)
+    assert all(torch.isfinite(torch.tensor(values)).all() for values in losses.values())
+    for path in tmp_path.rglob("*.pt"):
+        path.unlink()
