@@ -115,7 +115,9 @@ class DeferredColourJitter:
         draws = torch.full((9,), float("nan"))
         draws[_APPLIED] = 0.0
         if self.jitter is not None and not torch.rand(1) >= self.p:  # RandomApply's own test
-            params = self.jitter.make_params([])
+            # make_params is the public name since torchvision 0.21; _get_params before it
+            make_params = getattr(self.jitter, "make_params", None) or self.jitter._get_params
+            params = make_params([])
             draws[_APPLIED] = 1.0
             draws[_ORDER] = params["fn_idx"].float()
             factors = [params[f"{name}_factor"] for name in ("brightness", "contrast", "saturation", "hue")]
