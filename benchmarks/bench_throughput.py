@@ -48,7 +48,7 @@ import torch  # noqa: E402
 from selmask_lib.cli import parse_overrides  # noqa: E402
 from selmask_lib.config import FinetuneConfig, PretrainConfig, finetune_preset, pretrain_preset  # noqa: E402
 from selmask_lib.data import load_segmentation_split, resolve_data_root  # noqa: E402
-from selmask_lib.data.synthetic import ensure_synthetic_voc  # noqa: E402
+from selmask_lib.data.synthetic import default_root, ensure_synthetic_voc  # noqa: E402
 from selmask_lib.engine import Trainer, adam_optimizer  # noqa: E402
 from selmask_lib.finetuning import finetune, segmentation_loss  # noqa: E402
 from selmask_lib.losses import ReconstructionLoss  # noqa: E402
@@ -238,7 +238,7 @@ def build_configs(args, data_root: str):
     if args.workers is not None:
         shared["num_workers"] = args.workers
     pre_only = {"score_size": args.image_size} if args.image_size else {}
-    fine_only = {}
+    fine_only = {"batch_size": args.finetune_batch_size} if args.finetune_batch_size else {}
     if args.max_images:
         pre_only["max_images"], fine_only["max_train_images"] = args.max_images, args.max_images
     overrides = parse_overrides(args.overrides)
@@ -260,6 +260,11 @@ def main() -> None:
     parser.add_argument("--preset", default="demo", help="preset whose sizes are used (default demo)")
     parser.add_argument("--image-size", type=int, help="override the preset's image_size (and score_size)")
     parser.add_argument("--batch-size", type=int, help="override the preset's batch_size (both loops)")
+    parser.add_argument("--finetune-batch-size", type=int,
+                        help="fine-tuning's own batch (the paper's is 8), instead of --batch-size")
+    parser.add_argument("--train-images", type=int,
+                        help="generate an embedded synthetic set with this many fine-tuning training images "
+                             "(default: the embedded set's own, a few dozen: epochs of one or two batches)")
     parser.add_argument("--workers", type=int, help="override num_workers of the kit's loaders")
     parser.add_argument("--max-images", type=int,
                         help="override max_images (pretraining) and max_train_images (fine-tuning)")
@@ -277,7 +282,11 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    data_root = str(ensure_synthetic_voc())
+    if args.train_images:  # its own folder beside the default one, generated once
+        data_root = str(ensure_synthetic_voc(default_root().with_name(f"{default_root().name}-train{args.train_images}"),
+                                             n_train=args.train_images))
+    else:
+        data_root = str(ensure_synthetic_voc())
     configs = build_configs(args, data_root)
     device = Trainer(configs[0], torch.nn.Identity()).device
     pre, fine = configs
