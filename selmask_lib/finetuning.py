@@ -310,7 +310,7 @@ def _segmentation_loss_of(trainer: Trainer, loss_fn: torch.nn.Module,
     def batch_loss(model: torch.nn.Module, batch) -> torch.Tensor:
         images, masks = batch
         logits = trainer.forward(model, images)
-        masks = masks.to(trainer.device, non_blocking=True)
+        masks = masks.to(trainer.device, non_blocking=True).long()  # uint8 from a batch finished on the device
         if evaluator is not None:
             evaluator.update(logits, masks)
         return loss_fn(logits, masks)

@@ -189,7 +189,11 @@ class ReconstructionDataset(Dataset):
     after its inputs (the draws of a deferred colour jitter,
     ``transforms.DeferredColourJitter``) ends the item. ``cache`` keeps each image's
     scoring view and pixel mask, which are the same every epoch (none by
-    default; :class:`~selmask_lib.data.cache.DecodedCache`).
+    default; :class:`~selmask_lib.data.cache.DecodedCache`). ``uint8_images``:
+    the transform gets uint8 images (the decoded image; a fixed-mask item's
+    scoring view rounded to uint8, as the authors saved it), for a transform
+    that leaves the colour work to the device: a loader worker then crops in
+    uint8 and sends a quarter of the bytes (config key ``jitter_on_device``).
     """
 
     def __init__(
@@ -203,8 +207,10 @@ class ReconstructionDataset(Dataset):
         baked: Optional[BakedMasks] = None,
         antialias: bool = True,
         cache: DecodedCache | None = None,
+        uint8_images: bool = False,
     ):
         self.pool, self.indices, self.transform = pool, list(indices), transform
+        self.uint8_images = uint8_images
         self.cache = cache if cache is not None else no_cache()
         self.baked = baked if patch_masks is not None else None  # only fixed masks can be baked
         self.score_size, self.n_patches, self.patch_masks = score_size, n_patches, patch_masks
@@ -222,14 +228,21 @@ class ReconstructionDataset(Dataset):
         if self.patch_masks is None:
             # Random masks are drawn per batch by the training loop: the all-False mask needs no
             # augmenting (the transform draws the same crop and flip with or without it).
-            image, *extra = as_outputs(self.transform(tv_tensors.Image(self.pool[index])))
+            image = self._decoded_uint8(index) if self.uint8_images else self.pool[index]
+            image, *extra = as_outputs(self.transform(tv_tensors.Image(image)))
             image = image.as_subclass(torch.Tensor)
             return image, torch.zeros(image.shape[-2:], dtype=torch.bool), *extra
         image, pixels = (tensor.clone() for tensor in self.cache.get(index, lambda: self.masked_view(index)))
         if self.baked is not None:
             return self._baked_item(image, pixels)
+        if self.uint8_images:
+            image = as_uint8(image)
         image, pixels, *extra = self.transform(tv_tensors.Image(image), tv_tensors.Mask(pixels))
         return image.as_subclass(torch.Tensor), pixels.as_subclass(torch.Tensor).bool(), *extra
+
+    def _decoded_uint8(self, index: int) -> torch.Tensor:
+        """Pool image ``index`` as decoded, uint8 [3, H, W] (a copy: the pool's cache keeps its own)."""
+        return torch.from_numpy(self.pool.decoded(index)).permute(2, 0, 1).clone()
 
     def fill_cache(self) -> None:
         """Compute the kept scoring views and pixel masks now, in this process (fixed masks only).

@@ -172,16 +172,18 @@ def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledIma
 
     baked = BakedMasks(cfg.mean, cfg.std, cfg.baked_image_quality) if cfg.bake_selective_masks else None
 
-    def dataset(indices, transform) -> ReconstructionDataset:
+    def dataset(indices, transform, uint8_images=False) -> ReconstructionDataset:
         items = ReconstructionDataset(pool, indices, transform, cfg.score_size, cfg.n_patches, patch_masks, baked,
-                                      antialias=cfg.antialias, cache=DecodedCache(cfg.image_cache_mb))
+                                      antialias=cfg.antialias, cache=DecodedCache(cfg.image_cache_mb),
+                                      uint8_images=uint8_images)
         items.fill_cache()  # before any loader worker forks: they share the views
         return items
 
     # Colour jitter on the GPU (jitter_on_device); baked masks keep theirs in the worker, jittering the fill too.
     defer = defers_colour(cfg) and baked is None
     train_set = dataset(train_indices, train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std,
-                                                       antialias=cfg.antialias, defer_colour=defer))
+                                                       antialias=cfg.antialias, defer_colour=defer),
+                        uint8_images=defer)
     val_set = dataset(val_indices, val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias))
 
     random_masks = RandomPixelMasks(crop_grid, cfg.mask_ratio, trainer.device) if patch_masks is None else None

@@ -176,10 +176,13 @@ class ColourJitterOnDevice:
     images each have their own factors and order would be 4 calls per image;
     the operations above are the same arithmetic as torchvision's
     (``adjust_brightness`` ... ``adjust_hue``, uint8 or float [0, 1]) with a
-    factor per image, and each of the 4 slots of the order runs each
-    operation once, on the images that have it in that slot. Results match
-    the per-image jitter of a loader worker up to float rounding (a uint8
-    level now and then): ``tests/test_transforms.py``.
+    factor per image. Each of the 4 slots of the order runs the four
+    operations over the whole batch, with the factor that leaves an image
+    exactly as it is (1; hue: left out) for the images that have another
+    operation in that slot, or no jitter. The factors travel to the device
+    in one copy per batch, and nothing waits for the GPU. Results match the
+    per-image jitter of a loader worker up to float rounding (a uint8 level
+    now and then): ``tests/test_transforms.py``.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
@@ -187,19 +190,39 @@ class ColourJitterOnDevice:
 
     def __call__(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         """``images`` [B, 3, H, W] (uint8, or float in [0, 1]) on their device, ``draws`` [B, 9] on the CPU."""
-        images = images.clone()
-        applied = draws[:, _APPLIED] == 1
+        draws = draws.cpu()
+        factors = slot_factors(draws)  # [4 slots, B, 5]: brightness, contrast, saturation, hue, hue applies
+        used = (factors[..., :3] != 1).any(dim=1).tolist(), factors[..., 4].any(dim=1).tolist()  # per slot
+        factors = _to_device(factors, images.device)
         for slot in range(4):
-            for operation, apply in enumerate(_OPERATIONS):
-                rows = (applied & (draws[:, _ORDER][:, slot] == operation)
-                        & ~draws[:, _FACTORS][:, operation].isnan()).nonzero().flatten()
-                if len(rows) == 0:
-                    continue
-                factors = draws[rows, _FACTORS][:, operation].view(-1, 1, 1, 1)
-                rows, factors = _to_device(rows, images.device), _to_device(factors, images.device)
-                images[rows] = apply(images[rows], factors)
+            for operation, apply in enumerate(_OPERATIONS[:3]):
+                if used[0][slot][operation]:
+                    images = apply(images, factors[slot, :, operation].view(-1, 1, 1, 1))
+            if used[1][slot]:
+                hue_applies = factors[slot, :, 4].bool().view(-1, 1, 1, 1)
+                images = torch.where(hue_applies, _hue(images, factors[slot, :, 3]), images)
         images = v2.functional.to_dtype(images, torch.float32, scale=True)
         return v2.functional.normalize(images, self.mean, self.std)
+
+
+def slot_factors(draws: torch.Tensor) -> torch.Tensor:
+    """The factors of each slot of the jitter order, per image: [4, B, 5].
+
+    Columns: brightness, contrast and saturation factors (1 where the image
+    has not that operation in that slot: an exact no-op), the hue factor, and
+    1 where the hue operation applies in that slot (the HSV round trip is not
+    an exact no-op, so it is masked instead).
+    """
+    factors = torch.ones(4, len(draws), 5)
+    factors[..., 3:] = 0
+    applied = draws[:, _APPLIED] == 1
+    for slot in range(4):
+        for operation in range(4):
+            rows = applied & (draws[:, _ORDER][:, slot] == operation) & ~draws[:, _FACTORS][:, operation].isnan()
+            factors[slot, rows, operation] = draws[rows, _FACTORS][:, operation]
+            if operation == 3:
+                factors[slot, rows, 4] = 1
+    return factors
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -48,9 +48,11 @@ def test_deferred_pretraining_batches_are_the_workers_batches(small_synthetic_ro
     pool = pretraining_pool(cfg)
     trainer = Trainer(cfg, torch.nn.Identity())
     batches = {}
-    for defer in (False, True):
-        transform = train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std, defer_colour=defer)
-        dataset = ReconstructionDataset(pool, range(12), transform, cfg.score_size, cfg.n_patches)
+    for defer, uint8_images in ((False, False), (True, False), ("uint8", True)):
+        transform = train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std,
+                                    defer_colour=bool(defer))
+        dataset = ReconstructionDataset(pool, range(12), transform, cfg.score_size, cfg.n_patches,
+                                        uint8_images=uint8_images)
         batches[defer] = first_batch(trainer, dataset)
     assert len(batches[True]) == 3 and batches[True][0].dtype == torch.float32
     assert batches[True][2][COLOUR_DRAWS].shape == (cfg.batch_size, 9)
@@ -58,6 +60,14 @@ def test_deferred_pretraining_batches_are_the_workers_batches(small_synthetic_ro
     assert len(finished) == 2 and torch.equal(finished[1], batches[False][1])
     assert_same_images(batches[False][0], finished[0], uint8_source=False)
     assert trainer.finish_batch(batches[False]) is batches[False]  # a usual batch is left as it is
+    # uint8 crops (what pretraining uses on the device path): the same crops and draws, a quarter of the
+    # bytes; uint8 rounding of the crop and truncation after each colour operation, a level or so apart
+    assert batches["uint8"][0].dtype == torch.uint8
+    torch.testing.assert_close(batches["uint8"][2][COLOUR_DRAWS], batches[True][2][COLOUR_DRAWS], rtol=0, atol=0,
+                               equal_nan=True)
+    images, pixels = trainer.finish_batch(batches["uint8"])
+    difference = (images - finished[0]).abs() * finished[0].new_tensor(cfg.std).view(1, 3, 1, 1) * 255
+    assert difference.mean() < 1.5 and difference.max() < 8  # in uint8 levels
 
 
 def test_deferred_finetuning_batches_are_the_workers_batches(small_synthetic_root, monkeypatch):
@@ -69,7 +79,7 @@ def test_deferred_finetuning_batches_are_the_workers_batches(small_synthetic_roo
     deferred_batch = first_batch(trainer, ft.load_splits(cfg).train)
     assert deferred_batch[0].dtype == torch.uint8  # a quarter of the bytes from the workers
     images, labels = trainer.finish_batch(deferred_batch)
-    assert torch.equal(labels, usual[1])
+    assert labels.dtype == torch.uint8 and torch.equal(labels.long(), usual[1])  # an eighth of the bytes
     assert_same_images(usual[0], images, uint8_source=True)
 
 
@@ -94,13 +104,16 @@ def test_runs_with_the_colour_on_the_device_train_as_usual(small_synthetic_root,
         cfg = finetune_preset("smoke", "synthetic", data_root=root, epochs=2, max_train_images=4, device="cpu")
         ft.finetune(cfg, tmp_path / f"finetune-{defer}", resume=False)
         losses["finetune", defer] = train_losses(tmp_path / f"finetune-{defer}")
-    # Step 0 of selective pretraining trains on masks scored by the untrained model; later steps score
-    # with weights that differ in the last bits, and a top-k of patch losses may then pick other patches.
-    compared = {"random": 2, "selective": 2, "finetune": 2}  # epochs compared
-    for name, epochs in compared.items():
+    # Pretraining on the device path crops uint8 images (a quarter of the bytes from each worker) and
+    # jitters them in uint8, which truncates after each operation as torchvision does for uint8 images:
+    # its batches sit about one level darker than float crops, and its first losses within 2 %. Fine-tuning
+    # crops uint8 on both paths. Selective steps after the first score with weights that already differ,
+    # so a top-k of patch losses may pick other patches: only the first step is compared.
+    tolerance = {"random": (1, 2e-2), "selective": (1, 2e-2), "finetune": (2, 2e-3)}  # epochs compared, rtol
+    for name, (epochs, rtol) in tolerance.items():
         assert len(losses[name, True]) == len(losses[name, False]) >= epochs
         torch.testing.assert_close(torch.tensor(losses[name, True][:epochs]),
-                                   torch.tensor(losses[name, False][:epochs]), rtol=2e-3, atol=0)
+                                   torch.tensor(losses[name, False][:epochs]), rtol=rtol, atol=0)
     assert all(torch.isfinite(torch.tensor(values)).all() for values in losses.values())
     for path in tmp_path.rglob("*.pt"):
         path.unlink()

@@ -364,7 +364,12 @@ class SegmentationDataset(Dataset):
         image_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))  # [3, H, W] uint8
         mask_t = tv_tensors.Mask(torch.from_numpy(label))  # [H, W] int64
         image_t, mask_t, *extra = self.transform(image_t, mask_t)  # extra: a deferred colour jitter's draws
-        return image_t.as_subclass(torch.Tensor), mask_t.as_subclass(torch.Tensor).long(), *extra
+        mask_t = mask_t.as_subclass(torch.Tensor)
+        if extra and self.num_classes <= 256 and 0 <= self.ignore_index <= 255:
+            # The batch is finished on the device (config key jitter_on_device), and the label with it: a
+            # worker sends class ids as uint8, an eighth of the bytes, and the loss takes them as int64 there.
+            return image_t.as_subclass(torch.Tensor), mask_t.to(torch.uint8), *extra
+        return image_t.as_subclass(torch.Tensor), mask_t.long(), *extra
 
 
 class UnlabelledImages(Dataset):
