@@ -58,7 +58,9 @@ DEFAULT_MEAN = (0.4529, 0.4317, 0.3999)
 DEFAULT_STD = (0.4443, 0.4665, 0.4887)
 PAPER_SEED = 3741
 
-# GPU path settings that change speed, never what is computed (no-ops on a CPU by design).
+# GPU path settings that change speed, never the method (no-ops on a CPU by design). On a GPU they may
+# change rounding: other kernels (channels_last, compile), or pretraining crops rounded to uint8 before
+# the colour jitter (jitter_on_device: 0.3 of a level of 255 on average; benchmarks/README.md).
 GPU_SPEED_FIELDS = ("channels_last", "compile", "pin_memory", "persistent_workers", "prefetch_factor",
                     "jitter_on_device")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # 'auto': amp decides (bf16 where supported, else fp16)

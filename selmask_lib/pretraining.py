@@ -179,10 +179,13 @@ def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledIma
         items.fill_cache()  # before any loader worker forks: they share the views
         return items
 
-    # Colour jitter on the GPU (jitter_on_device); baked masks keep theirs in the worker, jittering the fill too.
-    defer = defers_colour(cfg) and baked is None
+    # Colour jitter on the GPU (jitter_on_device): the workers send uint8 crops, the GPU jitters them in float
+    # as the workers would. Baked masks keep theirs in the worker (the jitter changes the fill too); the
+    # random-masking loop of such a run bakes nothing.
+    defer = defers_colour(cfg) and (baked is None or patch_masks is None)
     train_set = dataset(train_indices, train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std,
-                                                       antialias=cfg.antialias, defer_colour=defer),
+                                                       antialias=cfg.antialias, defer_colour=defer,
+                                                       jitter_in_float=True),
                         uint8_images=defer)
     val_set = dataset(val_indices, val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias))
 

@@ -48,9 +48,6 @@ from typing import Sequence
 import torch
 from torchvision.transforms import v2
 
-# torchvision's HSV conversions work on batches; only its adjust_hue takes one factor per call.
-from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
-
 from .config import DEFAULT_MEAN, DEFAULT_STD
 
 
@@ -72,6 +69,7 @@ def train_transform(
     jitter_p: float = 0.5,
     antialias: bool = True,
     defer_colour: bool = False,
+    jitter_in_float: bool = False,
 ) -> v2.Compose:
     """Training augmentation: random crop of ``scale`` of the area resized to
     ``size`` x ``size``, horizontal flip (p=0.5), colour jitter (image only),
@@ -81,13 +79,16 @@ def train_transform(
     ``defer_colour``: stop after the crop and flip; the image keeps its dtype
     and the outputs end with the jitter draws (:class:`DeferredColourJitter`),
     for :class:`ColourJitterOnDevice` to finish the batch on the GPU.
+    ``jitter_in_float``: the device jitters the image as float [0, 1], whatever
+    dtype the worker sends (pretraining sends uint8 crops of images whose
+    worker path jitters in float).
     """
     steps = [v2.RandomResizedCrop(size, scale=scale, antialias=antialias), v2.RandomHorizontalFlip(p=0.5)]
     jitter = None
     if color_jitter > 0 and jitter_p > 0:
         jitter = v2.ColorJitter(color_jitter, color_jitter, color_jitter, min(color_jitter, 0.5))
     if defer_colour:
-        return v2.Compose(steps + [DeferredColourJitter(jitter, jitter_p)])
+        return v2.Compose(steps + [DeferredColourJitter(jitter, jitter_p, in_float=jitter_in_float)])
     if jitter is not None:
         steps.append(v2.RandomApply([jitter], p=jitter_p))
     return v2.Compose(steps + _to_normalised_float(mean, std))
@@ -96,7 +97,8 @@ def train_transform(
 # --------------------------------------------------------------------------- colour jitter on the device
 
 COLOUR_DRAWS = "colour_jitter"  # the key under which a deferred item carries its draws
-_APPLIED, _ORDER, _FACTORS = 0, slice(1, 5), slice(5, 9)  # columns of the draws: flag, op order, 4 factors
+# Columns of the draws: applies, the order of the 4 operations, their 4 factors, jitter in float.
+_APPLIED, _ORDER, _FACTORS, _IN_FLOAT = 0, slice(1, 5), slice(5, 9), 9
 
 
 class DeferredColourJitter:
@@ -105,18 +107,21 @@ class DeferredColourJitter:
     It draws exactly what ``RandomApply([ColorJitter], p)`` would draw (the
     same calls on torch's RNG, in the same order), applies none of it, and
     returns the inputs followed by ``{"colour_jitter": draws}``: a float
-    tensor [9] holding whether the jitter applies, the order of its four
-    operations (0 brightness, 1 contrast, 2 saturation, 3 hue) and their
-    factors (NaN: that operation is off). The default collate stacks the
-    draws of a batch into [B, 9].
+    tensor [10] holding whether the jitter applies, the order of its four
+    operations (0 brightness, 1 contrast, 2 saturation, 3 hue), their
+    factors (NaN: that operation is off) and ``in_float``: whether the
+    device converts the image to float [0, 1] before the jitter (pretraining,
+    whose worker path jitters float images) or jitters it in its own dtype
+    (fine-tuning's uint8 images, as in the workers). The default collate
+    stacks the draws of a batch into [B, 10].
     """
 
-    def __init__(self, jitter: v2.ColorJitter | None, p: float):
-        self.jitter, self.p = jitter, p
+    def __init__(self, jitter: v2.ColorJitter | None, p: float, in_float: bool = False):
+        self.jitter, self.p, self.in_float = jitter, p, in_float
 
     def __call__(self, *inputs):
-        draws = torch.full((9,), float("nan"))
-        draws[_APPLIED] = 0.0
+        draws = torch.full((10,), float("nan"))
+        draws[_APPLIED], draws[_IN_FLOAT] = 0.0, float(self.in_float)
         if self.jitter is not None and not torch.rand(1) >= self.p:  # RandomApply's own test
             # make_params is the public name since torchvision 0.21; _get_params before it
             make_params = getattr(self.jitter, "make_params", None) or self.jitter._get_params
@@ -164,6 +169,10 @@ def _saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def _hue(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    try:  # torchvision's HSV conversions work on batches; only its adjust_hue takes one factor per call
+        from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
+    except ImportError:  # private names: should a release move them, one adjust_hue call per image
+        return torch.stack([v2.functional.adjust_hue(image, float(f)) for image, f in zip(images, factor.flatten())])
     hsv = _rgb_to_hsv(v2.functional.to_dtype(images, torch.float32, scale=True))
     hsv[:, 0].add_(factor.view(-1, 1, 1)).remainder_(1.0)
     return v2.functional.to_dtype(_hsv_to_rgb(hsv), images.dtype, scale=True)
@@ -190,10 +199,13 @@ class ColourJitterOnDevice:
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         self.mean, self.std = list(mean), list(std)
+        self._statistics: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
-        """``images`` [B, 3, H, W] (uint8, or float in [0, 1]) on their device, ``draws`` [B, 9] on the CPU."""
+        """``images`` [B, 3, H, W] (uint8, or float in [0, 1]) on their device, ``draws`` [B, 10] on the CPU."""
         draws = draws.cpu()
+        if bool(draws[:, _IN_FLOAT].all()):
+            images = v2.functional.to_dtype(images, torch.float32, scale=True)
         factors = slot_factors(draws)  # [4 slots, B, 5]: brightness, contrast, saturation, hue, hue applies
         used = (factors[..., :3] != 1).any(dim=1).tolist(), factors[..., 4].any(dim=1).tolist()  # per slot
         factors = _to_device(factors, images.device)
@@ -204,8 +216,16 @@ class ColourJitterOnDevice:
             if used[1][slot]:
                 hue_applies = factors[slot, :, 4].bool().view(-1, 1, 1, 1)
                 images = torch.where(hue_applies, _hue(images, factors[slot, :, 3]), images)
-        images = v2.functional.to_dtype(images, torch.float32, scale=True)
-        return v2.functional.normalize(images, self.mean, self.std)
+        mean, std = self._mean_and_std(images.device)
+        # v2.functional.normalize's arithmetic, with statistics kept on the device: it would copy them
+        # there from pageable memory every batch, and such a copy makes the host wait for the GPU.
+        return v2.functional.to_dtype(images, torch.float32, scale=True).sub(mean).div_(std)
+
+    def _mean_and_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._statistics:
+            self._statistics[device] = tuple(torch.tensor(values).view(-1, 1, 1).to(device)
+                                             for values in (self.mean, self.std))
+        return self._statistics[device]
 
 
 def slot_factors(draws: torch.Tensor) -> torch.Tensor:

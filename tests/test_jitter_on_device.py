@@ -50,24 +50,24 @@ def test_deferred_pretraining_batches_are_the_workers_batches(small_synthetic_ro
     batches = {}
     for defer, uint8_images in ((False, False), (True, False), ("uint8", True)):
         transform = train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std,
-                                    defer_colour=bool(defer))
+                                    defer_colour=bool(defer), jitter_in_float=uint8_images)
         dataset = ReconstructionDataset(pool, range(12), transform, cfg.score_size, cfg.n_patches,
                                         uint8_images=uint8_images)
         batches[defer] = first_batch(trainer, dataset)
     assert len(batches[True]) == 3 and batches[True][0].dtype == torch.float32
-    assert batches[True][2][COLOUR_DRAWS].shape == (cfg.batch_size, 9)
+    assert batches[True][2][COLOUR_DRAWS].shape == (cfg.batch_size, 10)
     finished = trainer.finish_batch(batches[True])
     assert len(finished) == 2 and torch.equal(finished[1], batches[False][1])
     assert_same_images(batches[False][0], finished[0], uint8_source=False)
     assert trainer.finish_batch(batches[False]) is batches[False]  # a usual batch is left as it is
-    # uint8 crops (what pretraining uses on the device path): the same crops and draws, a quarter of the
-    # bytes; uint8 rounding of the crop and truncation after each colour operation, a level or so apart
+    # uint8 crops jittered in float (pretraining's device path): the same crops and draws, a quarter of
+    # the bytes, and only the crop's rounding to uint8 between them and the workers' float crops
     assert batches["uint8"][0].dtype == torch.uint8
-    torch.testing.assert_close(batches["uint8"][2][COLOUR_DRAWS], batches[True][2][COLOUR_DRAWS], rtol=0, atol=0,
-                               equal_nan=True)
+    torch.testing.assert_close(batches["uint8"][2][COLOUR_DRAWS][:, :9], batches[True][2][COLOUR_DRAWS][:, :9],
+                               rtol=0, atol=0, equal_nan=True)
     images, pixels = trainer.finish_batch(batches["uint8"])
-    difference = (images - finished[0]).abs() * finished[0].new_tensor(cfg.std).view(1, 3, 1, 1) * 255
-    assert difference.mean() < 1.5 and difference.max() < 8  # in uint8 levels
+    difference = (images - finished[0]) * finished[0].new_tensor(cfg.std).view(1, 3, 1, 1) * 255  # in levels
+    assert difference.mean().abs() < 0.1 and difference.abs().mean() < 0.5 and difference.abs().max() < 4
 
 
 def test_deferred_finetuning_batches_are_the_workers_batches(small_synthetic_root, monkeypatch):
@@ -88,32 +88,48 @@ def train_losses(run_dir):
     return [row["train_loss"] for row in rows if "train_loss" in row]
 
 
+PRETRAINING_RUNS = {"random": dict(strategy="random"), "selective": dict(strategy="selective"),
+                    "baked": dict(strategy="selective", bake_selective_masks=True)}  # baked: never deferred
+
+
 @pytest.mark.slow
 def test_runs_with_the_colour_on_the_device_train_as_usual(small_synthetic_root, tmp_path, monkeypatch):
-    """Pretraining (random, then selective) and fine-tuning through the deferred path: the same losses."""
+    """Pretraining (random, selective, baked selective) and fine-tuning through the deferred path: the same losses."""
     root = str(small_synthetic_root)
     losses = {}
     for defer in (False, True):
         monkeypatch.setattr(pt, "defers_colour", lambda cfg: defer)
         monkeypatch.setattr(ft, "defers_colour", lambda cfg: defer)
-        for strategy in ("random", "selective"):
-            cfg = pretrain_preset("smoke", "synthetic", data_root=root, strategy=strategy, max_images=12, epochs=2,
-                                  device="cpu", num_workers=1)
-            pt.pretrain(cfg, out_dir=tmp_path / f"{strategy}-{defer}")
-            losses[strategy, defer] = train_losses(tmp_path / f"{strategy}-{defer}")
+        for name, settings in PRETRAINING_RUNS.items():
+            cfg = pretrain_preset("smoke", "synthetic", data_root=root, max_images=12, epochs=2, device="cpu",
+                                  num_workers=1, **settings)
+            pt.pretrain(cfg, out_dir=tmp_path / f"{name}-{defer}")
+            losses[name, defer] = train_losses(tmp_path / f"{name}-{defer}")
         cfg = finetune_preset("smoke", "synthetic", data_root=root, epochs=2, max_train_images=4, device="cpu")
         ft.finetune(cfg, tmp_path / f"finetune-{defer}", resume=False)
         losses["finetune", defer] = train_losses(tmp_path / f"finetune-{defer}")
-    # Pretraining on the device path crops uint8 images (a quarter of the bytes from each worker) and
-    # jitters them in uint8, which truncates after each operation as torchvision does for uint8 images:
-    # its batches sit about one level darker than float crops, and its first losses within 2 %. Fine-tuning
-    # crops uint8 on both paths. Selective steps after the first score with weights that already differ,
-    # so a top-k of patch losses may pick other patches: only the first step is compared.
-    tolerance = {"random": (1, 2e-2), "selective": (1, 2e-2), "finetune": (2, 2e-3)}  # epochs compared, rtol
+    # Pretraining on the device path crops uint8 images (a quarter of the bytes from each worker), which
+    # rounds each crop to uint8 levels (about 0.3 of a level on average): its first epoch's loss sits within
+    # 0.5 %, and the smoke run's later epochs drift apart by a few % (12 images, a step or two an epoch).
+    # Fine-tuning crops uint8 on both paths.
+    tolerance = {"random": (1, 5e-3), "selective": (1, 5e-3), "baked": (1, 5e-3), "finetune": (2, 2e-3)}
     for name, (epochs, rtol) in tolerance.items():
         assert len(losses[name, True]) == len(losses[name, False]) >= epochs
         torch.testing.assert_close(torch.tensor(losses[name, True][:epochs]),
                                    torch.tensor(losses[name, False][:epochs]), rtol=rtol, atol=0)
     assert all(torch.isfinite(torch.tensor(values)).all() for values in losses.values())
+    for path in tmp_path.rglob("*.pt"):
+        path.unlink()
+
+
+@pytest.mark.slow
+def test_the_key_changes_nothing_on_a_cpu(small_synthetic_root, tmp_path):
+    """jitter_on_device is not hashed: on a CPU, fine-tuning with it on must train the very same model."""
+    cfg = finetune_preset("smoke", "synthetic", data_root=str(small_synthetic_root), epochs=1, max_train_images=4,
+                          device="cpu", num_workers=1)
+    runs = [ft.finetune(cfg.updated(jitter_on_device=on), tmp_path / str(on), resume=False) for on in (False, True)]
+    weights = [torch.load(run.run_dir / "best.pt", map_location="cpu", weights_only=False)["model"] for run in runs]
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
     for path in tmp_path.rglob("*.pt"):
         path.unlink()

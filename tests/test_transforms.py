@@ -194,4 +194,4 @@ def test_deferred_items_carry_their_draws_and_a_mask_keeps_its_geometry():
     crop, crop_mask, extra = T.train_transform(size=24, defer_colour=True)(image, mask)
     assert crop.dtype == torch.uint8 and torch.equal(crop_mask, want_mask)
     torch.testing.assert_close(normalise(crop), want_image)
-    assert extra[T.COLOUR_DRAWS].shape == (9,)
+    assert extra[T.COLOUR_DRAWS].shape == (10,)
