@@ -18,6 +18,9 @@ export SELMASK_NO_PROGRESS=1 PYTHONPATH=${PYTHONPATH:-.}:. PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv || true
 nproc
 
+echo "== colour jitter on the GPU against the workers' jitter; no host-device sync while finishing a batch =="
+timeout 60 "$PY" benchmarks/check_jitter_on_device.py --device cuda || echo "(check_jitter_on_device: exit $?)"
+
 # Paper size: 256 px crops; pretraining batch 32 on every pretraining image of the embedded data
 # (504 a training epoch), 6 timed epochs; fine-tuning at the paper's batch 8 on a generated set of
 # 480 training images, 3 epochs (the embedded set's few dozen would time epoch starts, not steps).

@@ -1,0 +1,73 @@
+"""Colour jitter on the device (config key ``jitter_on_device``) against the loader workers' jitter.
+
+For uint8 images (fine-tuning) and for uint8 crops jittered in float
+(pretraining), each image goes through the usual training transform and
+through the deferred one from the same seed; ``ColourJitterOnDevice``
+finishes the deferred batch on the device. Prints how far apart the two are
+(in levels of 255) and, on CUDA, checks that finishing a batch makes the host
+wait for the GPU nowhere (``torch.cuda.set_sync_debug_mode("error")``).
+
+    python benchmarks/check_jitter_on_device.py [--device cuda] [--size 256] [--images 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torchvision import tv_tensors
+
+from selmask_lib.config import DEFAULT_MEAN, DEFAULT_STD
+from selmask_lib.transforms import COLOUR_DRAWS, ColourJitterOnDevice, train_transform
+
+
+def both_paths(images: torch.Tensor, size: int, in_float: bool):
+    """(the workers' normalised images, the deferred crops, their draws), each image from its own seed."""
+    usual = train_transform(size, color_jitter=0.2, jitter_p=1.0)
+    deferred = train_transform(size, color_jitter=0.2, jitter_p=1.0, defer_colour=True, jitter_in_float=in_float)
+    in_worker, crops, draws = [], [], []
+    for index, image in enumerate(images):
+        torch.manual_seed(index)
+        source = image.float() / 255 if in_float else image  # pretraining's workers crop float images
+        in_worker.append(usual(tv_tensors.Image(source)).as_subclass(torch.Tensor))
+        torch.manual_seed(index)
+        crop, extra = deferred(tv_tensors.Image(image))
+        crops.append(crop.as_subclass(torch.Tensor))
+        draws.append(extra[COLOUR_DRAWS])
+    return torch.stack(in_worker), torch.stack(crops), torch.stack(draws)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, default=256, help="crop size (default 256)")
+    parser.add_argument("--images", type=int, default=64, help="images in the batch (default 64)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (args.images, 3, 90, 120), dtype=torch.uint8, generator=generator)
+    finish = ColourJitterOnDevice(DEFAULT_MEAN, DEFAULT_STD)
+    std = torch.tensor(DEFAULT_STD).view(1, 3, 1, 1)
+    for name, in_float in (("fine-tuning (uint8 jitter)", False), ("pretraining (uint8 crops, float jitter)", True)):
+        in_worker, crops, draws = both_paths(images, args.size, in_float)
+        crops = crops.to(device)
+        if device.type == "cuda":
+            crops, draws = crops.pin_memory() if crops.is_cpu else crops, draws.pin_memory()
+            finish(crops, draws)  # first call: the statistics go to the device once
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")  # any host wait inside raises
+            try:
+                finished = finish(crops, draws)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            print(f"{name}: no host-device sync while finishing a batch")
+        else:
+            finished = finish(crops, draws)
+        difference = (finished.cpu() - in_worker) * std * 255  # in levels of 255
+        print(f"{name}: {device.type} against the workers, in levels of 255: mean {difference.mean():+.3f}, "
+              f"mean |d| {difference.abs().mean():.3f}, max |d| {difference.abs().max():.2f}, "
+              f"equal {100 * (difference == 0).float().mean():.3f} %")
+
+
+if __name__ == "__main__":
+    main()
