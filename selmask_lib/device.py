@@ -38,3 +38,14 @@ def _check_available(device: torch.device) -> None:
                                f"(cuda:0..cuda:{count - 1}); {hint}")
     elif device.type == "mps" and not _mps_available():
         raise SelmaskError(f"config key 'device' is 'mps' but Apple's MPS backend is not available here; {hint}")
+
+
+def to_device_without_waiting(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on ``device`` without making the host wait for the GPU.
+
+    On CUDA a copy from pageable memory waits for the GPU's queued work; one through pinned
+    memory is queued behind it instead.
+    """
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)

@@ -26,6 +26,7 @@ from torchvision.transforms import v2
 from .config import PretrainConfig
 from .data import UnlabelledImages, load_pretraining_images, resolve_data_root
 from .data.cache import DecodedCache, no_cache
+from .device import to_device_without_waiting
 from .errors import SelmaskError
 from .masking import PATCH_SSIM_WINDOW, patch_grid, patch_index_map, pixel_mask, random_mask
 from .transforms import as_outputs, normalise
@@ -290,9 +291,7 @@ class RandomPixelMasks:
     def __call__(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """Bool ``[batch_size, S, S]`` on the device, True = masked; each image its own draw."""
         patches = random_mask(batch_size, self.n_patches, self.mask_ratio, generator)  # [B, P], on the CPU
-        if self.device.type == "cuda":
-            patches = patches.pin_memory()
-        return patches.to(self.device, non_blocking=True)[:, self.cell_of_pixel]
+        return to_device_without_waiting(patches, self.device)[:, self.cell_of_pixel]
 
 
 def masked_inputs(images: torch.Tensor, pixel_masks: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,7 @@ import torch
 from torchvision.transforms import v2
 
 from .config import DEFAULT_MEAN, DEFAULT_STD
+from .device import to_device_without_waiting
 
 
 def _to_normalised_float(mean: Sequence[float], std: Sequence[float]) -> list:
@@ -207,13 +208,14 @@ class ColourJitterOnDevice:
         if bool(draws[:, _IN_FLOAT].all()):
             images = v2.functional.to_dtype(images, torch.float32, scale=True)
         factors = slot_factors(draws)  # [4 slots, B, 5]: brightness, contrast, saturation, hue, hue applies
-        used = (factors[..., :3] != 1).any(dim=1).tolist(), factors[..., 4].any(dim=1).tolist()  # per slot
-        factors = _to_device(factors, images.device)
+        # Per slot, the operations some image needs (known here on the CPU, so no device value is read)
+        blends_used, hue_used = (factors[..., :3] != 1).any(dim=1).tolist(), factors[..., 4].any(dim=1).tolist()
+        factors = to_device_without_waiting(factors, images.device)
         for slot in range(4):
             for operation, apply in enumerate(_OPERATIONS[:3]):
-                if used[0][slot][operation]:
+                if blends_used[slot][operation]:
                     images = apply(images, factors[slot, :, operation].view(-1, 1, 1, 1))
-            if used[1][slot]:
+            if hue_used[slot]:
                 hue_applies = factors[slot, :, 4].bool().view(-1, 1, 1, 1)
                 images = torch.where(hue_applies, _hue(images, factors[slot, :, 3]), images)
         mean, std = self._mean_and_std(images.device)
@@ -246,13 +248,6 @@ def slot_factors(draws: torch.Tensor) -> torch.Tensor:
             if operation == 3:
                 factors[slot, rows, 4] = 1
     return factors
-
-
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small CPU tensor on ``device`` without making the host wait for the GPU (through pinned memory)."""
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
 
 
 def val_transform(

@@ -326,6 +326,11 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def labels_fit_uint8(self) -> bool:
+        """Every checked label value (class ids and the ignore index) fits in uint8."""
+        return self.num_classes <= 256 and 0 <= self.ignore_index <= 255
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Checked raw arrays: uint8 image [H, W, 3], int64 class ids [H, W] (new arrays, the caller's to change)."""
         image, label = self.cache.get(index, lambda: self._decode_checked(index))
@@ -341,7 +346,7 @@ class SegmentationDataset(Dataset):
                 f"{sample.label_path}: label is {lw}x{lh} px but its image {sample.image_path} is {iw}x{ih} px"
             )
         check_label_values(label, self.num_classes, self.ignore_index, sample.label_path)
-        if self.num_classes <= 256 and 0 <= self.ignore_index <= 255:
+        if self.labels_fit_uint8:
             label = label.astype(np.uint8)  # checked: every value fits; an eighth of the memory kept
         return image, label
 
@@ -365,7 +370,7 @@ class SegmentationDataset(Dataset):
         mask_t = tv_tensors.Mask(torch.from_numpy(label))  # [H, W] int64
         image_t, mask_t, *extra = self.transform(image_t, mask_t)  # extra: a deferred colour jitter's draws
         mask_t = mask_t.as_subclass(torch.Tensor)
-        if extra and self.num_classes <= 256 and 0 <= self.ignore_index <= 255:
+        if extra and self.labels_fit_uint8:
             # The batch is finished on the device (config key jitter_on_device), and the label with it: a
             # worker sends class ids as uint8, an eighth of the bytes, and the loss takes them as int64 there.
             return image_t.as_subclass(torch.Tensor), mask_t.to(torch.uint8), *extra
