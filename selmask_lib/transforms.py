@@ -43,6 +43,8 @@ filtering when it shrinks (METHOD.md item 9). Masks always use NEAREST.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -189,13 +191,15 @@ class ColourJitterOnDevice:
     images each have their own factors and order would be 4 calls per image;
     the operations above are the same arithmetic as torchvision's
     (``adjust_brightness`` ... ``adjust_hue``, uint8 or float [0, 1]) with a
-    factor per image. Each of the 4 slots of the order runs the four
-    operations over the whole batch, with the factor that leaves an image
-    exactly as it is (1; hue: left out) for the images that have another
-    operation in that slot, or no jitter. The factors travel to the device
-    in one copy per batch, and nothing waits for the GPU. Results match the
-    per-image jitter of a loader worker up to float rounding (a uint8 level
-    now and then): ``tests/test_transforms.py``.
+    factor per image. In each of the 4 slots of the order, the images are
+    grouped by the operation they do there (:func:`jitter_groups`), and each
+    group is jittered on its own and copied back: every image goes through
+    exactly its own operations, and the costly HSV round trip of the hue
+    runs once per image, not over the whole batch in every slot. The groups'
+    rows and factors travel to the device in one copy per batch, and
+    nothing waits for the GPU. Results match the per-image jitter of a
+    loader worker up to float rounding (a uint8 level now and then):
+    ``tests/test_transforms.py``.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
@@ -207,17 +211,22 @@ class ColourJitterOnDevice:
         draws = draws.cpu()
         if bool(draws[:, _IN_FLOAT].all()):
             images = v2.functional.to_dtype(images, torch.float32, scale=True)
-        factors = slot_factors(draws)  # [4 slots, B, 5]: brightness, contrast, saturation, hue, hue applies
-        # Per slot, the operations some image needs (known here on the CPU, so no device value is read)
-        blends_used, hue_used = (factors[..., :3] != 1).any(dim=1).tolist(), factors[..., 4].any(dim=1).tolist()
-        factors = to_device_without_waiting(factors, images.device)
-        for slot in range(4):
-            for operation, apply in enumerate(_OPERATIONS[:3]):
-                if blends_used[slot][operation]:
-                    images = apply(images, factors[slot, :, operation].view(-1, 1, 1, 1))
-            if hue_used[slot]:
-                hue_applies = factors[slot, :, 4].bool().view(-1, 1, 1, 1)
-                images = torch.where(hue_applies, _hue(images, factors[slot, :, 3]), images)
+        groups = jitter_groups(draws)
+        if groups:
+            rows = [row for group in groups for row in group.rows]
+            packed = torch.tensor(rows + [factor for group in groups for factor in group.factors])
+            packed = to_device_without_waiting(packed, images.device)  # rows, then their factors
+            device_rows, device_factors = packed[:len(rows)].long(), packed[len(rows):]
+            start, slot_input = 0, None
+            for group in groups:
+                if slot_input is None or group.slot != slot:  # a new slot reads what the last one wrote
+                    slot, slot_input, images = group.slot, images, images.clone()
+                where = slice(start, start + len(group.rows))
+                start = where.stop
+                apply = _OPERATIONS[group.operation]
+                jittered = apply(slot_input.index_select(0, device_rows[where]),
+                                 device_factors[where].view(-1, 1, 1, 1))
+                images.index_copy_(0, device_rows[where], jittered)
         mean, std = self._mean_and_std(images.device)
         # v2.functional.normalize's arithmetic, with statistics kept on the device: it would copy them
         # there from pageable memory every batch, and such a copy makes the host wait for the GPU.
@@ -230,24 +239,34 @@ class ColourJitterOnDevice:
         return self._statistics[device]
 
 
-def slot_factors(draws: torch.Tensor) -> torch.Tensor:
-    """The factors of each slot of the jitter order, per image: [4, B, 5].
+@dataclass(frozen=True)
+class JitterGroup:
+    """The images of a batch that do ``operation`` (0 brightness ... 3 hue) in ``slot`` of their order."""
 
-    Columns: brightness, contrast and saturation factors (1 where the image
-    has not that operation in that slot: an exact no-op), the hue factor, and
-    1 where the hue operation applies in that slot (the HSV round trip is not
-    an exact no-op, so it is masked instead).
+    slot: int
+    operation: int
+    rows: list[int]
+    factors: list[float]
+
+
+def jitter_groups(draws: torch.Tensor) -> list[JitterGroup]:
+    """The batch's images grouped by what they do in each slot of the jitter order, slot by slot.
+
+    An image whose jitter does not apply is in no group; an operation that is
+    off (NaN factor) leaves its slot empty for that image, as ColorJitter
+    skips it.
     """
-    factors = torch.ones(4, len(draws), 5)
-    factors[..., 3:] = 0
-    applied = draws[:, _APPLIED] == 1
-    for slot in range(4):
-        for operation in range(4):
-            rows = applied & (draws[:, _ORDER][:, slot] == operation) & ~draws[:, _FACTORS][:, operation].isnan()
-            factors[slot, rows, operation] = draws[rows, _FACTORS][:, operation]
-            if operation == 3:
-                factors[slot, rows, 4] = 1
-    return factors
+    found: dict[tuple[int, int], JitterGroup] = {}
+    for row, image_draws in enumerate(draws.tolist()):
+        if image_draws[_APPLIED] != 1:
+            continue
+        order, factors = image_draws[_ORDER], image_draws[_FACTORS]
+        for slot, operation in enumerate(int(operation) for operation in order):
+            if not math.isnan(factors[operation]):
+                group = found.setdefault((slot, operation), JitterGroup(slot, operation, [], []))
+                group.rows.append(row)
+                group.factors.append(factors[operation])
+    return [found[key] for key in sorted(found)]
 
 
 def val_transform(
@@ -292,6 +311,7 @@ __all__ = [
     "COLOUR_DRAWS",
     "ColourJitterOnDevice",
     "DeferredColourJitter",
+    "jitter_groups",
     "as_outputs",
     "normalise",
     "train_transform",

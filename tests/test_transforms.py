@@ -186,6 +186,23 @@ def test_colour_jitter_on_the_device_follows_each_images_order_and_factors():
     torch.testing.assert_close(other[2:], on_device[2:], rtol=0, atol=0)
 
 
+def test_jitter_groups_put_each_image_in_the_slot_of_each_of_its_operations():
+    """Not applied: in no group; an operation that is off (NaN factor): in no slot; the rest: once per operation."""
+    nan = float("nan")
+    draws = torch.tensor([
+        [1, 3, 0, 2, 1, 1.1, 0.9, 0.8, 0.05, 1],  # hue first, then brightness, saturation, contrast
+        [0, nan, nan, nan, nan, nan, nan, nan, nan, 1],  # jitter not applied
+        [1, 0, 3, 1, 2, 1.2, nan, 0.7, -0.1, 1],  # contrast off
+    ])
+    groups = [(g.slot, g.operation, g.rows, g.factors) for g in T.jitter_groups(draws)]
+    assert groups == [
+        (0, 0, [2], [pytest.approx(1.2)]), (0, 3, [0], [pytest.approx(0.05)]),
+        (1, 0, [0], [pytest.approx(1.1)]), (1, 3, [2], [pytest.approx(-0.1)]),
+        (2, 2, [0], [pytest.approx(0.8)]),
+        (3, 1, [0], [pytest.approx(0.9)]), (3, 2, [2], [pytest.approx(0.7)]),
+    ]
+
+
 def test_deferred_items_carry_their_draws_and_a_mask_keeps_its_geometry():
     image, mask = image_and_mask()
     torch.manual_seed(0)
