@@ -217,9 +217,9 @@ class ColourJitterOnDevice:
             packed = torch.tensor(rows + [factor for group in groups for factor in group.factors])
             packed = to_device_without_waiting(packed, images.device)  # rows, then their factors
             device_rows, device_factors = packed[:len(rows)].long(), packed[len(rows):]
-            start, slot_input = 0, None
+            start, slot, slot_input = 0, -1, images
             for group in groups:
-                if slot_input is None or group.slot != slot:  # a new slot reads what the last one wrote
+                if group.slot != slot:  # a new slot: its groups read what the slots before it wrote
                     slot, slot_input, images = group.slot, images, images.clone()
                 where = slice(start, start + len(group.rows))
                 start = where.stop
