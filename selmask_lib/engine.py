@@ -14,7 +14,7 @@ is a no-op::
 
     def train_epoch(epoch, optimisation):
         trainer.seed_torch("augment", epoch)
-        loader = trainer.loader(train_set, True, epoch)
+        loader = trainer.epoch_loader(train_set, epoch)
         return {"train_loss": trainer.train_one_epoch(loader, batch_loss, optimisation)}
 
     trainer.fit(run_dir, train_epoch)   # fresh Adam + warm-up/cosine, resumable
@@ -67,6 +67,7 @@ from .distributed import (
 )
 from .errors import DivergenceError, SelmaskError
 from .files import append_text, atomic_write, ensure_writable_dir, write_text_atomic
+from .read_ahead import ReadAheadLoader
 from .transforms import COLOUR_DRAWS, ColourJitterOnDevice
 
 LAST_CHECKPOINT = "last.pt"
@@ -758,7 +759,7 @@ class Trainer:
         trainer = Trainer(cfg, model)
         def train_epoch(epoch, optimisation):
             trainer.seed_torch("augment", epoch)
-            loader = trainer.loader(train_set, True, epoch)
+            loader = trainer.epoch_loader(train_set, epoch)
             return {"train_loss": trainer.train_one_epoch(loader, batch_loss, optimisation, f"epoch {epoch}")}
         trainer.fit(run_dir, train_epoch)
 
@@ -798,20 +799,75 @@ class Trainer:
         """
         cfg, batch_size = self.cfg, batch_size or self.cfg.batch_size
         drop_last = cfg.drop_last if drop_last is None else drop_last
-        options = dict(num_workers=cfg.num_workers, pin_memory=cfg.pin_memory and self.device.type == "cuda",
+        options = dict(num_workers=cfg.num_workers, pin_memory=self._pins_memory(),
                        prefetch_factor=cfg.prefetch_factor, drop_last=drop_last)
-        if not (cfg.persistent_workers and cfg.num_workers):
+        if not self._keeps_workers():
             return seeded_loader(dataset, batch_size, shuffle, cfg.seed, *keys, **options)
         cache_key = (id(dataset), shuffle, batch_size, drop_last)
         if cache_key in self._kept_loaders:  # its workers live on: give them this epoch's order
             loader = self._kept_loaders[cache_key][1]
             loader.sampler.reorder(seeded_order(dataset, shuffle, cfg.seed, *keys), *keys)
             return loader
-        while len(self._kept_loaders) >= 3:  # their workers exit with them
-            del self._kept_loaders[next(iter(self._kept_loaders))]
         loader = seeded_loader(dataset, batch_size, shuffle, cfg.seed, *keys, persistent_workers=True, **options)
-        self._kept_loaders[cache_key] = (dataset, loader)  # the dataset is held so its id stays its own
+        self._keep(cache_key, dataset, loader)
         return loader
+
+    def epoch_loader(self, dataset, epoch: int, *prefix: Any):
+        """The shuffled training loader of ``epoch``: :meth:`loader` with keys ``(*prefix, epoch)``.
+
+        With persistent workers (and workers) one loader reads ahead through
+        the epochs up to ``cfg.epochs`` (:class:`~selmask_lib.read_ahead.ReadAheadLoader`):
+        the next epoch's first batches are built while this one trains,
+        validates and checkpoints, so no epoch starts by waiting for its
+        first batch. The batches are the same either way.
+        """
+        cfg, keys = self.cfg, (*prefix, epoch)
+        if not self._keeps_workers():
+            return self.loader(dataset, True, *keys)
+        order = seeded_order(dataset, True, cfg.seed, *keys)
+        if cfg.drop_last:
+            check_fills_a_batch(len(order), cfg.batch_size,
+                                "training set" + (" (this process's shard)" if is_distributed() else ""))
+        cache_key = (id(dataset), "read ahead", *prefix)
+        stream = self._kept_loaders[cache_key][1] if cache_key in self._kept_loaders else None
+        if stream is None or not stream.is_next(keys):  # a new run, a resume, or an epoch left half-way
+            epochs = [(*prefix, later) for later in range(epoch, max(cfg.epochs, epoch + 1))]
+            stream = self._read_ahead_loader(dataset, epochs, len(order))
+            self._keep(cache_key, dataset, stream)
+        return stream.next_epoch(keys, SeededItems(order, cfg.seed, *keys))
+
+    def _read_ahead_loader(self, dataset, epochs: list[tuple], n_images: int) -> ReadAheadLoader:
+        """A :class:`ReadAheadLoader` over ``epochs`` of ``dataset``: each epoch's batches as :func:`seeded_loader`'s."""
+        from torch.utils.data import DataLoader
+
+        cfg, batch_size = self.cfg, self.cfg.batch_size
+
+        def batches_of(keys: tuple) -> list[list]:
+            items = list(SeededItems(seeded_order(dataset, True, cfg.seed, *keys), cfg.seed, *keys))
+            batches = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
+            return batches[:-1] if cfg.drop_last and batches and len(batches[-1]) < batch_size else batches
+
+        def make_loader(batch_sampler) -> DataLoader:
+            return DataLoader(SeededAugmentation(dataset), batch_sampler=batch_sampler,
+                              num_workers=cfg.num_workers, pin_memory=self._pins_memory(),
+                              prefetch_factor=cfg.prefetch_factor,
+                              generator=epoch_generator(cfg.seed, "workers", *epochs[0]))
+
+        batches_per_epoch = n_images // batch_size if cfg.drop_last else math.ceil(n_images / batch_size)
+        return ReadAheadLoader(make_loader, batches_of, epochs, batches_per_epoch)
+
+    def _keeps_workers(self) -> bool:
+        return bool(self.cfg.persistent_workers and self.cfg.num_workers)
+
+    def _pins_memory(self) -> bool:
+        return bool(self.cfg.pin_memory) and self.device.type == "cuda"
+
+    def _keep(self, cache_key: tuple, dataset, loader) -> None:
+        """Keep ``loader`` (and its workers) for ``dataset``; the oldest of three goes, its workers with it."""
+        self._kept_loaders.pop(cache_key, None)
+        while len(self._kept_loaders) >= 3:
+            del self._kept_loaders[next(iter(self._kept_loaders))]
+        self._kept_loaders[cache_key] = (dataset, loader)  # the dataset is held so its id stays its own
 
     def seed_torch(self, *keys: Any) -> None:
         """Seed torch's global RNG from ``(seed, keys, rank)``.

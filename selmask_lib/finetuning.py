@@ -355,7 +355,7 @@ def _train(trainer: Trainer, splits: _Splits, loss_fn: torch.nn.Module, run_dir:
 
     def train_epoch(epoch: int, optimisation: Optimisation) -> dict:
         trainer.seed_torch("augment", epoch)
-        loader = trainer.loader(splits.train, True, epoch)
+        loader = trainer.epoch_loader(splits.train, epoch)
         loss = trainer.train_one_epoch(loader, _segmentation_loss_of(trainer, loss_fn), optimisation,
                                        f"finetune epoch {epoch}")
         return {"train_loss": loss}

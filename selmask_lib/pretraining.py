@@ -206,7 +206,7 @@ def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledIma
     def train_epoch(epoch: int, optimisation: Optimisation) -> dict:
         trainer.seed_torch("augment", *step_key, epoch)
         masks = epoch_generator(cfg.seed, "mask", *step_key, epoch, *rank_key())
-        loader = trainer.loader(train_set, True, *step_key, epoch)
+        loader = trainer.epoch_loader(train_set, epoch, *step_key)
         loss = trainer.train_one_epoch(loader, reconstruction_loss(masks), optimisation,
                                        f"{run_dir.name} epoch {epoch}")
         return {"train_loss": loss}

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import time
 
 import numpy as np
 import pytest
@@ -518,3 +519,65 @@ def test_persistent_workers_keep_one_loader_per_dataset():
         expected, got = list(fresh.loader(data, True, epoch)), list(loader)
         assert all(torch.equal(a, b) for batch_a, batch_b in zip(expected, got) for a, b in zip(batch_a, batch_b))
     assert not torch.equal(list(kept.loader(data, True, 0))[0][0], list(kept.loader(data, True, 1))[0][0])
+
+
+class _RecordedItems(_RandomItems):
+    """_RandomItems that leaves a file per item built, named by its index and item seed (workers are processes)."""
+
+    def __init__(self, record_dir):
+        self.record_dir = record_dir
+
+    def __getitem__(self, index):
+        (self.record_dir / f"{index}-{torch.initial_seed()}").touch()
+        return super().__getitem__(index)
+
+
+def _same_batches(got, expected):
+    return len(got) == len(expected) and all(
+        torch.equal(a, b) for batch_a, batch_b in zip(got, expected) for a, b in zip(batch_a, batch_b))
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_epoch_loader_reads_ahead_into_the_next_epoch_with_the_same_batches(tmp_path, drop_last):
+    """One loader over the run's epochs: each epoch's batches as a per-epoch loader gives them, and the
+    workers build the next epoch's first batch before that epoch is asked for."""
+    from selmask_lib.config import pretrain_preset
+
+    cfg = pretrain_preset("smoke", "synthetic", device="cpu", num_workers=2, batch_size=4, epochs=3,
+                          drop_last=drop_last)
+    reading = engine.Trainer(cfg.updated(persistent_workers=True), torch.nn.Linear(1, 1))
+    per_epoch = engine.Trainer(cfg.updated(num_workers=0), torch.nn.Linear(1, 1))
+    data = _RecordedItems(tmp_path)
+    first = reading.epoch_loader(data, 0, "step", 1)
+    assert _same_batches(list(first), list(per_epoch.loader(data, True, "step", 1, 0)))
+    assert len(first) == (2 if drop_last else 3) and len(first.sampler) == len(data)
+    next_index, next_seed = next(iter(engine.SeededItems(
+        engine.seeded_order(data, True, cfg.seed, "step", 1, 1), cfg.seed, "step", 1, 1)))
+    built = tmp_path / f"{next_index}-{next_seed}"
+    for _ in range(200):  # up to 10 s for a worker to get to it
+        if built.exists():
+            break
+        time.sleep(0.05)
+    assert built.exists(), "epoch 1's first item was not built ahead of epoch 1"
+    for epoch in (1, 2):
+        got = list(reading.epoch_loader(data, epoch, "step", 1))
+        assert _same_batches(got, list(per_epoch.loader(data, True, "step", 1, epoch)))
+    assert len(reading._kept_loaders) == 1  # one loader, its workers started once
+
+
+def test_epoch_loader_starts_again_after_an_epoch_left_half_way_or_a_resume():
+    from selmask_lib.config import pretrain_preset
+
+    cfg = pretrain_preset("smoke", "synthetic", device="cpu", num_workers=1, batch_size=4, epochs=4)
+    reading = engine.Trainer(cfg.updated(persistent_workers=True), torch.nn.Linear(1, 1))
+    per_epoch = engine.Trainer(cfg.updated(num_workers=0), torch.nn.Linear(1, 1))
+    data = _RandomItems()
+    resumed = reading.epoch_loader(data, 1)  # a run resumed after epoch 0
+    assert _same_batches(list(resumed), list(per_epoch.loader(data, True, 1)))
+    next(iter(reading.epoch_loader(data, 2)))  # one batch, then an error in the training step
+    for epoch in (2, 3):  # epoch 2 again (the crashed epoch replayed), then epoch 3
+        assert _same_batches(list(reading.epoch_loader(data, epoch)), list(per_epoch.loader(data, True, epoch)))
+    once = reading.epoch_loader(data, 1)  # a new run of the same set from epoch 1
+    list(once)
+    with pytest.raises(RuntimeError, match="once"):
+        list(once)

@@ -311,6 +311,15 @@ def test_resume_after_a_crash_gives_the_uninterrupted_results(synthetic_root, tm
     assert rows(resumed) == rows(straight)
 
 
+def test_loader_workers_reading_ahead_give_the_same_results(synthetic_root, tmp_path):
+    """Two persistent workers read into the next epoch (engine.Trainer.epoch_loader): the very same run as none."""
+    cfg = smoke("synthetic", synthetic_root, epochs=3, batch_size=2)
+    in_process = ft.finetune(cfg, out_dir=tmp_path / "in-process")
+    read_ahead = ft.finetune(cfg.updated(num_workers=2, persistent_workers=True), out_dir=tmp_path / "workers")
+    for key in ("miou", "per_class_iou", "confusion_matrix", "val_miou", "best_epoch", "test_loss"):
+        assert read_ahead.results[key] == in_process.results[key], key
+
+
 def test_finished_run_is_reused_and_another_config_refused(synthetic_root, tmp_path, spy):
     cfg = smoke("synthetic", synthetic_root)
     first = ft.finetune(cfg, out_dir=tmp_path / "run")
