@@ -45,7 +45,8 @@ class ReadAheadLoader:
     over the same set). The epochs must be taken in order and each to its
     end: an epoch left half-way (an error in a training step) leaves the
     stream out of step, and :meth:`is_next` then answers False, so that the
-    caller builds a new one.
+    caller builds a new one. Its workers live as long as it does, as
+    persistent workers do (the Trainer keeps it).
     """
 
     def __init__(self, make_loader: Callable[[EpochBatches], Any],
@@ -84,8 +85,6 @@ class ReadAheadLoader:
             raise RuntimeError(f"the loader ended after {self._taken} batches; its epochs promised "
                                f"{self._handed_out}") from None
         self._taken += 1
-        if self._taken == self._handed_out and not self._upcoming:
-            self._iterator = None  # the last epoch is taken: its workers exit now, not with the trainer
         return batch
 
 
