@@ -39,6 +39,10 @@ step 90 "colour jitter on the GPU for fine-tuning too (jitter_on_device true), 4
     --rounds 1 --set jitter_on_device=true
 step 90 "default keys, 8 workers" --workers 8 --rounds 1
 
+echo "== each epoch's start: a loader per epoch against the read-ahead one, 4 workers, a 30 ms stand-in step =="
+timeout 60 "$PY" benchmarks/bench_epoch_start.py --workers 4 --step-ms 30 --rounds 1 --epochs 4 \
+    || echo "(bench_epoch_start: exit $?)"
+
 echo "== paper-run estimate: 20 steps after 3 warm-up steps, paper batch and size =="
 timeout 90 "$PY" -m selmask_lib.cli estimate --preset paper --steps 20 --warmup 3 --gpus 4 \
     || echo "(estimate: exit $?)"
