@@ -20,7 +20,8 @@ masks) shows the extra cost of the scoring view per training image.
 The fixed cost of an epoch (what an epoch costs beyond its images) is measured
 on its own, since selective masking runs K x as many epochs as random masking
 (K steps of E epochs on 1/K of the pool): per epoch, the wait for the first
-training batch (loader start-up), the rest of the training pass, validation,
+training batch (loader start-up; with workers, only the first epoch of a
+loader, as later ones are read ahead), the rest of the training pass, validation,
 the metrics row and checkpoints. A line ``seconds = fixed + per_image x
 images`` through the training passes of both strategies separates the two,
 and its weight at K=10 is printed.
@@ -103,7 +104,7 @@ class EpochParts:
     """Per-epoch seconds of each part of :func:`selmask_lib.engine.fit`'s epoch, by wrapping the library's methods.
 
     ``first_batch``: from the start of the training pass to its first batch
-    (loader and worker start-up); ``train``: the rest of the pass; ``val``:
+    (loader and worker start-up, or a batch read ahead); ``train``: the rest of the pass; ``val``:
     validation (``Trainer.mean_loss``); ``log``: the metrics row. Checkpoints
     are timed by :class:`WallTimer` on ``save_checkpoint``.
     """

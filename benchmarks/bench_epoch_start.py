@@ -61,8 +61,7 @@ def one_side(cfg, dataset, read_ahead: bool, epochs: int, step_s: float, val_s: 
             time.sleep(step_s)  # the device's training step
         timings.append((first, time.perf_counter() - started))
         time.sleep(val_s)  # validation and the checkpoint: read-ahead workers go on meanwhile
-    del trainer  # its workers exit
-    return timings
+    return timings  # the trainer goes, and its workers with it
 
 
 def main() -> None:

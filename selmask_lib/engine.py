@@ -818,8 +818,9 @@ class Trainer:
         With persistent workers (and workers) one loader reads ahead through
         the epochs up to ``cfg.epochs`` (:class:`~selmask_lib.read_ahead.ReadAheadLoader`):
         the next epoch's first batches are built while this one trains,
-        validates and checkpoints, so no epoch starts by waiting for its
-        first batch. The batches are the same either way.
+        validates and checkpoints, so an epoch after the first does not
+        start by waiting for a worker to build its first batch. The batches
+        are the same either way.
         """
         cfg, keys = self.cfg, (*prefix, epoch)
         if not self._keeps_workers():
@@ -864,9 +865,12 @@ class Trainer:
 
     def _keep(self, cache_key: tuple, dataset, loader) -> None:
         """Keep ``loader`` (and its workers) for ``dataset``; the oldest of three goes, its workers with it."""
-        self._kept_loaders.pop(cache_key, None)
+        replaced = [self._kept_loaders.pop(cache_key)[1]] if cache_key in self._kept_loaders else []
         while len(self._kept_loaders) >= 3:
-            del self._kept_loaders[next(iter(self._kept_loaders))]
+            replaced.append(self._kept_loaders.pop(next(iter(self._kept_loaders)))[1])
+        for old in replaced:  # a read-ahead loader's workers go at once, even if an epoch of it is still held
+            if isinstance(old, ReadAheadLoader):
+                old.close()
         self._kept_loaders[cache_key] = (dataset, loader)  # the dataset is held so its id stays its own
 
     def seed_torch(self, *keys: Any) -> None:

@@ -10,7 +10,10 @@ DataLoader a batch sampler that runs through all the epochs left
 (:class:`EpochBatches`) and hands out their batches one epoch at a time from
 its one iterator: the workers' prefetch flows from one epoch into the next,
 through validation and checkpoints. The batches are exactly those of a
-loader built per epoch (tested); only the waiting goes.
+loader built per epoch (tested). What is left to wait for: each loader's
+first epoch (the workers start there), the first epoch after a resume or
+after an epoch left half-way, and any batch that the workers cannot build
+as fast as the device trains.
 """
 
 from __future__ import annotations
@@ -78,7 +81,13 @@ class ReadAheadLoader:
         self._handed_out += self.batches_per_epoch
         return OneEpoch(self, self.batches_per_epoch, sampler)
 
+    def close(self) -> None:
+        """Let the workers go now (the loader that replaces this one starts its own), whoever still holds an epoch."""
+        self._iterator, self._upcoming = None, []
+
     def _next_batch(self) -> Any:
+        if self._iterator is None:
+            raise RuntimeError("this read-ahead loader was closed: a newer one took its place")
         try:
             batch = next(self._iterator)
         except StopIteration:
@@ -102,8 +111,7 @@ class OneEpoch:
         if self._started:  # a second pass would take the next epoch's batches
             raise RuntimeError("an epoch of a ReadAheadLoader is iterated once")
         self._started = True
-        for _ in range(self._n_batches):
-            yield self._stream._next_batch()
+        return (self._stream._next_batch() for _ in range(self._n_batches))
 
 
 __all__ = ["EpochBatches", "OneEpoch", "ReadAheadLoader"]

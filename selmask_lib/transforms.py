@@ -156,7 +156,9 @@ def _grayscale(images: torch.Tensor) -> torch.Tensor:
 
 
 def _blend(images: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    return _in_dtype_of(images.mul(ratio).add_(other.mul(1.0 - ratio)).clamp_(0, _bound(images)), images)
+    # torchvision: image1.mul(ratio).add_(image2, alpha=1 - ratio); addcmul_ is that with a ratio per image,
+    # rounded the same way (a separate other.mul(1 - ratio) rounds once more: a uint8 level now and then).
+    return _in_dtype_of(images.mul(ratio).addcmul_(other, 1.0 - ratio).clamp_(0, _bound(images)), images)
 
 
 def _brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -214,18 +216,18 @@ class ColourJitterOnDevice:
         groups = jitter_groups(draws)
         if groups:
             rows = [row for group in groups for row in group.rows]
+            # One copy: the groups' rows (as float32: exact, as a batch has far fewer than 2**24 images),
+            # then their factors.
             packed = torch.tensor(rows + [factor for group in groups for factor in group.factors])
-            packed = to_device_without_waiting(packed, images.device)  # rows, then their factors
+            packed = to_device_without_waiting(packed, images.device)
             device_rows, device_factors = packed[:len(rows)].long(), packed[len(rows):]
-            start, slot, slot_input = 0, -1, images
-            for group in groups:
-                if group.slot != slot:  # a new slot: its groups read what the slots before it wrote
-                    slot, slot_input, images = group.slot, images, images.clone()
+            images = images.clone()  # written in place below; the caller's batch stays as it was
+            start = 0
+            for group in groups:  # slot by slot; the groups of one slot have no image in common
                 where = slice(start, start + len(group.rows))
                 start = where.stop
                 apply = _OPERATIONS[group.operation]
-                jittered = apply(slot_input.index_select(0, device_rows[where]),
-                                 device_factors[where].view(-1, 1, 1, 1))
+                jittered = apply(images.index_select(0, device_rows[where]), device_factors[where].view(-1, 1, 1, 1))
                 images.index_copy_(0, device_rows[where], jittered)
         mean, std = self._mean_and_std(images.device)
         # v2.functional.normalize's arithmetic, with statistics kept on the device: it would copy them
@@ -239,7 +241,7 @@ class ColourJitterOnDevice:
         return self._statistics[device]
 
 
-@dataclass(frozen=True)
+@dataclass
 class JitterGroup:
     """The images of a batch that do ``operation`` (0 brightness ... 3 hue) in ``slot`` of their order."""
 

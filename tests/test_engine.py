@@ -574,9 +574,12 @@ def test_epoch_loader_starts_again_after_an_epoch_left_half_way_or_a_resume():
     data = _RandomItems()
     resumed = reading.epoch_loader(data, 1)  # a run resumed after epoch 0
     assert _same_batches(list(resumed), list(per_epoch.loader(data, True, 1)))
-    next(iter(reading.epoch_loader(data, 2)))  # one batch, then an error in the training step
+    crashed = iter(reading.epoch_loader(data, 2))
+    next(crashed)  # one batch, then an error in the training step
     for epoch in (2, 3):  # epoch 2 again (the crashed epoch replayed), then epoch 3
         assert _same_batches(list(reading.epoch_loader(data, epoch)), list(per_epoch.loader(data, True, epoch)))
+    with pytest.raises(RuntimeError, match="closed"):  # its workers went when the new loader took its place
+        next(crashed)
     once = reading.epoch_loader(data, 1)  # a new run of the same set from epoch 1
     list(once)
     with pytest.raises(RuntimeError, match="once"):

@@ -167,8 +167,8 @@ def test_colour_jitter_on_the_device_gives_the_workers_images(dtype, jitter_p):
     orders = {tuple(order.int().tolist()) for order in draws[applied, 1:5]}
     assert len(orders) > 1 and all(sorted(order) == [0, 1, 2, 3] for order in orders)
     difference = (in_worker - on_device).abs() * torch.tensor(DEFAULT_STD).view(1, 3, 1, 1)  # in [0, 1] units
-    if dtype == torch.uint8:  # truncation to uint8 after each operation: a level now and then
-        assert difference.max() <= 1.01 / 255 and (difference == 0).float().mean() > 0.999
+    if dtype == torch.uint8:  # the same arithmetic, truncated to uint8 after each operation as torchvision does
+        assert difference.max() == 0
     else:
         assert difference.max() < 1e-5
     unjittered = ~applied
