@@ -199,9 +199,10 @@ class ColourJitterOnDevice:
     exactly its own operations, and the costly HSV round trip of the hue
     runs once per image, not over the whole batch in every slot. The groups'
     rows and factors travel to the device in one copy per batch, and
-    nothing waits for the GPU. Results match the per-image jitter of a
-    loader worker up to float rounding (a uint8 level now and then):
-    ``tests/test_transforms.py``.
+    nothing waits for the GPU. On a CPU the results equal the per-image
+    jitter of a loader worker (uint8), or match it up to float rounding
+    (float): ``tests/test_transforms.py``. A GPU's kernels may round
+    differently (``benchmarks/check_jitter_on_device.py`` measures it).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
