@@ -6,6 +6,8 @@ through the deferred one from the same seed; ``ColourJitterOnDevice``
 finishes the deferred batch on the device. Prints how far apart the two are
 (in levels of 255) and, on CUDA, checks that finishing a batch makes the host
 wait for the GPU nowhere (``torch.cuda.set_sync_debug_mode("error")``).
+Then it times finishing one batch: the host's seconds to queue it, and (on
+CUDA) the device's seconds to run it, to compare with a training step.
 
     python benchmarks/check_jitter_on_device.py [--device cuda] [--size 256] [--images 64]
 """
@@ -13,6 +15,7 @@ wait for the GPU nowhere (``torch.cuda.set_sync_debug_mode("error")``).
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 from torchvision import tv_tensors
@@ -42,6 +45,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, default=256, help="crop size (default 256)")
     parser.add_argument("--images", type=int, default=64, help="images in the batch (default 64)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed batches (default 20)")
     args = parser.parse_args()
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(1)
@@ -67,6 +71,30 @@ def main() -> None:
         print(f"{name}: {device.type} against the workers, in levels of 255: mean {difference.mean():+.3f}, "
               f"mean |d| {difference.abs().mean():.3f}, max |d| {difference.abs().max():.2f}, "
               f"equal {100 * (difference == 0).float().mean():.3f} %")
+        print(f"{name}: " + time_finishing(finish, crops, draws, device, args.repeats))
+
+
+def time_finishing(finish: ColourJitterOnDevice, crops: torch.Tensor, draws: torch.Tensor, device: torch.device,
+                   repeats: int) -> str:
+    """Milliseconds to finish the batch: queued by the host, and run by the device (CUDA events)."""
+    synchronise = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    finish(crops, draws)
+    synchronise()
+    host = []
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+    for _ in range(repeats):
+        queued = time.perf_counter()
+        finish(crops, draws)
+        host.append(time.perf_counter() - queued)
+    if device.type == "cuda":
+        end.record()
+    synchronise()
+    line = f"finishing a batch of {len(crops)}: host {1000 * sorted(host)[len(host) // 2]:.2f} ms (median)"
+    if device.type == "cuda":
+        line += f", device {start.elapsed_time(end) / repeats:.2f} ms (mean of {repeats})"
+    return line
 
 
 if __name__ == "__main__":
