@@ -37,6 +37,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -46,7 +47,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -843,10 +844,12 @@ class Trainer:
 
         cfg, batch_size = self.cfg, self.cfg.batch_size
 
-        def batches_of(keys: tuple) -> list[list]:
-            items = list(SeededItems(seeded_order(dataset, True, cfg.seed, *keys), cfg.seed, *keys))
-            batches = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
-            return batches[:-1] if cfg.drop_last and batches and len(batches[-1]) < batch_size else batches
+        def batches_of(keys: tuple) -> Iterator[list]:  # lazily, as a DataLoader's batch sampler draws them
+            items = iter(SeededItems(seeded_order(dataset, True, cfg.seed, *keys), cfg.seed, *keys))
+            while batch := list(itertools.islice(items, batch_size)):
+                if cfg.drop_last and len(batch) < batch_size:
+                    return
+                yield batch
 
         def make_loader(batch_sampler) -> DataLoader:
             return DataLoader(SeededAugmentation(dataset), batch_sampler=batch_sampler,

@@ -18,7 +18,7 @@ as fast as the device trains.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -32,7 +32,7 @@ class EpochBatches(torch.utils.data.Sampler):
     so a long run never holds every epoch's order at once.
     """
 
-    def __init__(self, batches_of: Callable[[Hashable], Sequence[Batch]], epochs: Sequence[Hashable]):
+    def __init__(self, batches_of: Callable[[Hashable], Iterable[Batch]], epochs: Sequence[Hashable]):
         self.batches_of, self.epochs = batches_of, list(epochs)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -53,7 +53,7 @@ class ReadAheadLoader:
     """
 
     def __init__(self, make_loader: Callable[[EpochBatches], Any],
-                 batches_of: Callable[[Hashable], Sequence[Batch]], epochs: Sequence[Hashable],
+                 batches_of: Callable[[Hashable], Iterable[Batch]], epochs: Sequence[Hashable],
                  batches_per_epoch: int):
         self._loader = make_loader(EpochBatches(batches_of, epochs))
         self._upcoming = list(epochs)[::-1]  # popped from the end
