@@ -37,7 +37,6 @@ import contextlib
 import csv
 import hashlib
 import io
-import itertools
 import json
 import logging
 import math
@@ -47,7 +46,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -840,16 +839,13 @@ class Trainer:
 
     def _read_ahead_loader(self, dataset, epochs: list[tuple], n_images: int) -> ReadAheadLoader:
         """A :class:`ReadAheadLoader` over ``epochs`` of ``dataset``: each epoch's batches as :func:`seeded_loader`'s."""
-        from torch.utils.data import DataLoader
+        from torch.utils.data import BatchSampler, DataLoader
 
-        cfg, batch_size = self.cfg, self.cfg.batch_size
+        cfg = self.cfg
 
-        def batches_of(keys: tuple) -> Iterator[list]:  # lazily, as a DataLoader's batch sampler draws them
-            items = iter(SeededItems(seeded_order(dataset, True, cfg.seed, *keys), cfg.seed, *keys))
-            while batch := list(itertools.islice(items, batch_size)):
-                if cfg.drop_last and len(batch) < batch_size:
-                    return
-                yield batch
+        def batches_of(keys: tuple) -> BatchSampler:  # what seeded_loader's DataLoader batches, drawn lazily
+            items = SeededItems(seeded_order(dataset, True, cfg.seed, *keys), cfg.seed, *keys)
+            return BatchSampler(items, cfg.batch_size, cfg.drop_last)
 
         def make_loader(batch_sampler) -> DataLoader:
             return DataLoader(SeededAugmentation(dataset), batch_sampler=batch_sampler,
@@ -857,7 +853,7 @@ class Trainer:
                               prefetch_factor=cfg.prefetch_factor,
                               generator=epoch_generator(cfg.seed, "workers", *epochs[0]))
 
-        batches_per_epoch = n_images // batch_size if cfg.drop_last else math.ceil(n_images / batch_size)
+        batches_per_epoch = len(BatchSampler(range(n_images), cfg.batch_size, cfg.drop_last))
         return ReadAheadLoader(make_loader, batches_of, epochs, batches_per_epoch)
 
     def _keeps_workers(self) -> bool:
