@@ -8,7 +8,8 @@ checkpoints and set-up are left out).
 
 Bare: a loop written here, on the same U-Net (``selmask_lib.models``), batch,
 image size, loss (``ReconstructionLoss`` / the Jaccard loss) and Adam
-(``engine.adam_optimizer``, so the ratio measures the kit's overhead, not its optimiser), on
+(``engine.adam_optimizer``, fused where the kit's is: CUDA with ``sync_free_steps``; so the ratio
+measures the kit's overhead, not its optimiser), on
 images already in memory as tensors (the same training images, centre-cropped
 once): shuffle, mask, forward, loss, backward, step. No checks, no loader.
 
@@ -21,9 +22,10 @@ Target: >= 0.95x.
     .venv/bin/python benchmarks/bench_throughput.py --device cuda --image-size 256 --batch-size 32
     .venv/bin/python benchmarks/bench_throughput.py --profile       # where the kit's epoch time goes
     .venv/bin/python benchmarks/bench_throughput.py --device cuda --set channels_last=true   # one speed key
+    .venv/bin/python benchmarks/bench_throughput.py --device cuda --sync-census   # where the host waits
 
 ``--set KEY=VALUE`` changes the kit's configs only (each loop where it has the
-key). The bare loop stays plain (it only follows the run's precision), so
+key). The bare loop stays plain (it only follows the run's precision and Adam kind), so
 the kit's images/s with and without a speed key (channels_last, compile,
 num_workers, pin_memory, ...) is that key's measured effect.
 """
@@ -31,7 +33,9 @@ num_workers, pin_memory, ...) is that key's measured effect.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import math
 import cProfile
 import os
 import pstats
@@ -39,6 +43,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 os.environ["SELMASK_NO_PROGRESS"] = "1"
@@ -135,11 +140,14 @@ def in_memory_segmentation_split(cfg) -> tuple[torch.Tensor, torch.Tensor, int]:
 def bare_epochs(model, images, targets, loss_of, cfg, device, epochs: int) -> float:
     """``epochs`` plain epochs (shuffle, forward, loss, backward, Adam); images per second.
 
-    On CUDA it uses the kit's resolved precision (autocast dtype, float16 loss scaling).
+    On CUDA it uses the kit's resolved precision (autocast dtype, float16 loss scaling) and Adam kind.
+    It never reads a loss: the host queues steps without waiting for the GPU.
     """
     model = model.to(device).train()
-    optimizer = adam_optimizer(model.parameters(), cfg.lr)  # the kit's Adam: the same update, the same speed
-    amp_dtype = Trainer(cfg, torch.nn.Identity()).amp_dtype
+    kit = Trainer(cfg, torch.nn.Identity())
+    # the kit's Adam (fused with sync_free_steps on CUDA): the same update, the same speed
+    optimizer = adam_optimizer(model.parameters(), cfg.lr, fused=kit.sync_free_steps)
+    amp_dtype = kit.amp_dtype
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     images, targets = images.to(device), targets.to(device)
     generator = torch.Generator().manual_seed(0)
@@ -234,6 +242,79 @@ def profile_kit(configs, tmp: Path, top: int, sort: str = "cumulative") -> None:
         pstats.Stats(profiler, stream=sys.stdout).sort_stats(sort).print_stats(top)
 
 
+class SyncCensus:
+    """Each time the host waits for the GPU while it is on: torch's sync debug mode, counted by call site.
+
+    A host that waits for the GPU cannot queue the next step's work while the
+    GPU runs this one (``torch.cuda.set_sync_debug_mode``: a copy from
+    pageable memory, reading a device value, ...). CUDA only. The warnings
+    name the innermost Python line that called into torch.
+    """
+
+    def __init__(self):
+        self.sites: collections.Counter = collections.Counter()
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Collect the warnings of everything run inside; the debug mode is switched on by :meth:`on`."""
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            yield
+        for record in records:
+            if "synchroniz" in str(record.message):
+                self.sites[f"{Path(record.filename).parent.name}/{Path(record.filename).name}:{record.lineno}"] += 1
+
+    @contextlib.contextmanager
+    def on(self):
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    def report(self, title: str, steps: int, top: int = 10) -> None:
+        total = sum(self.sites.values())
+        print(f"  {title}: {total} host waits in {steps} training steps ({total / max(steps, 1):.1f} a step)")
+        for site, count in self.sites.most_common(top):
+            print(f"    {count / max(steps, 1):6.2f} a step  {site}")
+
+
+def sync_census(configs, data, device: torch.device, tmp: Path) -> None:
+    """Host waits per training step of one kit run and one bare run of each loop (1 epoch each)."""
+    if device.type != "cuda":
+        print("sync census: CUDA only (torch.cuda.set_sync_debug_mode); nothing to count on", device)
+        return
+    pre, fine = (cfg.updated(epochs=1) for cfg in configs)
+    images, seg_images, seg_labels, num_classes = data
+
+    def steps(cfg, n_images: int) -> int:
+        return cfg.epochs * (n_images // cfg.batch_size if cfg.drop_last else math.ceil(n_images / cfg.batch_size))
+
+    print("\nsync census (torch.cuda.set_sync_debug_mode 'warn'; kit: inside training epochs only):")
+    original = Trainer.train_one_epoch
+    for name, cfg, n_images, kit, bare in (
+            ("pretraining", pre, len(images), lambda: pretrain_random(pre, tmp / "census-pretrain", resume=False),
+             lambda: bare_pretraining(pre, images, device)),
+            ("fine-tuning", fine, len(seg_images), lambda: finetune(fine, tmp / "census-finetune", resume=False),
+             lambda: bare_finetuning(fine, seg_images, seg_labels, num_classes, device))):
+        kit_census, bare_census = SyncCensus(), SyncCensus()
+
+        def counted(trainer, *args, **kwargs):
+            with kit_census.on():
+                return original(trainer, *args, **kwargs)
+
+        Trainer.train_one_epoch = counted
+        try:
+            with kit_census.recording():
+                kit()
+        finally:
+            Trainer.train_one_epoch = original
+        with bare_census.recording(), bare_census.on():
+            bare()
+        kit_census.report(f"kit {name}", steps(cfg, n_images))
+        bare_census.report(f"bare {name} (its set-up and the timing's synchronise included)", steps(cfg, n_images))
+
+
 def build_configs(args, data_root: str):
     shared = dict(data_root=data_root, device=args.device)
     if args.image_size:
@@ -282,6 +363,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch.set_num_threads (default: every core available)")
     parser.add_argument("--profile", action="store_true", help="also cProfile one kit run of each loop")
+    parser.add_argument("--sync-census", action="store_true",
+                        help="CUDA: only count where the host waits for the GPU in one epoch of each side and loop "
+                             "(no timing)")
     parser.add_argument("--profile-sort", default="cumulative", choices=("cumulative", "tottime"),
                         help="order of the profile's functions (default cumulative)")
     args = parser.parse_args()
@@ -305,6 +389,9 @@ def main() -> None:
     data = (images, seg_images, seg_labels, num_classes)
     with tempfile.TemporaryDirectory(prefix="selmask-throughput-") as tmp:
         tmp = Path(tmp)
+        if args.sync_census:
+            sync_census(configs, data, device, tmp)
+            return
         warm = (pre.updated(epochs=1, max_images=16), fine.updated(epochs=1, max_train_images=16))
         with contextlib.redirect_stdout(open(os.devnull, "w")):  # untimed: first passes of a process are slow
             one_round(-2, warm, data, device, tmp)

@@ -53,6 +53,7 @@ from torch.utils.data import DistributedSampler
 
 __all__ = [
     "all_reduce_mean",
+    "sum_over_processes_",
     "all_reduce_sum",
     "barrier",
     "broadcast_buffers",
@@ -233,6 +234,17 @@ def finite_on_every_process(loss: torch.Tensor, value: float) -> bool:
     total = loss.detach().float().reshape(1).clone()
     dist.all_reduce(total)  # NaN or infinity anywhere makes the sum non-finite
     return bool(torch.isfinite(total).item())
+
+
+def sum_over_processes_(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over all processes, in place and on its own device; unchanged in one process.
+
+    Unlike :func:`finite_on_every_process` nothing is read back: on a GPU
+    the host queues the all-reduce and goes on without waiting for it.
+    """
+    if is_distributed():
+        dist.all_reduce(tensor)
+    return tensor
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,6 @@ from .distributed import (
     barrier,
     broadcast_buffers,
     eval_shard,
-    finite_on_every_process,
     is_distributed,
     is_main_process,
     local_device,
@@ -65,6 +64,7 @@ from .distributed import (
     shard_sampler,
     wrap_model,
 )
+from .epoch_losses import EpochLosses
 from .errors import DivergenceError, SelmaskError
 from .files import append_text, atomic_write, ensure_writable_dir, write_text_atomic
 from .read_ahead import ReadAheadLoader
@@ -550,15 +550,20 @@ def _require_finite_losses(row: dict[str, Any], what: str) -> None:
             raise DivergenceError(f"{what}: epoch {row['epoch']} {key} is {value} (lr {row['lr']:g})")
 
 
-def adam_optimizer(parameters: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
-    """Adam at ``lr`` with torch's multi-tensor ("foreach") update, on every device.
+def adam_optimizer(parameters: Iterable[torch.nn.Parameter], lr: float, fused: bool = False) -> torch.optim.Adam:
+    """Adam at ``lr`` with torch's multi-tensor ("foreach") update, or its fused one.
 
     On a CPU torch's default update is a Python loop over the parameter
     tensors: its interpreter time was about 4 % of a demo pretraining step
     (cProfile). The multi-tensor update does the same arithmetic in the same
     order, so the weights are bit-identical (``tests/test_engine.py``); on
-    CUDA it is torch's default already.
+    CUDA it is torch's default already. ``fused=True`` (CUDA with
+    ``sync_free_steps``) does the same arithmetic in one kernel, whose
+    rounding may differ in the last bit, and can skip a step on a flag held
+    on the device (``epoch_losses``).
     """
+    if fused:
+        return torch.optim.Adam(parameters, lr=lr, fused=True)
     return torch.optim.Adam(parameters, lr=lr, foreach=True)
 
 
@@ -571,9 +576,10 @@ class Optimisation:
     scaler: torch.amp.GradScaler
 
     @classmethod
-    def adam(cls, model: torch.nn.Module, cfg, device: str | torch.device, use_amp: bool) -> "Optimisation":
+    def adam(cls, model: torch.nn.Module, cfg, device: str | torch.device, use_amp: bool,
+             fused: bool = False) -> "Optimisation":
         """The paper's recipe for both loops: Adam at ``cfg.lr``, warm-up + cosine per epoch."""
-        optimizer = adam_optimizer(model.parameters(), cfg.lr)
+        optimizer = adam_optimizer(model.parameters(), cfg.lr, fused)
         scheduler = build_scheduler(optimizer, cfg.warmup_epochs, cfg.epochs, cfg.min_lr_ratio)
         return cls(optimizer, scheduler, make_grad_scaler(device, use_amp))
 
@@ -779,6 +785,7 @@ class Trainer:
         self.use_amp = self.amp_dtype is not None
         # The GPU speed settings (config.GPU_SPEED_FIELDS) are no-ops elsewhere: CPU results stay bit-identical.
         self.channels_last = cfg.channels_last and on_cuda
+        self.sync_free_steps = cfg.sync_free_steps and on_cuda  # losses read once per epoch, fused Adam
         self.colour_on_device = ColourJitterOnDevice(cfg.mean, cfg.std)  # for batches of deferred items only
         self.model = model.to(self.device, memory_format=torch.channels_last) if self.channels_last \
             else model.to(self.device)
@@ -905,34 +912,21 @@ class Trainer:
         """One optimisation pass over ``loader``; the mean loss per image over all processes.
 
         Divergence guard: a NaN or infinite loss stops the run before it
-        reaches the weights (:class:`DivergenceError`). The loss value is read
-        after the backward pass is queued and before the optimiser step, so
-        on a GPU the host waits once per step, while the backward pass runs,
-        rather than between the forward and the backward passes (under
-        torchrun, one scalar all-reduce so that every process stops at the
-        same batch: :func:`finite_on_every_process`). With
-        mixed precision an overflowing batch is normal: the grad scaler skips
-        its step and lowers its scale, so it is left out of the mean and only
-        a scale that keeps falling stops the run (:func:`fit`).
+        reaches the weights (:class:`DivergenceError`). The losses are read
+        each step, or on CUDA with ``sync_free_steps`` once at the end of the
+        epoch, so that the host never waits for the GPU inside a step: both
+        ways, and why, in :mod:`selmask_lib.epoch_losses`.
         """
-        total, count = 0.0, 0
+        losses = EpochLosses(optimisation, description, self.sync_free_steps, self.device)
         for batch_index, batch in enumerate(progress(loader, desc=description, leave=False)):
             batch = self.finish_batch(batch)
             loss = batch_loss(self.train_model, batch)
             optimisation.backward(loss)
-            value = float(loss.detach())
-            if not optimisation.scaler.is_enabled() and not finite_on_every_process(loss, value):
-                lr = optimisation.optimizer.param_groups[0]["lr"]
-                which = f"is {value}" if not math.isfinite(value) else "of another process is not finite"
-                raise DivergenceError(f"{description}: training loss {which} at batch {batch_index} (lr {lr:g})")
-            optimisation.apply_gradients()  # with AMP, non-finite gradients make the scaler skip the step
-            if not math.isfinite(value):
-                continue
-            n = len(batch[0])
-            total += value * n
-            count += n
+            losses.add(batch_index, loss, len(batch[0]))  # may raise before the step reaches the weights
+            optimisation.apply_gradients()  # skipped on a non-finite loss (scaler, or fused Adam's flag)
+        mean = losses.mean()
         broadcast_buffers(self.model)  # torchrun: every process evaluates rank 0's BatchNorm stats
-        return all_reduce_mean(total / count if count else math.nan, count)
+        return mean
 
     @torch.no_grad()
     def mean_loss(self, loader, batch_loss: BatchLoss, description: str = "") -> float:
@@ -945,13 +939,18 @@ class Trainer:
             count += n
         return all_reduce_mean(total / max(count, 1), count)
 
+    def new_optimisation(self) -> Optimisation:
+        """A fresh Adam, schedule and grad scaler for this trainer's model (fused Adam with ``sync_free_steps``)."""
+        # Loss scaling for float16 only: bfloat16 has float32's range.
+        return Optimisation.adam(self.model, self.cfg, self.device, self.amp_dtype == torch.float16,
+                                 fused=self.sync_free_steps)
+
     def fit(self, run_dir: str | Path, train_epoch: Callable[[int, Optimisation], dict],
             evaluate: Optional[Callable[[int], dict]] = None, *, resume: bool = True,
             best_metric: Optional[str] = None, best_mode: str = "max",
             checkpoint_final: bool = True) -> FitResult:
         """:func:`fit` ``cfg.epochs`` epochs with a fresh Adam and warm-up + cosine schedule."""
-        # Loss scaling for float16 only: bfloat16 has float32's range.
-        optimisation = Optimisation.adam(self.model, self.cfg, self.device, self.amp_dtype == torch.float16)
+        optimisation = self.new_optimisation()
         return fit(self.model, optimisation, lambda epoch: train_epoch(epoch, optimisation), self.cfg.epochs,
                    run_dir, evaluate=evaluate, resume=resume, config_hash=self.config_hash,
                    best_metric=best_metric, best_mode=best_mode, checkpoint_every=self.cfg.checkpoint_every,

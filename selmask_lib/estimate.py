@@ -85,9 +85,7 @@ def paper_phases(dataset: str, pre: PretrainConfig, fine: FinetuneConfig, pre_ti
 
 def _time_steps(trainer, batches: list, batch_loss, steps: int, warmup: int) -> StepTimes:
     """Seconds per training step and per evaluation step, after ``warmup`` untimed steps of each."""
-    from .engine import Optimisation
-
-    optimisation = Optimisation.adam(trainer.model, trainer.cfg, trainer.device, trainer.amp_dtype == torch.float16)
+    optimisation = trainer.new_optimisation()
 
     def seconds_per_step(run, count: int) -> float:
         _synchronise(trainer.device)

@@ -6,7 +6,8 @@ they are kept to two): the ``selmask`` command for a selective pretraining
 run, and a small worker script that checks the helpers of
 ``selmask_lib.distributed`` across two processes, then runs a random
 pretraining, a fine-tuning from the selective run, and a selective run that
-crashes inside a step on every rank and is resumed.
+crashes inside a step on every rank and is resumed, and two runs whose loss
+is NaN on one rank only (read each step, and read once per epoch).
 """
 
 import json
@@ -154,6 +155,24 @@ WORKER = textwrap.dedent('''
         seen["diverged"] = str(error)
     finally:
         ReconstructionLoss.forward = forward
+
+    # The same with the losses read once per epoch (CUDA's sync_free_steps, forced on this CPU): the flag
+    # that skips the steps is summed over the processes, so both stop, at the same batch.
+    trainer_init = Trainer.__init__
+
+    def sync_free(self, *args, **kwargs):
+        trainer_init(self, *args, **kwargs)
+        self.sync_free_steps = True
+
+    Trainer.__init__ = sync_free
+    if rank == 1:
+        ReconstructionLoss.forward = lambda self, pred, target: forward(self, pred, target) * float("nan")
+    try:
+        pretrain(cfg, out_dir=out / "diverged_late")
+    except DivergenceError as error:
+        seen["diverged_late"] = str(error)
+    finally:
+        ReconstructionLoss.forward, Trainer.__init__ = forward, trainer_init
     (out / f"seen_rank{rank}.json").write_text(json.dumps(seen))
 ''')
 
@@ -208,6 +227,9 @@ def test_a_loss_that_diverges_on_one_process_stops_every_process(worker_runs):
     _, seen, _ = worker_runs
     assert "training loss is nan at batch 0" in seen[1]["diverged"]
     assert "training loss of another process is not finite at batch 0" in seen[0]["diverged"]
+    # read at the end of the epoch (sync_free_steps): the same batch and words on each process
+    assert "training loss is nan at batch 0" in seen[1]["diverged_late"]
+    assert "training loss of another process is not finite at batch 0" in seen[0]["diverged_late"]
 
 
 def test_helpers_across_two_gloo_processes(worker_runs):
