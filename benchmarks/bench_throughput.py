@@ -137,7 +137,8 @@ def in_memory_segmentation_split(cfg) -> tuple[torch.Tensor, torch.Tensor, int]:
     return torch.stack(images), torch.stack(labels), split.num_classes
 
 
-def bare_epochs(model, images, targets, loss_of, cfg, device, epochs: int) -> float:
+def bare_epochs(model, images, targets, loss_of, cfg, device, epochs: int,
+                around_steps=contextlib.nullcontext) -> float:
     """``epochs`` plain epochs (shuffle, forward, loss, backward, Adam); images per second.
 
     On CUDA it uses the kit's resolved precision (autocast dtype, float16 loss scaling) and Adam kind.
@@ -153,21 +154,22 @@ def bare_epochs(model, images, targets, loss_of, cfg, device, epochs: int) -> fl
     generator = torch.Generator().manual_seed(0)
     synchronise(device)
     started = time.perf_counter()
-    for _ in range(epochs):
-        order = torch.randperm(len(images), generator=generator)
-        for start in range(0, len(images), cfg.batch_size):
-            batch = order[start:start + cfg.batch_size].to(device)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = loss_of(model, images[batch], targets[batch])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+    with around_steps():  # the sync census counts the steps only
+        for _ in range(epochs):
+            order = torch.randperm(len(images), generator=generator)
+            for start in range(0, len(images), cfg.batch_size):
+                batch = order[start:start + cfg.batch_size].to(device)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    loss = loss_of(model, images[batch], targets[batch])
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
     synchronise(device)
     return epochs * len(images) / (time.perf_counter() - started)
 
 
-def bare_pretraining(cfg, images: torch.Tensor, device: torch.device) -> float:
+def bare_pretraining(cfg, images: torch.Tensor, device: torch.device, **options) -> float:
     torch.manual_seed(cfg.seed)
     loss_fn = ReconstructionLoss()
     cell_of_pixel = patch_index_map(patch_grid(cfg.image_size, cfg.image_size, cfg.n_patches)).to(device)
@@ -180,11 +182,12 @@ def bare_pretraining(cfg, images: torch.Tensor, device: torch.device) -> float:
         pixels = masked_patches[:, cell_of_pixel].unsqueeze(1)  # [B, 1, S, S]
         return loss_fn(model(batch.masked_fill(pixels, 0.0)).float(), target)
 
-    return bare_epochs(build_reconstruction_model(cfg.dropout), images, images, loss_of, cfg, device, cfg.epochs)
+    return bare_epochs(build_reconstruction_model(cfg.dropout), images, images, loss_of, cfg, device, cfg.epochs,
+                       **options)
 
 
 def bare_finetuning(cfg, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                    device: torch.device) -> float:
+                    device: torch.device, **options) -> float:
     torch.manual_seed(cfg.seed)
     loss_fn = segmentation_loss()
 
@@ -192,7 +195,7 @@ def bare_finetuning(cfg, images: torch.Tensor, labels: torch.Tensor, num_classes
         return loss_fn(model(batch).float(), target)
 
     model = build_segmentation_model(num_classes, cfg.dropout)
-    return bare_epochs(model, images, labels, loss_of, cfg, device, cfg.epochs)
+    return bare_epochs(model, images, labels, loss_of, cfg, device, cfg.epochs, **options)
 
 
 # --------------------------------------------------------------------------- rounds
@@ -246,9 +249,11 @@ class SyncCensus:
     """Each time the host waits for the GPU while it is on: torch's sync debug mode, counted by call site.
 
     A host that waits for the GPU cannot queue the next step's work while the
-    GPU runs this one (``torch.cuda.set_sync_debug_mode``: a copy from
-    pageable memory, reading a device value, ...). CUDA only. The warnings
-    name the innermost Python line that called into torch.
+    GPU runs this one (``torch.cuda.set_sync_debug_mode``: a blocking copy
+    between host and device, reading a device value, ...; it does not see a
+    ``non_blocking`` copy from pageable memory, nor a wait inside NCCL).
+    CUDA only. The warnings name the innermost Python line that called into
+    torch.
     """
 
     def __init__(self):
@@ -261,16 +266,17 @@ class SyncCensus:
             warnings.simplefilter("always")
             yield
         for record in records:
-            if "synchroniz" in str(record.message):
+            if "called a synchronizing CUDA operation" in str(record.message):
                 self.sites[f"{Path(record.filename).parent.name}/{Path(record.filename).name}:{record.lineno}"] += 1
 
     @contextlib.contextmanager
     def on(self):
+        previous = torch.cuda.get_sync_debug_mode()
         torch.cuda.set_sync_debug_mode("warn")
         try:
             yield
         finally:
-            torch.cuda.set_sync_debug_mode("default")
+            torch.cuda.set_sync_debug_mode(previous)
 
     def report(self, title: str, steps: int, top: int = 10) -> None:
         total = sum(self.sites.values())
@@ -290,13 +296,14 @@ def sync_census(configs, data, device: torch.device, tmp: Path) -> None:
     def steps(cfg, n_images: int) -> int:
         return cfg.epochs * (n_images // cfg.batch_size if cfg.drop_last else math.ceil(n_images / cfg.batch_size))
 
-    print("\nsync census (torch.cuda.set_sync_debug_mode 'warn'; kit: inside training epochs only):")
+    print("\nsync census (torch.cuda.set_sync_debug_mode 'warn'; training epochs only):")
     original = Trainer.train_one_epoch
     for name, cfg, n_images, kit, bare in (
             ("pretraining", pre, len(images), lambda: pretrain_random(pre, tmp / "census-pretrain", resume=False),
-             lambda: bare_pretraining(pre, images, device)),
+             lambda census: bare_pretraining(pre, images, device, around_steps=census.on)),
             ("fine-tuning", fine, len(seg_images), lambda: finetune(fine, tmp / "census-finetune", resume=False),
-             lambda: bare_finetuning(fine, seg_images, seg_labels, num_classes, device))):
+             lambda census: bare_finetuning(fine, seg_images, seg_labels, num_classes, device,
+                                            around_steps=census.on))):
         kit_census, bare_census = SyncCensus(), SyncCensus()
 
         def counted(trainer, *args, **kwargs):
@@ -309,10 +316,10 @@ def sync_census(configs, data, device: torch.device, tmp: Path) -> None:
                 kit()
         finally:
             Trainer.train_one_epoch = original
-        with bare_census.recording(), bare_census.on():
-            bare()
+        with bare_census.recording():
+            bare(bare_census)
         kit_census.report(f"kit {name}", steps(cfg, n_images))
-        bare_census.report(f"bare {name} (its set-up and the timing's synchronise included)", steps(cfg, n_images))
+        bare_census.report(f"bare {name}", steps(cfg, n_images))
 
 
 def build_configs(args, data_root: str):

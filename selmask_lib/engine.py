@@ -567,6 +567,27 @@ def adam_optimizer(parameters: Iterable[torch.nn.Parameter], lr: float, fused: b
     return torch.optim.Adam(parameters, lr=lr, foreach=True)
 
 
+def load_optimiser_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(saved)``, keeping this run's kind of update (foreach or fused).
+
+    torch's loader takes each param group's flags from the checkpoint. A
+    checkpoint of the other kind (``sync_free_steps`` switched, or a GPU run
+    resumed on a CPU) would bring its own: a foreach Adam that cannot skip a
+    step on the device, or a fused one on a CPU. Adam's step counters go where
+    this run's kind keeps them: on the parameter's device when fused (or
+    capturable), on the CPU otherwise.
+    """
+    kind = {key: optimizer.defaults[key] for key in ("foreach", "fused") if key in optimizer.defaults}
+    optimizer.load_state_dict(saved)
+    for group in optimizer.param_groups:
+        group.update(kind)
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(parameter.device if on_device else "cpu")
+
+
 @dataclass
 class Optimisation:
     """What a resumable checkpoint saves besides the model: optimiser, schedule and AMP scaler."""
@@ -673,7 +694,7 @@ def fit(
     if previous is not None:
         state = load_checkpoint(previous, expected_config_hash=config_hash)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimiser_state(optimizer, state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler") is not None:
@@ -917,14 +938,14 @@ class Trainer:
         epoch, so that the host never waits for the GPU inside a step: both
         ways, and why, in :mod:`selmask_lib.epoch_losses`.
         """
-        losses = EpochLosses(optimisation, description, self.sync_free_steps, self.device)
-        for batch_index, batch in enumerate(progress(loader, desc=description, leave=False)):
-            batch = self.finish_batch(batch)
-            loss = batch_loss(self.train_model, batch)
-            optimisation.backward(loss)
-            losses.add(batch_index, loss, len(batch[0]))  # may raise before the step reaches the weights
-            optimisation.apply_gradients()  # skipped on a non-finite loss (scaler, or fused Adam's flag)
-        mean = losses.mean()
+        with EpochLosses(optimisation, description, self.sync_free_steps, self.device) as losses:
+            for batch_index, batch in enumerate(progress(loader, desc=description, leave=False)):
+                batch = self.finish_batch(batch)
+                loss = batch_loss(self.train_model, batch)
+                optimisation.backward(loss)
+                losses.add(batch_index, loss, len(batch[0]))  # may raise before the step reaches the weights
+                optimisation.apply_gradients()  # skipped on a non-finite loss (scaler, or fused Adam's flag)
+            mean = losses.mean()
         broadcast_buffers(self.model)  # torchrun: every process evaluates rank 0's BatchNorm stats
         return mean
 

@@ -11,14 +11,16 @@ same weights.
   on a GPU nothing prepares the next batch while the backward pass runs.
 * **At the end of the epoch** (CUDA with ``sync_free_steps: true``, the
   default there): the losses' sum and count stay on the device and are read
-  once per epoch, so the host never waits for the GPU inside a step (as in
-  a bare PyTorch loop). A non-finite loss sets a flag on the device that
-  stays set for the rest of the epoch. Fused Adam reads it (its
+  once per epoch, so the host no longer waits for the GPU to read a loss
+  (a bare PyTorch loop reads none). A non-finite loss sets a flag on the
+  device that stays set for the rest of the epoch. Fused Adam reads it (its
   ``found_inf``, the tensor a grad scaler hands fused optimisers) and skips
-  that step and every later one, so the weights stay as they were before
-  the bad batch, as with the first way. The error is raised when the epoch
-  ends and names the first bad batch; the rest of the epoch is computed and
-  thrown away (an epoch of the paper's runs is seconds).
+  that step and every later one, so the weights and Adam's state stay as
+  they were before the bad batch, as with the first way (BatchNorm's running
+  statistics go on moving in the forward passes; nothing of the epoch is
+  saved). The error is raised when the epoch ends and names the first bad
+  batch; the rest of the epoch is computed and thrown away (an epoch of the
+  paper's runs is seconds).
 
 With float16 loss scaling an overflowing batch is normal, either way: the
 grad scaler skips its step and lowers its scale, so the batch is only left
@@ -45,7 +47,9 @@ class EpochLosses:
 
     ``optimisation`` is the :class:`~selmask_lib.engine.Optimisation` whose
     step follows each :meth:`add`; ``read_late`` picks the second way, which
-    needs its Adam fused (``engine.adam_optimizer(..., fused=True)``).
+    needs its Adam fused (``engine.adam_optimizer(..., fused=True)``). Use it
+    in a ``with`` block: however the epoch ends, the optimiser is left without
+    the epoch's skip flag.
     """
 
     def __init__(self, optimisation, description: str, read_late: bool, device: torch.device | str):
@@ -56,7 +60,7 @@ class EpochLosses:
         self.total, self.count = 0.0, 0  # each step: on the host
         if not read_late:
             return
-        if not self.optimizer.defaults.get("fused"):
+        if not all(group.get("fused") for group in self.optimizer.param_groups):
             raise SelmaskError("reading the losses at the end of the epoch needs a fused Adam: "
                                "only its step can be skipped on the device")
         zero = torch.zeros((), dtype=torch.float64, device=device)
@@ -96,12 +100,22 @@ class EpochLosses:
         if self.read_late:
             total, count, bad_batch, bad_value = torch.stack(
                 [self.device_total, self.device_count, self.first_bad_batch, self.first_bad_value]).tolist()
-            if self.guards:
-                del self.optimizer.found_inf, self.optimizer.grad_scale
+            self.close()
             if bad_batch >= 0:
                 raise self._divergence(int(bad_batch), bad_value)
             self.total, self.count = total, int(count)
         return all_reduce_mean(self.total / self.count if self.count else math.nan, self.count)
+
+    def close(self) -> None:
+        """Take the epoch's skip flag off the optimiser (a later step must not read a stale one)."""
+        if self.read_late and self.guards and getattr(self.optimizer, "found_inf", None) is self.skip:
+            del self.optimizer.found_inf, self.optimizer.grad_scale
+
+    def __enter__(self) -> "EpochLosses":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def _divergence(self, batch_index: int, value: float) -> DivergenceError:
         lr = self.optimizer.param_groups[0]["lr"]

@@ -148,6 +148,10 @@ class VoidAsClassJaccardLoss(torch.nn.Module):
         self.jaccard = smp.losses.JaccardLoss(mode="multiclass", from_logits=True, classes=list(range(void_class)))
 
     def forward(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        if self.jaccard.classes.device != logits.device:
+            # smp keeps the class list on the CPU and indexes the loss with it: on a GPU that would copy
+            # it there from pageable memory every call, making the host wait for the GPU. Once, here.
+            self.jaccard.classes = self.jaccard.classes.to(logits.device)
         return self.jaccard(logits, masks.masked_fill(masks == self.ignore_index, self.void_class))
 
 

@@ -13,6 +13,7 @@ import logging
 
 import torch
 from pytorch_msssim import ms_ssim, ssim
+from pytorch_msssim.ssim import _fspecial_gauss_1d
 
 from .config import RECON_LOSSES  # the values of the config key ``recon_loss``
 from .errors import SelmaskError
@@ -20,6 +21,7 @@ from .errors import SelmaskError
 log = logging.getLogger(__name__)
 
 MS_SSIM_WINDOW = 11
+MS_SSIM_SIGMA = 1.5  # pytorch-msssim's default
 MS_SSIM_SCALES = 5
 MIN_MS_SSIM_SIDE = (MS_SSIM_WINDOW - 1) * 2 ** (MS_SSIM_SCALES - 1)  # 160 px
 SSIM3_WINDOW = 3
@@ -40,6 +42,7 @@ class ReconstructionLoss(torch.nn.Module):
         self.kind = kind
         self.data_range = data_range
         self._warned_fallback = False
+        self._windows: dict[tuple, torch.Tensor] = {}
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if pred.shape != target.shape:
@@ -51,9 +54,9 @@ class ReconstructionLoss(torch.nn.Module):
         l1 = (pred - target).abs().mean()
         height, width = pred.shape[-2:]
         if self.kind == "ssim3":
-            similarity = ssim(pred, target, data_range=self.data_range, win_size=SSIM3_WINDOW)
+            similarity = ssim(pred, target, data_range=self.data_range, win=self._window(pred, SSIM3_WINDOW))
         elif uses_ms_ssim(height, width):
-            similarity = ms_ssim(pred, target, data_range=self.data_range)
+            similarity = ms_ssim(pred, target, data_range=self.data_range, win=self._window(pred, MS_SSIM_WINDOW))
         else:
             if not self._warned_fallback:
                 log.warning(
@@ -62,5 +65,19 @@ class ReconstructionLoss(torch.nn.Module):
                     height, width, MIN_MS_SSIM_SIDE,
                 )
                 self._warned_fallback = True
-            similarity = ssim(pred, target, data_range=self.data_range, win_size=MS_SSIM_WINDOW)
+            similarity = ssim(pred, target, data_range=self.data_range, win=self._window(pred, MS_SSIM_WINDOW))
         return l1 + (1.0 - similarity)
+
+    def _window(self, images: torch.Tensor, size: int) -> torch.Tensor:
+        """pytorch-msssim's own Gaussian window (sigma 1.5), built once and kept on the images' device.
+
+        Given no window, pytorch-msssim builds one on the CPU and copies it to
+        the images' device at every scale of every call: 5 copies a call for
+        MS-SSIM, each from pageable memory, and on a GPU each makes the host
+        wait for the GPU's queued work. The same numbers, made once.
+        """
+        key = (images.device, images.dtype, images.shape[1], size)
+        if key not in self._windows:
+            window = _fspecial_gauss_1d(size, MS_SSIM_SIGMA).repeat([images.shape[1], 1, 1, 1])
+            self._windows[key] = window.to(images.device, images.dtype)
+        return self._windows[key]

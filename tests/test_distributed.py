@@ -147,14 +147,19 @@ WORKER = textwrap.dedent('''
     from selmask_lib.errors import DivergenceError
     from selmask_lib.losses import ReconstructionLoss
     forward = ReconstructionLoss.forward
-    if rank == 1:
-        ReconstructionLoss.forward = lambda self, pred, target: forward(self, pred, target) * float("nan")
-    try:
-        pretrain(cfg, out_dir=out / "diverged")
-    except DivergenceError as error:
-        seen["diverged"] = str(error)
-    finally:
-        ReconstructionLoss.forward = forward
+
+    def diverge_on_rank_1(run_dir):
+        """The words of the DivergenceError of a random pretraining whose loss is NaN on rank 1 only."""
+        if rank == 1:
+            ReconstructionLoss.forward = lambda self, pred, target: forward(self, pred, target) * float("nan")
+        try:
+            pretrain(cfg, out_dir=run_dir)
+        except DivergenceError as error:
+            return str(error)
+        finally:
+            ReconstructionLoss.forward = forward
+
+    seen["diverged"] = diverge_on_rank_1(out / "diverged")
 
     # The same with the losses read once per epoch (CUDA's sync_free_steps, forced on this CPU): the flag
     # that skips the steps is summed over the processes, so both stop, at the same batch.
@@ -165,14 +170,10 @@ WORKER = textwrap.dedent('''
         self.sync_free_steps = True
 
     Trainer.__init__ = sync_free
-    if rank == 1:
-        ReconstructionLoss.forward = lambda self, pred, target: forward(self, pred, target) * float("nan")
     try:
-        pretrain(cfg, out_dir=out / "diverged_late")
-    except DivergenceError as error:
-        seen["diverged_late"] = str(error)
+        seen["diverged_late"] = diverge_on_rank_1(out / "diverged_late")
     finally:
-        ReconstructionLoss.forward, Trainer.__init__ = forward, trainer_init
+        Trainer.__init__ = trainer_init
     (out / f"seen_rank{rank}.json").write_text(json.dumps(seen))
 ''')
 

@@ -23,12 +23,14 @@ from selmask_lib.errors import DivergenceError, SelmaskError
 SIZES = (4, 4, 1, 3)
 
 
-def batches(nan_at=()):
-    """The batches, with a NaN in the inputs of each batch of ``nan_at``."""
+def batches(nan_at=(), inf_at=()):
+    """The batches; a NaN in the inputs of each batch of ``nan_at``, an infinite target in each of ``inf_at``."""
     generator = torch.Generator().manual_seed(7)
     data = [(torch.randn(n, 3, generator=generator), torch.randn(n, 2, generator=generator)) for n in SIZES]
     for index in nan_at:
         data[index][0][0, 0] = float("nan")
+    for index in inf_at:
+        data[index][1][0, 0] = float("inf")  # a finite prediction: the squared error is infinite
     return data
 
 
@@ -36,9 +38,10 @@ def mse(model, batch):
     return torch.nn.functional.mse_loss(model(batch[0]), batch[1])
 
 
-def trainer(read_late: bool) -> Trainer:
+def trainer(read_late: bool, epochs: int = 1) -> Trainer:
     """A CPU trainer that reads its losses each step, or (forced here) as a CUDA run with sync_free_steps would."""
-    cfg = pretrain_preset("smoke", "synthetic", device="cpu", lr=0.05)
+    cfg = pretrain_preset("smoke", "synthetic", device="cpu", lr=0.05, epochs=epochs, checkpoint_every=1,
+                          warmup_epochs=0)
     torch.manual_seed(0)
     result = Trainer(cfg, torch.nn.Linear(3, 2))
     result.sync_free_steps = read_late
@@ -81,11 +84,13 @@ def test_reading_late_gives_the_mean_per_image_of_reading_each_step():
 
 
 @pytest.mark.parametrize("read_late", [False, True], ids=["each step", "late"])
-def test_a_non_finite_loss_stops_the_epoch_with_the_weights_from_before_its_batch(read_late):
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_a_non_finite_loss_stops_the_epoch_with_the_weights_from_before_its_batch(read_late, bad):
     t = trainer(read_late)
     optimisation = t.new_optimisation()
-    with pytest.raises(DivergenceError, match=r"^epoch 3: training loss is nan at batch 1 \(lr 0.05\)$"):
-        t.train_one_epoch(batches(nan_at=(1, 3)), mse, optimisation, "epoch 3")  # the first is named
+    data = batches(nan_at=(1, 3)) if bad == "nan" else batches(inf_at=(1, 3))
+    with pytest.raises(DivergenceError, match=rf"^epoch 3: training loss is {bad} at batch 1 \(lr 0.05\)$"):
+        t.train_one_epoch(data, mse, optimisation, "epoch 3")  # the first bad batch is named
     # the weights after batch 0 alone: neither the bad batch nor the good ones after it were applied
     _, first_only, reference = train(read_late, batches()[:1])
     assert torch.equal(weights(t.model), first_only)
@@ -104,6 +109,49 @@ def test_after_an_epoch_read_late_the_optimiser_steps_normally_again():
     before = weights(t.model)
     assert math.isfinite(t.train_one_epoch(batches(), mse, optimisation, "epoch 1"))
     assert not torch.equal(weights(t.model), before)
+
+
+def test_an_epoch_that_fails_half_way_leaves_no_skip_flag_on_the_optimiser():
+    t = trainer(True)
+    optimisation = t.new_optimisation()
+
+    def fails_at_batch_2(model, batch):
+        if len(batch[0]) == SIZES[2]:
+            raise RuntimeError("a loader error, say")
+        return mse(model, batch)
+
+    with pytest.raises(RuntimeError, match="a loader error"):
+        t.train_one_epoch(batches(nan_at=(0,)), fails_at_batch_2, optimisation, "epoch 0")  # flag set at batch 0
+    assert not hasattr(optimisation.optimizer, "found_inf")
+
+
+@pytest.mark.parametrize("saved_late, resumed_late", [(False, True), (True, False)],
+                         ids=["each step, then late", "late, then each step"])
+def test_a_run_resumes_from_a_checkpoint_written_with_the_other_way(tmp_path, saved_late, resumed_late):
+    """sync_free_steps is not hashed: a run can crash with it off (or on a CPU) and resume with it on."""
+    data = batches()
+
+    def fit(read_late, run_dir, crash_at=None):
+        t = trainer(read_late, epochs=3)
+        used = []
+
+        def train_epoch(epoch, optimisation):
+            if epoch == crash_at:
+                raise RuntimeError("crash")
+            used.append(optimisation.optimizer)
+            return {"train_loss": t.train_one_epoch(data, mse, optimisation, f"epoch {epoch}")}
+
+        t.fit(run_dir, train_epoch)
+        return weights(t.model), used[-1]
+
+    with pytest.raises(RuntimeError, match="crash"):
+        fit(saved_late, tmp_path / "run", crash_at=1)
+    resumed, optimizer = fit(resumed_late, tmp_path / "run")
+    uninterrupted, _ = fit(resumed_late, tmp_path / "reference")
+    assert all(bool(group["fused"]) == resumed_late and bool(group["foreach"]) != resumed_late
+               for group in optimizer.param_groups)  # this run's Adam, not the file's
+    assert {state["step"].device.type for state in optimizer.state.values()} == {"cpu"}
+    assert torch.allclose(resumed, uninterrupted, atol=1e-6)  # epoch 0's Adam was the other kind: last bits
 
 
 def test_with_loss_scaling_read_late_an_overflowing_batch_is_left_out_not_fatal():

@@ -86,6 +86,26 @@ def test_reconstruction_loss_falls_back_to_ssim_on_small_images(caplog):
     assert "single-scale SSIM" in caplog.text
 
 
+@pytest.mark.parametrize("kind, size", [("ms_ssim", 192), ("ms_ssim", 64), ("ssim3", 64)],
+                         ids=["MS-SSIM", "single-scale fallback", "ssim3"])
+def test_reconstruction_loss_is_pytorch_msssims_own_with_its_window_built_once(kind, size):
+    from pytorch_msssim import ms_ssim, ssim
+
+    generator = torch.Generator().manual_seed(3)
+    target = torch.rand(2, 3, size, size, generator=generator)
+    pred = target + 0.2 * torch.randn(target.shape, generator=generator)
+    if kind == "ssim3":
+        similarity = ssim(pred, target, data_range=1.0, win_size=3)
+    elif size > 160:
+        similarity = ms_ssim(pred, target, data_range=1.0)
+    else:
+        similarity = ssim(pred, target, data_range=1.0, win_size=11)
+    loss = ReconstructionLoss(kind)
+    for _ in range(2):  # the second call reuses the window the first one built
+        assert torch.equal(loss(pred, target), (pred - target).abs().mean() + (1 - similarity))
+    assert len(loss._windows) == 1
+
+
 def test_reconstruction_loss_uses_ms_ssim_on_large_images():
     from pytorch_msssim import ms_ssim
 
