@@ -142,13 +142,20 @@ def bare_epochs(model, images, targets, loss_of, cfg, device, epochs: int,
     """``epochs`` plain epochs (shuffle, forward, loss, backward, Adam); images per second.
 
     On CUDA it uses the kit's resolved precision (autocast dtype, float16 loss scaling) and Adam kind.
-    It never reads a loss: the host queues steps without waiting for the GPU.
+    As in the kit (``Trainer.forward``), autocast covers the model only, and the loss is computed in
+    float32 (under autocast MS-SSIM's convolutions would run in bfloat16: cheaper than the kit's).
+    It never reads a loss.
     """
     model = model.to(device).train()
     kit = Trainer(cfg, torch.nn.Identity())
     # the kit's Adam (fused with sync_free_steps on CUDA): the same update, the same speed
     optimizer = adam_optimizer(model.parameters(), cfg.lr, fused=kit.sync_free_steps)
     amp_dtype = kit.amp_dtype
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            return model(inputs).float()
+
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     images, targets = images.to(device), targets.to(device)
     generator = torch.Generator().manual_seed(0)
@@ -159,8 +166,7 @@ def bare_epochs(model, images, targets, loss_of, cfg, device, epochs: int,
             order = torch.randperm(len(images), generator=generator)
             for start in range(0, len(images), cfg.batch_size):
                 batch = order[start:start + cfg.batch_size].to(device)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    loss = loss_of(model, images[batch], targets[batch])
+                loss = loss_of(forward, images[batch], targets[batch])
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -176,11 +182,11 @@ def bare_pretraining(cfg, images: torch.Tensor, device: torch.device, **options)
     n_patches = int(cell_of_pixel.max()) + 1
     n_masked = int(cfg.mask_ratio * n_patches)
 
-    def loss_of(model, batch, target):
+    def loss_of(forward, batch, target):
         chosen = torch.rand(len(batch), n_patches, device=device).topk(n_masked, dim=1).indices
         masked_patches = torch.zeros(len(batch), n_patches, dtype=torch.bool, device=device).scatter_(1, chosen, True)
         pixels = masked_patches[:, cell_of_pixel].unsqueeze(1)  # [B, 1, S, S]
-        return loss_fn(model(batch.masked_fill(pixels, 0.0)).float(), target)
+        return loss_fn(forward(batch.masked_fill(pixels, 0.0)), target)
 
     return bare_epochs(build_reconstruction_model(cfg.dropout), images, images, loss_of, cfg, device, cfg.epochs,
                        **options)
@@ -191,8 +197,8 @@ def bare_finetuning(cfg, images: torch.Tensor, labels: torch.Tensor, num_classes
     torch.manual_seed(cfg.seed)
     loss_fn = segmentation_loss()
 
-    def loss_of(model, batch, target):
-        return loss_fn(model(batch).float(), target)
+    def loss_of(forward, batch, target):
+        return loss_fn(forward(batch), target)
 
     model = build_segmentation_model(num_classes, cfg.dropout)
     return bare_epochs(model, images, labels, loss_of, cfg, device, cfg.epochs, **options)

@@ -585,7 +585,8 @@ def load_optimiser_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]
         for parameter in group["params"]:
             state = optimizer.state.get(parameter, {})
             if torch.is_tensor(state.get("step")):
-                state["step"] = state["step"].to(parameter.device if on_device else "cpu")
+                step = state["step"].to(parameter.device if on_device else "cpu")
+                state["step"] = step.float() if group.get("fused") else step  # fused Adam counts in float32
 
 
 @dataclass

@@ -147,10 +147,13 @@ def test_a_run_resumes_from_a_checkpoint_written_with_the_other_way(tmp_path, sa
     with pytest.raises(RuntimeError, match="crash"):
         fit(saved_late, tmp_path / "run", crash_at=1)
     resumed, optimizer = fit(resumed_late, tmp_path / "run")
-    uninterrupted, _ = fit(resumed_late, tmp_path / "reference")
+    uninterrupted, fresh = fit(resumed_late, tmp_path / "reference")
     assert all(bool(group["fused"]) == resumed_late and bool(group["foreach"]) != resumed_late
                for group in optimizer.param_groups)  # this run's Adam, not the file's
-    assert {state["step"].device.type for state in optimizer.state.values()} == {"cpu"}
+    for parameter, fresh_parameter in zip(optimizer.param_groups[0]["params"], fresh.param_groups[0]["params"]):
+        state, fresh_state = optimizer.state[parameter], fresh.state[fresh_parameter]
+        assert {key: (value.dtype, value.device) for key, value in state.items()} == \
+            {key: (value.dtype, value.device) for key, value in fresh_state.items()}  # where the run's kind keeps them
     assert torch.allclose(resumed, uninterrupted, atol=1e-6)  # epoch 0's Adam was the other kind: last bits
 
 
