@@ -16,7 +16,9 @@ once): shuffle, mask, forward, loss, backward, step. No checks, no loader.
 Each round runs both sides back to back on fresh models (order alternating)
 and prints kit images/s divided by bare images/s; the medians close the
 output, the last line reading ``kit/bare: pretraining 0.97x, fine-tuning 0.98x``.
-Target: >= 0.95x.
+Target: >= 0.95x, over all timed epochs. Each round also gives the ratio over
+the epochs after each run's first (``Speed``), which leaves out the one-off
+start of a run on both sides (loader workers, first kernels).
 
     .venv/bin/python benchmarks/bench_throughput.py                 # demo preset size, this CPU
     .venv/bin/python benchmarks/bench_throughput.py --device cuda --image-size 256 --batch-size 32
@@ -44,7 +46,9 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 os.environ["SELMASK_NO_PROGRESS"] = "1"
 
@@ -64,6 +68,27 @@ from selmask_lib.pretraining import pretrain_random  # noqa: E402
 from selmask_lib.transforms import val_transform  # noqa: E402
 
 TARGET = 0.95
+
+
+@dataclass
+class Speed:
+    """Images per second of one run: over all its timed epochs, and over those after its first.
+
+    A run's first epoch also pays one-off costs (the kit's loader workers
+    starting, CUDA's first kernels on both sides); at the paper's hundreds of
+    epochs a run is nearly all "after the first". The target is read on all
+    epochs; the second figure says how much of a gap is start-up.
+    """
+
+    all_epochs: float
+    after_first: Optional[float]  # None for a run of one epoch
+
+    @classmethod
+    def of(cls, epochs: list[tuple[float, int]]) -> "Speed":
+        """From ``(seconds, images)`` of each epoch."""
+        def rate(part):
+            return sum(images for _, images in part) / sum(seconds for seconds, _ in part)
+        return cls(rate(epochs), rate(epochs[1:]) if len(epochs) > 1 else None)
 
 
 def synchronise(device: torch.device) -> None:
@@ -95,22 +120,19 @@ class EpochTimer:
     def __exit__(self, *exc):
         Trainer.train_one_epoch = self.original
 
-    def images_per_second(self) -> float:
-        return sum(images for _, images in self.epochs) / sum(seconds for seconds, _ in self.epochs)
-
-    def report(self) -> float:
+    def report(self) -> Speed:
         """Images/s; also prints each epoch's seconds (the first pays the loader workers' start)."""
         print("    kit epochs (s): " + " ".join(f"{seconds:.3f}" for seconds, _ in self.epochs), flush=True)
-        return self.images_per_second()
+        return Speed.of(self.epochs)
 
 
-def kit_pretraining(cfg, out_dir: Path) -> float:
+def kit_pretraining(cfg, out_dir: Path) -> Speed:
     with EpochTimer() as timer:
         pretrain_random(cfg, out_dir, resume=False)
     return timer.report()
 
 
-def kit_finetuning(cfg, out_dir: Path) -> float:
+def kit_finetuning(cfg, out_dir: Path) -> Speed:
     with EpochTimer() as timer:
         finetune(cfg, out_dir, resume=False)
     return timer.report()
@@ -138,7 +160,7 @@ def in_memory_segmentation_split(cfg) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 
 def bare_epochs(model, images, targets, loss_of, cfg, device, epochs: int,
-                around_steps=contextlib.nullcontext) -> float:
+                around_steps=contextlib.nullcontext) -> Speed:
     """``epochs`` plain epochs (shuffle, forward, loss, backward, Adam); images per second.
 
     On CUDA it uses the kit's resolved precision (autocast dtype, float16 loss scaling) and Adam kind.
@@ -160,9 +182,10 @@ def bare_epochs(model, images, targets, loss_of, cfg, device, epochs: int,
     images, targets = images.to(device), targets.to(device)
     generator = torch.Generator().manual_seed(0)
     synchronise(device)
-    started = time.perf_counter()
+    timed = []  # (seconds, images) of each epoch
     with around_steps():  # the sync census counts the steps only
         for _ in range(epochs):
+            started = time.perf_counter()
             order = torch.randperm(len(images), generator=generator)
             for start in range(0, len(images), cfg.batch_size):
                 batch = order[start:start + cfg.batch_size].to(device)
@@ -171,11 +194,12 @@ def bare_epochs(model, images, targets, loss_of, cfg, device, epochs: int,
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-    synchronise(device)
-    return epochs * len(images) / (time.perf_counter() - started)
+            synchronise(device)  # one wait an epoch, as the kit reads its losses once an epoch
+            timed.append((time.perf_counter() - started, len(images)))
+    return Speed.of(timed)
 
 
-def bare_pretraining(cfg, images: torch.Tensor, device: torch.device, **options) -> float:
+def bare_pretraining(cfg, images: torch.Tensor, device: torch.device, **options) -> Speed:
     torch.manual_seed(cfg.seed)
     loss_fn = ReconstructionLoss()
     cell_of_pixel = patch_index_map(patch_grid(cfg.image_size, cfg.image_size, cfg.n_patches)).to(device)
@@ -193,7 +217,7 @@ def bare_pretraining(cfg, images: torch.Tensor, device: torch.device, **options)
 
 
 def bare_finetuning(cfg, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                    device: torch.device, **options) -> float:
+                    device: torch.device, **options) -> Speed:
     torch.manual_seed(cfg.seed)
     loss_fn = segmentation_loss()
 
@@ -226,9 +250,14 @@ def one_round(round_: int, configs, data, device, tmp: Path) -> dict[str, float]
         speed = {}
         for side in (("kit", "bare") if round_ % 2 == 0 else ("bare", "kit")):
             speed[side] = (kit if side == "kit" else bare)()
-        ratios[loop] = speed["kit"] / speed["bare"]
-        print(f"  round {round_} {loop:11s} kit {speed['kit']:8.2f} img/s  bare {speed['bare']:8.2f} img/s  "
-              f"kit/bare {ratios[loop]:.3f}x  ({load()})", flush=True)
+        ratios[loop] = speed["kit"].all_epochs / speed["bare"].all_epochs
+        line = (f"  round {round_} {loop:11s} kit {speed['kit'].all_epochs:8.2f} img/s  "
+                f"bare {speed['bare'].all_epochs:8.2f} img/s  kit/bare {ratios[loop]:.3f}x")
+        if speed["kit"].after_first and speed["bare"].after_first:
+            ratios[f"{loop} after the first epoch"] = speed["kit"].after_first / speed["bare"].after_first
+            line += (f"; after the first epoch {speed['kit'].after_first:.2f} / {speed['bare'].after_first:.2f} "
+                     f"= {ratios[f'{loop} after the first epoch']:.3f}x")
+        print(f"{line}  ({load()})", flush=True)
     return ratios
 
 
@@ -413,9 +442,9 @@ def main() -> None:
             profile_kit(configs, tmp, top=25, sort=args.profile_sort)
     medians = {loop: statistics.median(r[loop] for r in results) for loop in results[0]}
     for loop, values in ((loop, [r[loop] for r in results]) for loop in medians):
+        verdict = "" if "after" in loop else f" (target >= {TARGET:.2f}x: {'MET' if medians[loop] >= TARGET else 'MISSED'})"
         print(f"{loop}: per round " + ", ".join(f"{v:.3f}x" for v in values)
-              + f"; median {medians[loop]:.3f}x, spread {min(values):.3f}-{max(values):.3f} "
-              f"(target >= {TARGET:.2f}x: {'MET' if medians[loop] >= TARGET else 'MISSED'})")
+              + f"; median {medians[loop]:.3f}x, spread {min(values):.3f}-{max(values):.3f}{verdict}")
     # Three digits: 0.945x would print as a passing "0.95x" with two.
     print(f"kit/bare: pretraining {medians['pretraining']:.3f}x, fine-tuning {medians['fine-tuning']:.3f}x")
 
