@@ -12,8 +12,8 @@
 #
 # Every step has its own time limit, so one slow step cannot take the others with it. Record in
 # benchmarks/README.md ("GPU"): the GPU name and torch version printed first, each step's kit and
-# bare images/s and its `kit/bare:` line, and the `total on 1 device` line of each dataset from
-# `selmask estimate` (with the per-step train/eval seconds).
+# bare images/s, its `kit/bare:` line and its ratios after the first epoch, the sync census, and the
+# `total on 1 device` line of each dataset from `selmask estimate` (with the per-step train/eval seconds).
 set -uo pipefail
 PY=${1:-python3}
 export SELMASK_NO_PROGRESS=1 PYTHONPATH=${PYTHONPATH:-.}:. PYTHONUNBUFFERED=1
