@@ -24,7 +24,6 @@ sides alternating.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import time
@@ -32,6 +31,7 @@ import time
 os.environ["SELMASK_NO_PROGRESS"] = "1"
 
 import torch  # noqa: E402
+from torch.utils.data import BatchSampler  # noqa: E402
 
 from selmask_lib.config import pretrain_preset  # noqa: E402
 from selmask_lib.data.synthetic import ensure_synthetic_voc  # noqa: E402
@@ -93,7 +93,7 @@ def main() -> None:
             print(f"  round {round_} {side:10s} first batch (s) "
                   + " ".join(f"{first:.3f}" for first, _ in timings)
                   + "; pass (s) " + " ".join(f"{total:.3f}" for _, total in timings), flush=True)
-    n_batches = len(dataset) // cfg.batch_size if cfg.drop_last else math.ceil(len(dataset) / cfg.batch_size)
+    n_batches = len(BatchSampler(range(len(dataset)), cfg.batch_size, cfg.drop_last))  # as the kit's loaders
     floor = n_batches * args.step_ms / 1000
     for side, timings in sides.items():
         print(f"{side:10s}: epochs after the first, median first-batch wait {statistics.median(f for f, _ in timings):.3f} s,"

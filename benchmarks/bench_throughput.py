@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import math
 import cProfile
 import os
 import pstats
@@ -53,6 +52,7 @@ from typing import Optional
 os.environ["SELMASK_NO_PROGRESS"] = "1"
 
 import torch  # noqa: E402
+from torch.utils.data import BatchSampler  # noqa: E402
 
 from selmask_lib.cli import parse_overrides  # noqa: E402
 from selmask_lib.config import FinetuneConfig, PretrainConfig, finetune_preset, pretrain_preset  # noqa: E402
@@ -99,26 +99,38 @@ def synchronise(device: torch.device) -> None:
 # --------------------------------------------------------------------------- the kit
 
 
+@contextlib.contextmanager
+def around_training_epochs(around):
+    """While the block runs, each ``Trainer.train_one_epoch`` call runs inside ``around(trainer, loader)``."""
+    original = Trainer.train_one_epoch
+
+    def wrapped(trainer, loader, *args, **kwargs):
+        with around(trainer, loader):
+            return original(trainer, loader, *args, **kwargs)
+
+    Trainer.train_one_epoch = wrapped
+    try:
+        yield
+    finally:
+        Trainer.train_one_epoch = original
+
+
 class EpochTimer:
-    """Wraps ``Trainer.train_one_epoch`` while a run lasts: seconds and images of each training epoch."""
+    """Seconds and images of each training epoch of the runs inside ``with timer.timing():``."""
 
-    def __enter__(self):
-        self.original, self.epochs = Trainer.train_one_epoch, []
-        timer = self
+    def __init__(self):
+        self.epochs: list[tuple[float, int]] = []
 
-        def timed(trainer, loader, *args, **kwargs):
-            synchronise(trainer.device)
-            started = time.perf_counter()
-            result = timer.original(trainer, loader, *args, **kwargs)
-            synchronise(trainer.device)
-            timer.epochs.append((time.perf_counter() - started, len(loader.sampler)))
-            return result
+    def timing(self):
+        return around_training_epochs(self._timed)
 
-        Trainer.train_one_epoch = timed
-        return self
-
-    def __exit__(self, *exc):
-        Trainer.train_one_epoch = self.original
+    @contextlib.contextmanager
+    def _timed(self, trainer, loader):
+        synchronise(trainer.device)
+        started = time.perf_counter()
+        yield
+        synchronise(trainer.device)
+        self.epochs.append((time.perf_counter() - started, len(loader.sampler)))
 
     def report(self) -> Speed:
         """Images/s; also prints each epoch's seconds (the first pays the loader workers' start)."""
@@ -127,13 +139,15 @@ class EpochTimer:
 
 
 def kit_pretraining(cfg, out_dir: Path) -> Speed:
-    with EpochTimer() as timer:
+    timer = EpochTimer()
+    with timer.timing():
         pretrain_random(cfg, out_dir, resume=False)
     return timer.report()
 
 
 def kit_finetuning(cfg, out_dir: Path) -> Speed:
-    with EpochTimer() as timer:
+    timer = EpochTimer()
+    with timer.timing():
         finetune(cfg, out_dir, resume=False)
     return timer.report()
 
@@ -265,13 +279,13 @@ def profile_kit(configs, tmp: Path, top: int, sort: str = "cumulative") -> None:
     """cProfile of one kit run of each loop (training epochs dominate): the functions with the most time.
 
     Sorted by ``tottime``, waiting shows as the self time of the call that waits:
-    ``poll``/``get`` of the loader's queue (data-bound), ``item``/``__float__``
-    of a loss read (GPU-bound).
+    ``poll``/``get`` of the loader's queue (data-bound), or a call that makes
+    the host wait for the GPU (GPU-bound: ``--sync-census`` names them).
     """
     for name, run in (("pretraining", lambda: kit_pretraining(configs[0], tmp / "profile-pretrain")),
                       ("fine-tuning", lambda: kit_finetuning(configs[1], tmp / "profile-finetune"))):
-        profiler = cProfile.Profile()
-        with EpochTimer() as timer:
+        profiler, timer = cProfile.Profile(), EpochTimer()
+        with timer.timing():
             profiler.enable()
             run()
             profiler.disable()
@@ -328,11 +342,10 @@ def sync_census(configs, data, device: torch.device, tmp: Path) -> None:
     pre, fine = (cfg.updated(epochs=1) for cfg in configs)
     images, seg_images, seg_labels, num_classes = data
 
-    def steps(cfg, n_images: int) -> int:
-        return cfg.epochs * (n_images // cfg.batch_size if cfg.drop_last else math.ceil(n_images / cfg.batch_size))
+    def steps(cfg, n_images: int) -> int:  # as the kit's loaders batch an epoch
+        return cfg.epochs * len(BatchSampler(range(n_images), cfg.batch_size, cfg.drop_last))
 
     print("\nsync census (torch.cuda.set_sync_debug_mode 'warn'; training epochs only):")
-    original = Trainer.train_one_epoch
     for name, cfg, n_images, kit, bare in (
             ("pretraining", pre, len(images), lambda: pretrain_random(pre, tmp / "census-pretrain", resume=False),
              lambda census: bare_pretraining(pre, images, device, around_steps=census.on)),
@@ -340,17 +353,8 @@ def sync_census(configs, data, device: torch.device, tmp: Path) -> None:
              lambda census: bare_finetuning(fine, seg_images, seg_labels, num_classes, device,
                                             around_steps=census.on))):
         kit_census, bare_census = SyncCensus(), SyncCensus()
-
-        def counted(trainer, *args, **kwargs):
-            with kit_census.on():
-                return original(trainer, *args, **kwargs)
-
-        Trainer.train_one_epoch = counted
-        try:
-            with kit_census.recording():
-                kit()
-        finally:
-            Trainer.train_one_epoch = original
+        with kit_census.recording(), around_training_epochs(lambda trainer, loader: kit_census.on()):
+            kit()
         with bare_census.recording():
             bare(bare_census)
         kit_census.report(f"kit {name}", steps(cfg, n_images))

@@ -936,8 +936,8 @@ class Trainer:
         Divergence guard: a NaN or infinite loss stops the run before it
         reaches the weights (:class:`DivergenceError`). The losses are read
         each step, or on CUDA with ``sync_free_steps`` once at the end of the
-        epoch, so that the host never waits for the GPU inside a step: both
-        ways, and why, in :mod:`selmask_lib.epoch_losses`.
+        epoch, so that the host does not wait for the GPU to read each one:
+        both ways, and why, in :mod:`selmask_lib.epoch_losses`.
         """
         with EpochLosses(optimisation, description, self.sync_free_steps, self.device) as losses:
             for batch_index, batch in enumerate(progress(loader, desc=description, leave=False)):
