@@ -153,7 +153,9 @@ def _disk_problem(error: BaseException) -> str | None:
     """What went wrong, in words, when ``error`` is the disk's fault (full, read-only, no permission)."""
     if isinstance(error, OSError) and error.errno in _DISK_ERRNOS:
         return _DISK_ERRNOS[error.errno]
-    if isinstance(error, RuntimeError) and "write failed" in str(error):  # torch.save's stream writer
+    # torch.save's stream writer: a write that failed, or one that stored fewer bytes than it was given
+    # ("unexpected pos": what it says when the disk fills up under it)
+    if isinstance(error, RuntimeError) and ("write failed" in str(error) or "unexpected pos" in str(error)):
         return "the write failed (is the disk full?)"
     return None
 

@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -331,6 +332,35 @@ def test_a_full_disk_is_one_clear_error_that_keeps_the_old_file(tmp_path):
         atomic_write(target, torch_stream_failure)
     with pytest.raises(ZeroDivisionError):  # a bug is not the disk's fault: it stays a bug
         atomic_write(target, lambda file: 1 / 0)
+
+
+FILE_SIZE_LIMIT_SAVE = textwrap.dedent('''
+    """A checkpoint written under a 1 MB file-size limit: the kernel refuses its writes as a full disk does."""
+    import resource, signal, sys
+    import torch
+    from selmask_lib.engine import save_checkpoint
+    from selmask_lib.errors import SelmaskError
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails (EFBIG) instead of killing the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    try:
+        save_checkpoint(sys.argv[1], {"weights": torch.zeros(1_000_000)})
+    except SelmaskError as error:
+        print("SelmaskError:", error)
+''')
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
+def test_a_checkpoint_that_the_disk_refuses_half_way_is_one_clear_error(tmp_path):
+    """Not a mock: torch.save's own words for a write the disk refused ("unexpected pos", met when a disk filled)."""
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"old")
+    kit = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [kit, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMIT_SAVE, str(target)], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path, env=env)
+    assert result.stdout.startswith(f"SelmaskError: cannot write {target}: the write failed (is the disk full?)"), \
+        result.stdout + result.stderr
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
 def test_a_disk_that_fills_during_a_checkpoint_is_one_line_from_the_cli(small_synthetic_root, tmp_path, capsys,
