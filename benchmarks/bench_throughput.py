@@ -174,13 +174,14 @@ def in_memory_segmentation_split(cfg) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 
 def bare_epochs(model, images, targets, loss_of, cfg, device, epochs: int,
-                around_steps=contextlib.nullcontext) -> Speed:
+                around_epoch=lambda epoch: contextlib.nullcontext()) -> Speed:
     """``epochs`` plain epochs (shuffle, forward, loss, backward, Adam); images per second.
 
     On CUDA it uses the kit's resolved precision (autocast dtype, float16 loss scaling) and Adam kind.
     As in the kit (``Trainer.forward``), autocast covers the model only, and the loss is computed in
     float32 (under autocast MS-SSIM's convolutions would run in bfloat16: cheaper than the kit's).
-    It never reads a loss.
+    It never reads a loss. ``around_epoch(epoch)`` is a context manager around each epoch's steps
+    (the sync census and the device profile use it).
     """
     model = model.to(device).train()
     kit = Trainer(cfg, torch.nn.Identity())
@@ -197,8 +198,8 @@ def bare_epochs(model, images, targets, loss_of, cfg, device, epochs: int,
     generator = torch.Generator().manual_seed(0)
     synchronise(device)
     timed = []  # (seconds, images) of each epoch
-    with around_steps():  # the sync census counts the steps only
-        for _ in range(epochs):
+    for epoch in range(epochs):
+        with around_epoch(epoch):
             started = time.perf_counter()
             order = torch.randperm(len(images), generator=generator)
             for start in range(0, len(images), cfg.batch_size):
@@ -209,7 +210,7 @@ def bare_epochs(model, images, targets, loss_of, cfg, device, epochs: int,
                 scaler.step(optimizer)
                 scaler.update()
             synchronise(device)  # one wait an epoch, as the kit reads its losses once an epoch
-            timed.append((time.perf_counter() - started, len(images)))
+        timed.append((time.perf_counter() - started, len(images)))
     return Speed.of(timed)
 
 
@@ -348,10 +349,10 @@ def sync_census(configs, data, device: torch.device, tmp: Path) -> None:
     print("\nsync census (torch.cuda.set_sync_debug_mode 'warn'; training epochs only):")
     for name, cfg, n_images, kit, bare in (
             ("pretraining", pre, len(images), lambda: pretrain_random(pre, tmp / "census-pretrain", resume=False),
-             lambda census: bare_pretraining(pre, images, device, around_steps=census.on)),
+             lambda census: bare_pretraining(pre, images, device, around_epoch=lambda epoch: census.on())),
             ("fine-tuning", fine, len(seg_images), lambda: finetune(fine, tmp / "census-finetune", resume=False),
              lambda census: bare_finetuning(fine, seg_images, seg_labels, num_classes, device,
-                                            around_steps=census.on))):
+                                            around_epoch=lambda epoch: census.on()))):
         kit_census, bare_census = SyncCensus(), SyncCensus()
         with kit_census.recording(), around_training_epochs(lambda trainer, loader: kit_census.on()):
             kit()
@@ -359,6 +360,91 @@ def sync_census(configs, data, device: torch.device, tmp: Path) -> None:
             bare(bare_census)
         kit_census.report(f"kit {name}", steps(cfg, n_images))
         bare_census.report(f"bare {name}", steps(cfg, n_images))
+
+
+class EpochProfile:
+    """torch.profiler over one training epoch: its wall time, how long the GPU was busy, and its top ops.
+
+    Busy is the union of the intervals in which a kernel, copy or fill ran on
+    the device. A side whose GPU is busy for most of the epoch is bound by
+    the GPU (then its extra kernels are what it pays for); a side whose GPU
+    idles is bound by the host (launches, Python, waiting for data). The
+    profiler adds a few microseconds to each op on the host, so both sides'
+    wall times are a little longer than unprofiled.
+    """
+
+    def __init__(self, device: torch.device, epoch: int = 1):
+        self.device, self.epoch = device, epoch
+        self.seen = 0  # epochs entered so far
+        self.profile = self.wall = self.steps = None
+
+    @contextlib.contextmanager
+    def around(self, steps: int):
+        """Profile the block if it is the ``epoch``-th (0-based) one entered; ``steps`` training steps in it."""
+        self.seen += 1
+        if self.seen - 1 != self.epoch:
+            yield
+            return
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        synchronise(self.device)
+        with torch.profiler.profile(activities=activities) as profile:
+            started = time.perf_counter()
+            yield
+            synchronise(self.device)
+            self.wall = time.perf_counter() - started
+        self.profile, self.steps = profile, steps
+
+    def report(self, title: str, top: int) -> None:
+        if self.profile is None:
+            print(f"  {title}: fewer than {self.epoch + 1} epochs ran; nothing profiled")
+            return
+        device_events = [event for event in self.profile.events()
+                         if event.device_type == torch.autograd.DeviceType.CUDA]
+        busy = _union_length([(event.time_range.start, event.time_range.end) for event in device_events]) / 1e6
+        per_step = 1e3 / self.steps
+        line = f"  {title}: {self.steps} steps, {self.wall * per_step:.2f} ms a step"
+        if self.device.type == "cuda":
+            line += (f"; GPU busy {busy * per_step:.2f} ms a step ({busy / self.wall:.0%} of the epoch); "
+                     f"{len(device_events) / self.steps:.0f} kernels, copies and fills a step")
+        print(line)
+        sort = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        print(self.profile.key_averages().table(sort_by=sort, row_limit=top, max_name_column_width=50))
+
+
+def _union_length(intervals: list[tuple[float, float]]) -> float:
+    """Total length covered by ``(start, end)`` intervals that may overlap (kernels on several streams)."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def device_profile(configs, data, device: torch.device, tmp: Path, top: int) -> None:
+    """One kit run and one bare run of each loop, 2 epochs each; the second epoch of each is profiled."""
+    pre, fine = (cfg.updated(epochs=2) for cfg in configs)
+    images, seg_images, seg_labels, num_classes = data
+
+    def steps(cfg, n_images: int, drop_last: bool) -> int:
+        return len(BatchSampler(range(n_images), cfg.batch_size, drop_last))
+
+    print(f"\nprofile of the second training epoch of each side (torch.profiler; top {top} ops by "
+          f"{'device' if device.type == 'cuda' else 'host'} self time):")
+    for name, cfg, n_images, kit, bare in (
+            ("pretraining", pre, len(images), lambda: pretrain_random(pre, tmp / "profile-pretrain", resume=False),
+             lambda around: bare_pretraining(pre, images, device, around_epoch=around)),
+            ("fine-tuning", fine, len(seg_images), lambda: finetune(fine, tmp / "profile-finetune", resume=False),
+             lambda around: bare_finetuning(fine, seg_images, seg_labels, num_classes, device,
+                                            around_epoch=around))):
+        kit_profile, bare_profile = EpochProfile(device), EpochProfile(device)
+        with around_training_epochs(lambda trainer, loader: kit_profile.around(len(loader))):
+            kit()
+        bare(lambda epoch: bare_profile.around(steps(cfg, n_images, drop_last=False)))
+        kit_profile.report(f"kit {name}", top)
+        bare_profile.report(f"bare {name}", top)
 
 
 def build_configs(args, data_root: str):
@@ -412,6 +498,9 @@ def main() -> None:
     parser.add_argument("--sync-census", action="store_true",
                         help="CUDA: only count where the host waits for the GPU in one epoch of each side and loop "
                              "(no timing)")
+    parser.add_argument("--device-profile", action="store_true",
+                        help="only profile the second epoch of one kit run and one bare run of each loop with "
+                             "torch.profiler: ms a step, GPU busy time, kernels a step, top ops (no timing rounds)")
     parser.add_argument("--profile-sort", default="cumulative", choices=("cumulative", "tottime"),
                         help="order of the profile's functions (default cumulative)")
     args = parser.parse_args()
@@ -437,6 +526,9 @@ def main() -> None:
         tmp = Path(tmp)
         if args.sync_census:
             sync_census(configs, data, device, tmp)
+            return
+        if args.device_profile:
+            device_profile(configs, data, device, tmp, top=15)
             return
         warm = (pre.updated(epochs=1, max_images=16), fine.updated(epochs=1, max_train_images=16))
         with contextlib.redirect_stdout(open(os.devnull, "w")):  # untimed: first passes of a process are slow
