@@ -61,9 +61,10 @@ PAPER_SEED = 3741
 # GPU path settings that change speed, never the method (no-ops on a CPU by design). On a GPU they may
 # change rounding: other kernels (channels_last, compile, the fused Adam of sync_free_steps), or
 # pretraining crops rounded to uint8 before the colour jitter (jitter_on_device: 0.3 of a level of 255
-# on average; benchmarks/README.md).
+# on average; benchmarks/README.md), or pretraining images rounded to uint8 after it (uint8_batches: at
+# most half a level).
 GPU_SPEED_FIELDS = ("channels_last", "compile", "pin_memory", "persistent_workers", "prefetch_factor",
-                    "jitter_on_device", "sync_free_steps")
+                    "jitter_on_device", "uint8_batches", "sync_free_steps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # 'auto': amp decides (bf16 where supported, else fp16)
 
 # Fields that change how fast or where a run goes, never what it computes.
@@ -234,6 +235,7 @@ class PretrainConfig(_ConfigBase):
     persistent_workers: bool = True    # keep loader workers alive between epochs (not hashed; workers only)
     prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
     jitter_on_device: bool = True      # CUDA: colour jitter + normalisation of training batches on the GPU (not hashed)
+    uint8_batches: bool = False        # CUDA, jitter in the workers: they send uint8, the GPU normalises (not hashed)
     sync_free_steps: bool = True       # CUDA: losses read once per epoch, not each step; fused Adam (not hashed)
     image_cache_mb: int = 512          # decoded images kept in memory, MB per cache and process (not hashed)
     checkpoint_every: int = 1          # epochs between checkpoints (not hashed)
@@ -345,6 +347,7 @@ class FinetuneConfig(_ConfigBase):
     persistent_workers: bool = True    # keep loader workers alive between epochs (not hashed; workers only)
     prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
     jitter_on_device: bool = False     # CUDA: as in pretraining; measured slower at fine-tuning's batch 8 (not hashed)
+    uint8_batches: bool = False        # CUDA: as in pretraining (not hashed)
     sync_free_steps: bool = True       # CUDA: as in pretraining (not hashed)
     image_cache_mb: int = 512          # decoded images kept in memory, MB per cache and process (not hashed)
     checkpoint_every: int = 1

@@ -210,6 +210,14 @@ def defers_colour(cfg) -> bool:
     return bool(cfg.jitter_on_device) and local_device(pick_device(cfg.device)).type == "cuda"
 
 
+def sends_uint8_batches(cfg) -> bool:
+    """Whether the loader workers jitter each training image and send it as uint8, for the device to convert
+    and normalise the batch: ``uint8_batches`` on CUDA where the jitter is not left to the device already
+    (its batches are uint8 anyway). A no-op elsewhere, as ``jitter_on_device``.
+    """
+    return bool(cfg.uint8_batches) and not defers_colour(cfg) and local_device(pick_device(cfg.device)).type == "cuda"
+
+
 @contextlib.contextmanager
 def one_torch_thread():
     """Run torch on one thread inside, as loader workers do, then restore the thread count.

@@ -82,6 +82,7 @@ from .engine import (
     load_checkpoint,
     require_finite_weights,
     seed_everything,
+    sends_uint8_batches,
 )
 from .errors import SelmaskError
 from .metrics import SegmentationEvaluator, SegmentationScores
@@ -207,7 +208,8 @@ def load_splits(cfg: FinetuneConfig) -> _Splits:
         return dataset
 
     train = split("train", train_transform(cfg.image_size, tuple(cfg.crop_scale), mean, std, antialias=antialias,
-                                           defer_colour=defers_colour(cfg)))  # jitter_on_device
+                                           defer_colour=defers_colour(cfg),  # jitter_on_device
+                                           uint8_batch=sends_uint8_batches(cfg)))
     used = list(train.samples)
     if cfg.max_train_images is not None and cfg.max_train_images < len(train):
         train, used = Subset(train, range(cfg.max_train_images)), used[: cfg.max_train_images]

@@ -29,7 +29,7 @@ from .data.cache import DecodedCache, no_cache
 from .device import to_device_without_waiting
 from .errors import SelmaskError
 from .masking import PATCH_SSIM_WINDOW, patch_grid, patch_index_map, pixel_mask, random_mask
-from .transforms import as_outputs, normalise
+from .transforms import as_outputs, as_uint8, normalise
 
 # The smallest patch, in pixels of the image, that is worth scoring or reconstructing (check_patch_size).
 MIN_PATCH_SIDE = PATCH_SSIM_WINDOW
@@ -157,11 +157,6 @@ class BakedMasks:
     @property
     def fill(self) -> tuple[int, int, int]:
         return tuple(round(255 * m) for m in self.mean)
-
-
-def as_uint8(view: torch.Tensor) -> torch.Tensor:
-    """A float image in [0, 1] as the uint8 image the authors saved to disk."""
-    return (view * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def baked_image(image: torch.Tensor, pixels: torch.Tensor, fill: Sequence[int],

@@ -67,6 +67,7 @@ from .engine import (
     require_finite_weights,
     save_checkpoint,
     seed_everything,
+    sends_uint8_batches,
 )
 from .errors import SelmaskError
 from .files import ensure_writable_dir
@@ -180,12 +181,15 @@ def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledIma
         return items
 
     # Colour jitter on the GPU (jitter_on_device): the workers send uint8 crops, the GPU jitters them in float
-    # as the workers would. Baked masks keep theirs in the worker (the jitter changes the fill too); the
-    # random-masking loop of such a run bakes nothing.
-    defer = defers_colour(cfg) and (baked is None or patch_masks is None)
+    # as the workers would. Or (uint8_batches) the workers jitter as usual and send the result as uint8 for
+    # the GPU to normalise. Baked masks keep theirs in the worker (the jitter changes the fill too) and send
+    # floats; the random-masking loop of such a run bakes nothing.
+    bakes = baked is not None and patch_masks is not None
+    defer = defers_colour(cfg) and not bakes
     train_set = dataset(train_indices, train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std,
                                                        antialias=cfg.antialias, defer_colour=defer,
-                                                       jitter_in_float=True),
+                                                       jitter_in_float=True,
+                                                       uint8_batch=sends_uint8_batches(cfg) and not bakes),
                         uint8_images=defer)
     val_set = dataset(val_indices, val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias))
 

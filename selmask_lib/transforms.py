@@ -35,6 +35,14 @@ uint8 image) it sends a quarter of the bytes. Measured on an H200, this
 pays for pretraining (batch 32) and not for fine-tuning at batch 8, hence the
 key's defaults: on for pretraining, off for fine-tuning.
 
+uint8 batches (config key ``uint8_batches``, CUDA only, off by default): with
+``uint8_batch=True`` the worker does everything as usual, colour jitter
+included, and sends the image as uint8 (:class:`ImageAsUint8`); the device
+only converts and normalises the batch. Fine-tuning's images are uint8 all
+along, so its batches are exactly the usual ones; pretraining's jittered
+float image is rounded to the nearest level, at most half a level of 255.
+It leaves the GPU's host thread nothing of the jitter to launch.
+
 Resizing (config key ``antialias``): images are resized bilinearly with
 antialiasing by default (torchvision's default); ``antialias=False`` is the
 authors' OpenCV-like bilinear resize, which samples without low-pass
@@ -48,6 +56,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from .config import DEFAULT_MEAN, DEFAULT_STD
@@ -73,6 +82,7 @@ def train_transform(
     antialias: bool = True,
     defer_colour: bool = False,
     jitter_in_float: bool = False,
+    uint8_batch: bool = False,
 ) -> v2.Compose:
     """Training augmentation: random crop of ``scale`` of the area resized to
     ``size`` x ``size``, horizontal flip (p=0.5), colour jitter (image only),
@@ -85,6 +95,10 @@ def train_transform(
     ``jitter_in_float``: the device jitters the image as float [0, 1], whatever
     dtype the worker sends (pretraining sends uint8 crops of images whose
     worker path jitters in float).
+    ``uint8_batch`` (ignored with ``defer_colour``): do the colour jitter here
+    as usual, then send the image as uint8 (:class:`ImageAsUint8`) with draws
+    that jitter nothing, for :class:`ColourJitterOnDevice` to convert and
+    normalise the batch on the GPU (config key ``uint8_batches``).
     """
     steps = [v2.RandomResizedCrop(size, scale=scale, antialias=antialias), v2.RandomHorizontalFlip(p=0.5)]
     jitter = None
@@ -94,6 +108,8 @@ def train_transform(
         return v2.Compose(steps + [DeferredColourJitter(jitter, jitter_p, in_float=jitter_in_float)])
     if jitter is not None:
         steps.append(v2.RandomApply([jitter], p=jitter_p))
+    if uint8_batch:  # the same random draws as below; the device converts and normalises
+        return v2.Compose(steps + [ImageAsUint8(), DeferredColourJitter(None, 0.0)])
     return v2.Compose(steps + _to_normalised_float(mean, std))
 
 
@@ -134,6 +150,27 @@ class DeferredColourJitter:
             factors = [params[f"{name}_factor"] for name in ("brightness", "contrast", "saturation", "hue")]
             draws[_FACTORS] = torch.tensor([float("nan") if f is None else f for f in factors])
         return (*inputs, {COLOUR_DRAWS: draws})
+
+
+def as_uint8(image: torch.Tensor) -> torch.Tensor:
+    """A float image in [0, 1] as uint8 levels, each rounded to the nearest (as the authors saved images)."""
+    return (image * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+class ImageAsUint8:
+    """A step of a training transform: the image (the first input) as uint8 levels; masks untouched.
+
+    A float image (pretraining's, jittered in float) is rounded to the
+    nearest level, at most half a level of 255 from the float; a uint8 image
+    (fine-tuning's, jittered in uint8) is left exactly as it is. The worker
+    then sends a quarter of a float image's bytes (config key ``uint8_batches``).
+    """
+
+    def __call__(self, image, *others):
+        if image.dtype != torch.uint8:
+            rounded = as_uint8(image.as_subclass(torch.Tensor))
+            image = tv_tensors.wrap(rounded, like=image) if isinstance(image, tv_tensors.TVTensor) else rounded
+        return (image, *others) if others else image
 
 
 def as_outputs(outputs) -> tuple:

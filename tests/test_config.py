@@ -263,7 +263,7 @@ def test_gpu_speed_keys_are_not_hashed_and_precision_only_when_set():
     cfg = pretrain_preset("demo", "synthetic")
     speed = cfg.updated(channels_last=True, compile=True, pin_memory=False, persistent_workers=True,
                         prefetch_factor=4, jitter_on_device=not cfg.jitter_on_device,
-                        sync_free_steps=not cfg.sync_free_steps)
+                        uint8_batches=not cfg.uint8_batches, sync_free_steps=not cfg.sync_free_steps)
     assert config_hash(speed) == config_hash(cfg)
     assert config_hash(cfg.updated(precision="bf16")) != config_hash(cfg)
     with pytest.raises(SelmaskError, match="'precision'"):

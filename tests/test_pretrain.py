@@ -299,7 +299,7 @@ def test_pretraining_refuses_a_tiny_image_before_writing_anything(data_root, tmp
 
 SPEED_ONLY = dict(persistent_workers=True, prefetch_factor=3,  # used on CPU too
                   channels_last=True, compile=True, pin_memory=False, precision="bf16",
-                  jitter_on_device=True, sync_free_steps=False)  # no-ops on CPU by design
+                  jitter_on_device=True, uint8_batches=True, sync_free_steps=False)  # no-ops on CPU by design
 
 
 @pytest.mark.parametrize("strategy, speed_settings", [

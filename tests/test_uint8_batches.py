@@ -1,0 +1,138 @@
+"""``uint8_batches``: on CUDA the loader workers jitter as usual and send uint8; the GPU converts and normalises.
+
+The key is a no-op on a CPU, so these tests force it here
+(``sends_uint8_batches`` patched to say yes) and check the batches against
+the usual float batches of the workers: the same crops, jitter and masks;
+fine-tuning's uint8 images exactly, pretraining's float images within half
+a level of 255 (the one rounding to uint8, after the jitter).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torchvision import tv_tensors
+
+import selmask_lib.finetuning as ft
+import selmask_lib.pretraining as pt
+from selmask_lib.config import finetune_preset, pretrain_preset
+from selmask_lib.engine import Trainer, sends_uint8_batches
+from selmask_lib.masking import patch_grid
+from selmask_lib.pretrain_data import ReconstructionDataset, pretraining_pool, scoring_view
+from selmask_lib.transforms import COLOUR_DRAWS, ImageAsUint8, train_transform
+
+HALF_A_LEVEL = 0.5 / 255
+
+
+def first_batch(trainer, dataset):
+    return next(iter(trainer.loader(dataset, True, "epoch", 0)))
+
+
+def in_levels_of_255(images: torch.Tensor, cfg) -> torch.Tensor:
+    """Normalised images back in [0, 1] units times 255."""
+    return images * images.new_tensor(cfg.std).view(1, 3, 1, 1) * 255
+
+
+def test_image_as_uint8_rounds_float_images_and_leaves_uint8_images_and_masks():
+    image = tv_tensors.Image(torch.tensor([0.0, 0.1 / 255, 0.6 / 255, 127.5 / 255, 1.0, 1.2]).view(1, 2, 3))
+    mask = tv_tensors.Mask(torch.ones(2, 3, dtype=torch.bool))
+    rounded, same_mask = ImageAsUint8()(image, mask)
+    assert isinstance(rounded, tv_tensors.Image) and rounded.dtype == torch.uint8
+    assert rounded.flatten().tolist() == [0, 0, 1, 128, 255, 255]  # nearest level; clamped to [0, 255]
+    assert same_mask is mask
+    uint8 = tv_tensors.Image(torch.arange(6, dtype=torch.uint8).view(1, 2, 3))
+    assert ImageAsUint8()(uint8) is uint8  # fine-tuning's jittered uint8 image: exactly as it is
+
+
+def test_the_key_is_a_no_op_on_a_cpu():
+    cfg = finetune_preset("smoke", "synthetic", device="cpu", uint8_batches=True)
+    assert not sends_uint8_batches(cfg)
+    assert train_transform(32, uint8_batch=False)(tv_tensors.Image(torch.zeros(3, 40, 40))).dtype == torch.float32
+
+
+def test_finetuning_uint8_batches_are_the_workers_batches_exactly(small_synthetic_root, monkeypatch):
+    cfg = finetune_preset("smoke", "synthetic", data_root=str(small_synthetic_root), max_train_images=8,
+                          device="cpu")
+    trainer = Trainer(cfg, torch.nn.Identity())
+    usual = first_batch(trainer, ft.load_splits(cfg).train)
+    monkeypatch.setattr(ft, "sends_uint8_batches", lambda cfg: True)
+    sent = first_batch(trainer, ft.load_splits(cfg).train)
+    assert sent[0].dtype == torch.uint8 and sent[1].dtype == torch.uint8  # a quarter and an eighth of the bytes
+    assert not sent[2][COLOUR_DRAWS][:, 0].any()  # draws that jitter nothing: the workers did it
+    images, labels = trainer.finish_batch(sent)
+    assert torch.equal(labels.long(), usual[1])
+    assert images.dtype == torch.float32 and torch.equal(images, usual[0])  # the same arithmetic, uint8 throughout
+
+
+@pytest.mark.parametrize("fixed_masks", [False, True], ids=["random masks", "fixed masks"])
+def test_pretraining_uint8_batches_are_the_workers_batches_within_half_a_level(small_synthetic_root, fixed_masks):
+    cfg = pretrain_preset("smoke", "synthetic", data_root=str(small_synthetic_root), max_images=12, device="cpu")
+    pool = pretraining_pool(cfg)
+    patch_masks = None
+    if fixed_masks:  # a selective step's items: pixel masks that move with the crop
+        generator = torch.Generator().manual_seed(0)
+        patch_masks = {index: torch.rand(len(patch_grid(*scoring_view(pool, index, cfg.score_size).shape[-2:],
+                                                        cfg.n_patches)), generator=generator) < 0.5
+                       for index in range(12)}
+    trainer = Trainer(cfg, torch.nn.Identity())
+    batches = {}
+    for as_uint8 in (False, True):
+        transform = train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std, jitter_in_float=True,
+                                    uint8_batch=as_uint8)
+        dataset = ReconstructionDataset(pool, range(12), transform, cfg.score_size, cfg.n_patches, patch_masks)
+        batches[as_uint8] = first_batch(trainer, dataset)
+    assert batches[True][0].dtype == torch.uint8
+    images, pixels = trainer.finish_batch(batches[True])
+    assert torch.equal(pixels, batches[False][1])
+    assert pixels.any() == fixed_masks
+    difference = in_levels_of_255(images - batches[False][0], cfg)
+    # Rounded once, after the jitter: at most half a level (plus float noise), no bias, and not all zero
+    # (a test of images that were uint8 all along would prove nothing).
+    assert difference.abs().max() <= 0.5 + 1e-3 and difference.mean().abs() < 0.05
+    assert difference.abs().mean() > 0.05
+
+
+def train_losses(run_dir):
+    rows = [json.loads(line) for path in sorted(run_dir.rglob("metrics.jsonl")) for line in path.read_text().splitlines()]
+    return [row["train_loss"] for row in rows if "train_loss" in row]
+
+
+@pytest.mark.slow
+def test_runs_with_uint8_batches_train_as_usual(small_synthetic_root, tmp_path, monkeypatch):
+    """Fine-tuning: the very same losses; random pretraining: within the rounding; selective runs with and
+    without baked masks (which keep float batches) go through it to the end."""
+    root = str(small_synthetic_root)
+
+    def pretraining(name, **settings):
+        cfg = pretrain_preset("smoke", "synthetic", data_root=root, max_images=12, epochs=1, device="cpu",
+                              num_workers=1, **settings)
+        pt.pretrain(cfg, out_dir=tmp_path / name)
+        return train_losses(tmp_path / name)
+
+    def finetuning(name):
+        cfg = finetune_preset("smoke", "synthetic", data_root=root, epochs=1, max_train_images=4, device="cpu")
+        ft.finetune(cfg, tmp_path / name, resume=False)
+        return train_losses(tmp_path / name)
+
+    usual = {"random": pretraining("random-usual"), "finetune": finetuning("finetune-uint8-off")}
+    for module in (pt, ft):
+        monkeypatch.setattr(module, "sends_uint8_batches", lambda cfg: True)
+    finished = []  # the dtype of each training batch the device finished: proof that the runs took the path
+    finish_batch = Trainer.finish_batch
+    monkeypatch.setattr(Trainer, "finish_batch",
+                        lambda trainer, batch: finished.append(batch[0].dtype) or finish_batch(trainer, batch))
+    sent = {"random": pretraining("random-uint8")}
+    assert torch.uint8 in finished
+    finished.clear()
+    sent["finetune"] = finetuning("finetune-uint8")
+    assert torch.uint8 in finished
+    assert sent["finetune"] == usual["finetune"] and len(sent["finetune"]) > 0
+    assert len(sent["random"]) == len(usual["random"]) > 0
+    torch.testing.assert_close(sent["random"][0], usual["random"][0], rtol=5e-3, atol=0)
+    for name, settings in {"selective": {}, "baked": dict(bake_selective_masks=True)}.items():
+        losses = pretraining(name, strategy="selective", **settings)  # two steps of one epoch
+        assert len(losses) == 2 and torch.isfinite(torch.tensor(losses)).all()
+    for path in tmp_path.rglob("*.pt"):
+        path.unlink()
