@@ -235,7 +235,8 @@ class PretrainConfig(_ConfigBase):
     persistent_workers: bool = True    # keep loader workers alive between epochs (not hashed; workers only)
     prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
     jitter_on_device: bool = True      # CUDA: colour jitter + normalisation of training batches on the GPU (not hashed)
-    uint8_batches: bool = False        # CUDA, jitter in the workers: they send uint8, the GPU normalises (not hashed)
+    uint8_batches: bool = False        # CUDA: workers jitter, send uint8, the GPU normalises; needs jitter_on_device
+    #                                    false, else ignored (its batches are uint8 already) (not hashed)
     sync_free_steps: bool = True       # CUDA: losses read once per epoch, not each step; fused Adam (not hashed)
     image_cache_mb: int = 512          # decoded images kept in memory, MB per cache and process (not hashed)
     checkpoint_every: int = 1          # epochs between checkpoints (not hashed)

@@ -186,6 +186,9 @@ def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledIma
     # floats; the random-masking loop of such a run bakes nothing.
     bakes = baked is not None and patch_masks is not None
     defer = defers_colour(cfg) and not bakes
+    if defer and cfg.uint8_batches:
+        log.info("uint8_batches: no effect while jitter_on_device is on (those batches are uint8 already); "
+                 "set jitter_on_device: false to jitter in the loader workers and send uint8")
     train_set = dataset(train_indices, train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std,
                                                        antialias=cfg.antialias, defer_colour=defer,
                                                        jitter_in_float=True,

@@ -46,10 +46,12 @@ def test_image_as_uint8_rounds_float_images_and_leaves_uint8_images_and_masks():
     assert ImageAsUint8()(uint8) is uint8  # fine-tuning's jittered uint8 image: exactly as it is
 
 
-def test_the_key_is_a_no_op_on_a_cpu():
-    cfg = finetune_preset("smoke", "synthetic", device="cpu", uint8_batches=True)
+def test_the_key_is_a_no_op_on_a_cpu(small_synthetic_root):
+    cfg = finetune_preset("smoke", "synthetic", data_root=str(small_synthetic_root), device="cpu",
+                          uint8_batches=True)
     assert not sends_uint8_batches(cfg)
-    assert train_transform(32, uint8_batch=False)(tv_tensors.Image(torch.zeros(3, 40, 40))).dtype == torch.float32
+    image, label = ft.load_splits(cfg).train[0]  # the usual item: a normalised float image, int64 class ids
+    assert image.dtype == torch.float32 and label.dtype == torch.int64
 
 
 def test_finetuning_uint8_batches_are_the_workers_batches_exactly(small_synthetic_root, monkeypatch):
@@ -64,6 +66,22 @@ def test_finetuning_uint8_batches_are_the_workers_batches_exactly(small_syntheti
     images, labels = trainer.finish_batch(sent)
     assert torch.equal(labels.long(), usual[1])
     assert images.dtype == torch.float32 and torch.equal(images, usual[0])  # the same arithmetic, uint8 throughout
+
+
+def test_finetuning_labels_that_do_not_fit_uint8_stay_int64(small_synthetic_root, monkeypatch):
+    """Class ids above 255 (or a negative ignore index) are sent as int64, and the batch is the usual one."""
+    cfg = finetune_preset("smoke", "synthetic", data_root=str(small_synthetic_root), max_train_images=8,
+                          device="cpu")
+    train = ft.load_splits(cfg).train
+    dataset = train.dataset if hasattr(train, "dataset") else train  # a Subset of the first max_train_images
+    monkeypatch.setattr(type(dataset), "labels_fit_uint8", property(lambda self: False))
+    trainer = Trainer(cfg, torch.nn.Identity())
+    usual = first_batch(trainer, ft.load_splits(cfg).train)
+    monkeypatch.setattr(ft, "sends_uint8_batches", lambda cfg: True)
+    sent = first_batch(trainer, ft.load_splits(cfg).train)
+    assert sent[0].dtype == torch.uint8 and sent[1].dtype == torch.int64
+    images, labels = trainer.finish_batch(sent)
+    assert torch.equal(labels, usual[1]) and torch.equal(images, usual[0])
 
 
 @pytest.mark.parametrize("fixed_masks", [False, True], ids=["random masks", "fixed masks"])
@@ -119,10 +137,21 @@ def test_runs_with_uint8_batches_train_as_usual(small_synthetic_root, tmp_path, 
     usual = {"random": pretraining("random-usual"), "finetune": finetuning("finetune-uint8-off")}
     for module in (pt, ft):
         monkeypatch.setattr(module, "sends_uint8_batches", lambda cfg: True)
-    finished = []  # the dtype of each training batch the device finished: proof that the runs took the path
+    finished = []  # the dtype of each batch's images before the device finished it: proof that a run took the path
+    baked_items = []  # the dtype of each batch of baked items (masked input, target, pixel mask)
+    fixed_masks = []  # the pixel masks of uint8 batches of a selective step
     finish_batch = Trainer.finish_batch
-    monkeypatch.setattr(Trainer, "finish_batch",
-                        lambda trainer, batch: finished.append(batch[0].dtype) or finish_batch(trainer, batch))
+
+    def spy(trainer, batch):
+        if len(batch) == 3 and not isinstance(batch[-1], dict):
+            baked_items.append(batch[0].dtype)
+        else:
+            finished.append(batch[0].dtype)
+            if batch[0].dtype == torch.uint8 and batch[1].dtype == torch.bool and batch[1].any():
+                fixed_masks.append(batch[1])  # a selective step's items: pixel masks of high-loss patches
+        return finish_batch(trainer, batch)
+
+    monkeypatch.setattr(Trainer, "finish_batch", spy)
     sent = {"random": pretraining("random-uint8")}
     assert torch.uint8 in finished
     finished.clear()
@@ -131,8 +160,12 @@ def test_runs_with_uint8_batches_train_as_usual(small_synthetic_root, tmp_path, 
     assert sent["finetune"] == usual["finetune"] and len(sent["finetune"]) > 0
     assert len(sent["random"]) == len(usual["random"]) > 0
     torch.testing.assert_close(sent["random"][0], usual["random"][0], rtol=5e-3, atol=0)
+    # A selective run's steps train on fixed masks through the same path; baked masks keep float batches
+    # (the worker jitters the masked input and the target alike).
     for name, settings in {"selective": {}, "baked": dict(bake_selective_masks=True)}.items():
         losses = pretraining(name, strategy="selective", **settings)  # two steps of one epoch
         assert len(losses) == 2 and torch.isfinite(torch.tensor(losses)).all()
+    assert fixed_masks  # the selective step's batches took the path, not only its random first step
+    assert baked_items and set(baked_items) == {torch.float32}  # the baked run's selective step did not
     for path in tmp_path.rglob("*.pt"):
         path.unlink()
