@@ -3,7 +3,9 @@
 For uint8 images (fine-tuning) and for uint8 crops jittered in float
 (pretraining), each image goes through the usual training transform and
 through the deferred one from the same seed; ``ColourJitterOnDevice``
-finishes the deferred batch on the device. Prints how far apart the two are
+finishes the deferred batch on the device. The same for ``uint8_batches``,
+where the workers jitter and send uint8 and the device only normalises:
+fine-tuning's batches should be equal, pretraining's within half a level. Prints how far apart the two are
 (in levels of 255) and, on CUDA, checks that finishing a batch makes the host
 wait for the GPU nowhere (``torch.cuda.set_sync_debug_mode("error")``).
 Then it times finishing one batch: the host's seconds to queue it, and (on
@@ -24,17 +26,22 @@ from selmask_lib.config import DEFAULT_MEAN, DEFAULT_STD
 from selmask_lib.transforms import COLOUR_DRAWS, ColourJitterOnDevice, train_transform
 
 
-def both_paths(images: torch.Tensor, size: int, in_float: bool):
-    """(the workers' normalised images, the deferred crops, their draws), each image from its own seed."""
+def both_paths(images: torch.Tensor, size: int, in_float: bool, uint8_batch: bool = False):
+    """(the workers' normalised images, the crops sent to the device, their draws), each image from its own seed.
+
+    Sent: uncoloured uint8 crops with the jitter's draws (``jitter_on_device``), or with ``uint8_batch``
+    the workers' jittered images as uint8 with draws that jitter nothing (``uint8_batches``).
+    """
     usual = train_transform(size, color_jitter=0.2, jitter_p=1.0)
-    deferred = train_transform(size, color_jitter=0.2, jitter_p=1.0, defer_colour=True, jitter_in_float=in_float)
+    deferred = train_transform(size, color_jitter=0.2, jitter_p=1.0, defer_colour=not uint8_batch,
+                               jitter_in_float=in_float, uint8_batch=uint8_batch)
     in_worker, crops, draws = [], [], []
     for index, image in enumerate(images):
         torch.manual_seed(index)
         source = image.float() / 255 if in_float else image  # pretraining's workers crop float images
         in_worker.append(usual(tv_tensors.Image(source)).as_subclass(torch.Tensor))
         torch.manual_seed(index)
-        crop, extra = deferred(tv_tensors.Image(image))
+        crop, extra = deferred(tv_tensors.Image(source if uint8_batch else image))
         crops.append(crop.as_subclass(torch.Tensor))
         draws.append(extra[COLOUR_DRAWS])
     return torch.stack(in_worker), torch.stack(crops), torch.stack(draws)
@@ -52,8 +59,11 @@ def main() -> None:
     images = torch.randint(0, 256, (args.images, 3, 90, 120), dtype=torch.uint8, generator=generator)
     finish = ColourJitterOnDevice(DEFAULT_MEAN, DEFAULT_STD)
     std = torch.tensor(DEFAULT_STD).view(1, 3, 1, 1)
-    for name, in_float in (("fine-tuning (uint8 jitter)", False), ("pretraining (uint8 crops, float jitter)", True)):
-        in_worker, crops, draws = both_paths(images, args.size, in_float)
+    for name, in_float, uint8_batch in (("fine-tuning (uint8 jitter)", False, False),
+                                        ("pretraining (uint8 crops, float jitter)", True, False),
+                                        ("fine-tuning, uint8 batches (jitter in the workers)", False, True),
+                                        ("pretraining, uint8 batches (float jitter in the workers)", True, True)):
+        in_worker, crops, draws = both_paths(images, args.size, in_float, uint8_batch)
         crops = crops.to(device)
         if device.type == "cuda":
             crops, draws = crops.pin_memory() if crops.is_cpu else crops, draws.pin_memory()

@@ -2,7 +2,8 @@
 # GPU check of issue 13 (item 4): the kit's training step against a bare loop at the paper's size,
 # with its default keys, with uint8_batches (the colour jitter back in the workers, uint8 transfers),
 # with channels_last, and a torch.profiler view of one epoch of each side (GPU busy time, kernels a
-# step), and (ESTIMATE=1) the paper-run estimate, on one CUDA GPU; the steps' limits add up to 520 s
+# step), the device's finishing of a batch against the workers' (check_jitter_on_device.py), and
+# (ESTIMATE=1) the paper-run estimate, on one CUDA GPU; the steps' limits add up to 565 s
 # (under a lent machine's 600 s a call) without the estimate. Run from the repository root with a Python
 # that has torch (CUDA) and the kit's other dependencies (on a machine with no package registry, bring
 # them as wheels and put them on PYTHONPATH).
@@ -21,6 +22,9 @@ export SELMASK_NO_PROGRESS=1 PYTHONPATH=${PYTHONPATH:-.}:. PYTHONUNBUFFERED=1
 "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0), 'bf16' if torch.cuda.is_bf16_supported() else 'no bf16')"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv || true
 nproc
+
+echo "== the device's finishing of a batch against the workers (jitter_on_device and uint8_batches); no host wait =="
+timeout 45 "$PY" benchmarks/check_jitter_on_device.py --device cuda || echo "(check_jitter_on_device: exit $?)"
 
 # Paper size: 256 px crops; pretraining batch 32 on every pretraining image of the embedded data
 # (504 a training epoch), 6 timed epochs; fine-tuning at the paper's batch 8 on a generated set of
@@ -52,6 +56,5 @@ fi
 # Measured before and left out to keep the check short (benchmarks/README.md, GPU): fp32,
 # pin_memory/persistent_workers, 8 and 12 workers (H200 call 6), the colour jitter in the workers
 # sending floats (jitter_on_device false: 0.495x against 0.652x, call 3), the device jitter for
-# fine-tuning and sync_free_steps off (call 5), the sync census and the device jitter's check
-# (check_jitter_on_device.py, call 5), the epoch start (bench_epoch_start.py, call 5), and
-# torch.compile (its compilation outlasts a short run).
+# fine-tuning and sync_free_steps off (call 5), the sync census (call 5), the epoch start
+# (bench_epoch_start.py, call 5), and torch.compile (its compilation outlasts a short run).
