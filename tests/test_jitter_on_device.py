@@ -8,7 +8,6 @@ the same draws, the same jitter up to float rounding.
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -108,28 +107,11 @@ def test_deferred_finetuning_batches_are_the_workers_batches(small_synthetic_roo
     assert_same_images(usual[0], images, uint8_source=True)
 
 
-def train_losses(run_dir):
-    rows = [json.loads(line) for path in sorted(run_dir.rglob("metrics.jsonl")) for line in path.read_text().splitlines()]
-    return [row["train_loss"] for row in rows if "train_loss" in row]
-
-
 @pytest.mark.slow
-def test_runs_with_the_colour_on_the_device_train_as_usual(small_synthetic_root, tmp_path, monkeypatch):
+def test_runs_with_the_colour_on_the_device_train_as_usual(smoke_runs, monkeypatch):
     """Random pretraining and fine-tuning through the deferred path: the same losses. Selective runs, with
     and without baked masks (never deferred), go through it to the end."""
-    root = str(small_synthetic_root)
-
-    def pretraining(name, **settings):
-        cfg = pretrain_preset("smoke", "synthetic", data_root=root, max_images=12, epochs=1, device="cpu",
-                              num_workers=1, **settings)
-        pt.pretrain(cfg, out_dir=tmp_path / name)
-        return train_losses(tmp_path / name)
-
-    def finetuning(name):
-        cfg = finetune_preset("smoke", "synthetic", data_root=root, epochs=1, max_train_images=4, device="cpu")
-        ft.finetune(cfg, tmp_path / name, resume=False)
-        return train_losses(tmp_path / name)
-
+    pretraining, finetuning = smoke_runs.pretraining, smoke_runs.finetuning
     usual = {"random": pretraining("random-usual"), "finetune": finetuning("finetune-usual")}
     for module in DEFERRED_MODULES:
         monkeypatch.setattr(module, "defers_colour", lambda cfg: True)
@@ -144,8 +126,6 @@ def test_runs_with_the_colour_on_the_device_train_as_usual(small_synthetic_root,
     for name, settings in {"selective": {}, "baked": dict(bake_selective_masks=True)}.items():
         losses = pretraining(name, strategy="selective", **settings)  # two steps of one epoch
         assert len(losses) == 2 and torch.isfinite(torch.tensor(losses)).all()
-    for path in tmp_path.rglob("*.pt"):
-        path.unlink()
 
 
 @pytest.mark.slow

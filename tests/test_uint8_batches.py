@@ -9,7 +9,6 @@ a level of 255 (the one rounding to uint8, after the jitter).
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -112,28 +111,11 @@ def test_pretraining_uint8_batches_are_the_workers_batches_within_half_a_level(s
     assert difference.abs().mean() > 0.05
 
 
-def train_losses(run_dir):
-    rows = [json.loads(line) for path in sorted(run_dir.rglob("metrics.jsonl")) for line in path.read_text().splitlines()]
-    return [row["train_loss"] for row in rows if "train_loss" in row]
-
-
 @pytest.mark.slow
-def test_runs_with_uint8_batches_train_as_usual(small_synthetic_root, tmp_path, monkeypatch):
+def test_runs_with_uint8_batches_train_as_usual(smoke_runs, monkeypatch):
     """Fine-tuning: the very same losses; random pretraining: within the rounding; selective runs with and
     without baked masks (which keep float batches) go through it to the end."""
-    root = str(small_synthetic_root)
-
-    def pretraining(name, **settings):
-        cfg = pretrain_preset("smoke", "synthetic", data_root=root, max_images=12, epochs=1, device="cpu",
-                              num_workers=1, **settings)
-        pt.pretrain(cfg, out_dir=tmp_path / name)
-        return train_losses(tmp_path / name)
-
-    def finetuning(name):
-        cfg = finetune_preset("smoke", "synthetic", data_root=root, epochs=1, max_train_images=4, device="cpu")
-        ft.finetune(cfg, tmp_path / name, resume=False)
-        return train_losses(tmp_path / name)
-
+    pretraining, finetuning = smoke_runs.pretraining, smoke_runs.finetuning
     usual = {"random": pretraining("random-usual"), "finetune": finetuning("finetune-uint8-off")}
     for module in (pt, ft):
         monkeypatch.setattr(module, "sends_uint8_batches", lambda cfg: True)
@@ -167,5 +149,3 @@ def test_runs_with_uint8_batches_train_as_usual(small_synthetic_root, tmp_path, 
         assert len(losses) == 2 and torch.isfinite(torch.tensor(losses)).all()
     assert fixed_masks  # the selective step's batches took the path, not only its random first step
     assert baked_items and set(baked_items) == {torch.float32}  # the baked run's selective step did not
-    for path in tmp_path.rglob("*.pt"):
-        path.unlink()
