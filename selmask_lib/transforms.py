@@ -192,24 +192,6 @@ def _grayscale(images: torch.Tensor) -> torch.Tensor:
     return gray if images.is_floating_point() else gray.floor_()
 
 
-def _blend(images: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    # torchvision: image1.mul(ratio).add_(image2, alpha=1 - ratio); addcmul_ is that with a ratio per image,
-    # rounded the same way (a separate other.mul(1 - ratio) rounds once more: a uint8 level now and then).
-    return _in_dtype_of(images.mul(ratio).addcmul_(other, 1.0 - ratio).clamp_(0, _bound(images)), images)
-
-
-def _brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _in_dtype_of(images.mul(factor).clamp_(0, _bound(images)), images)
-
-
-def _contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend(images, _grayscale(images).mean(dim=(-3, -2, -1), keepdim=True), factor)
-
-
-def _saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend(images, _grayscale(images), factor)
-
-
 def _hue(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     try:  # torchvision's HSV conversions work on batches; only its adjust_hue takes one factor per call
         from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
@@ -220,7 +202,32 @@ def _hue(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return v2.functional.to_dtype(_hsv_to_rgb(hsv), images.dtype, scale=True)
 
 
-_OPERATIONS = (_brightness, _contrast, _saturation, _hue)  # in ColorJitter's numbering
+_HUE = 3  # in ColorJitter's numbering: 0 brightness, 1 contrast, 2 saturation, 3 hue
+
+
+def _blended(images: torch.Tensor, factor: torch.Tensor, operation: torch.Tensor, contrast: bool,
+             saturation: bool) -> torch.Tensor:
+    """Each image's own brightness (operation 0), contrast (1) or saturation (2), or nothing (-1), in one pass.
+
+    torchvision's ``adjust_brightness``, ``adjust_contrast`` and ``adjust_saturation`` (uint8 or float
+    [0, 1]) are each ``image.mul(factor).add_(other, alpha=1 - factor)``, clamped (and truncated back to
+    uint8), where other is 0 (brightness), the mean of the grayscale (contrast) or the grayscale
+    (saturation; floored for uint8). Here the factor is one per image, and each image adds the term of its
+    own operation and a zero for the others: exact, as ``v + 0 * x`` is ``v``; an image with factor 1
+    and no term comes out exactly as it went in. ``addcmul_`` rounds as ``add_(..., alpha)`` does (a
+    separate ``other.mul(1 - factor)`` would round once more: a uint8 level now and then). One launch of
+    each kernel for the batch instead of one per operation. ``contrast``/``saturation``: whether any
+    image does it (else its term is left out).
+    """
+    factor, operation = factor.view(-1, 1, 1, 1), operation.view(-1, 1, 1, 1)
+    result = images.mul(factor)
+    if contrast or saturation:
+        gray, rest = _grayscale(images), 1.0 - factor
+        if saturation:
+            result.addcmul_(gray, torch.where(operation == 2, rest, 0.0))
+        if contrast:
+            result.addcmul_(gray.mean(dim=(-3, -2, -1), keepdim=True), torch.where(operation == 1, rest, 0.0))
+    return _in_dtype_of(result.clamp_(0, _bound(images)), images)
 
 
 class ColourJitterOnDevice:
@@ -228,17 +235,19 @@ class ColourJitterOnDevice:
 
     torchvision's colour kernels take one factor per call, so a batch whose
     images each have their own factors and order would be 4 calls per image;
-    the operations above are the same arithmetic as torchvision's
+    :func:`_blended` and :func:`_hue` are the same arithmetic as torchvision's
     (``adjust_brightness`` ... ``adjust_hue``, uint8 or float [0, 1]) with a
-    factor per image. In each of the 4 slots of the order, the images are
-    grouped by the operation they do there (:func:`jitter_groups`), and each
-    group is jittered on its own and copied back: every image goes through
-    exactly its own operations, and the costly HSV round trip of the hue
-    runs once per image, not over the whole batch in every slot. The groups'
-    rows and factors travel to the device in one copy per batch, and
-    nothing waits for the GPU. On a CPU the results equal the per-image
-    jitter of a loader worker (uint8), or match it up to float rounding
-    (float): ``tests/test_transforms.py``. A GPU's kernels may round
+    factor per image. The jitter runs slot by slot of the order (the groups
+    of :func:`jitter_groups`). In each slot, brightness, contrast and
+    saturation run as one blend over the whole batch (:func:`_blended`), each
+    image with its own operation and factor, since on a GPU the host's
+    launches cost more than the arithmetic; the images whose slot holds the
+    hue are jittered as a group on their own and copied back, so that the
+    costly HSV round trip runs once per image. Every image goes through
+    exactly its own operations. The factors travel to the device in one copy
+    per batch, and nothing waits for the GPU. On a CPU the results equal the
+    per-image jitter of a loader worker (uint8), or match it up to float
+    rounding (float): ``tests/test_transforms.py``. A GPU's kernels may round
     differently (``benchmarks/check_jitter_on_device.py`` measures it).
     """
 
@@ -253,24 +262,48 @@ class ColourJitterOnDevice:
             images = v2.functional.to_dtype(images, torch.float32, scale=True)
         groups = jitter_groups(draws)
         if groups:
-            rows = [row for group in groups for row in group.rows]
-            # One copy: the groups' rows (as float32: exact, as a batch has far fewer than 2**24 images),
-            # then their factors.
-            packed = torch.tensor(rows + [factor for group in groups for factor in group.factors])
-            packed = to_device_without_waiting(packed, images.device)
-            device_rows, device_factors = packed[:len(rows)].long(), packed[len(rows):]
-            images = images.clone()  # written in place below; the caller's batch stays as it was
-            start = 0
-            for group in groups:  # slot by slot; the groups of one slot have no image in common
-                where = slice(start, start + len(group.rows))
-                start = where.stop
-                apply = _OPERATIONS[group.operation]
-                jittered = apply(images.index_select(0, device_rows[where]), device_factors[where].view(-1, 1, 1, 1))
-                images.index_copy_(0, device_rows[where], jittered)
+            images = self._jitter(images, groups)
         mean, std = self._mean_and_std(images.device)
         # v2.functional.normalize's arithmetic, with statistics kept on the device: it would copy them
         # there from pageable memory every batch, and such a copy makes the host wait for the GPU.
         return v2.functional.to_dtype(images, torch.float32, scale=True).sub(mean).div_(std)
+
+    @staticmethod
+    def _jitter(images: torch.Tensor, groups: list[JitterGroup]) -> torch.Tensor:
+        """``images`` through the operations of ``groups``, slot by slot (a new tensor; the caller's is kept)."""
+        batch = len(images)
+        hues = {group.slot: group for group in groups if group.operation == _HUE}  # at most one group a slot
+        blends: dict[int, tuple[list[float], list[float]]] = {}  # slot -> each image's (factor, operation)
+        for group in groups:
+            if group.operation != _HUE:
+                factors, operations = blends.setdefault(group.slot, ([1.0] * batch, [-1.0] * batch))
+                for row, factor in zip(group.rows, group.factors):
+                    factors[row], operations[row] = factor, float(group.operation)
+        # One copy: each blended slot's factors and operations, then the hue groups' rows (as float32:
+        # exact, as a batch has far fewer than 2**24 images) and factors.
+        blend_values = [value for slot in sorted(blends) for column in blends[slot] for value in column]
+        hue_rows = [row for slot in sorted(hues) for row in hues[slot].rows]
+        hue_factors = [factor for slot in sorted(hues) for factor in hues[slot].factors]
+        packed = to_device_without_waiting(torch.tensor(blend_values + hue_rows + hue_factors), images.device)
+        blend_columns = dict(zip(sorted(blends), packed[:len(blend_values)].view(-1, 2, batch)))
+        device_rows = packed[len(blend_values):len(blend_values) + len(hue_rows)].long()
+        device_factors = packed[len(blend_values) + len(hue_rows):]
+        written = False  # whether ``images`` is a tensor of this method's own yet (index_copy_ writes in place)
+        start = 0
+        for slot in range(4):
+            if slot in blends:
+                done_here = {group.operation for group in groups if group.slot == slot}
+                factor, operation = blend_columns[slot]
+                images = _blended(images, factor, operation, contrast=1 in done_here, saturation=2 in done_here)
+                written = True
+            if slot in hues:
+                if not written:
+                    images, written = images.clone(), True
+                where = slice(start, start + len(hues[slot].rows))
+                start = where.stop
+                hued = _hue(images.index_select(0, device_rows[where]), device_factors[where].view(-1, 1, 1, 1))
+                images.index_copy_(0, device_rows[where], hued)
+        return images
 
     def _mean_and_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._statistics:

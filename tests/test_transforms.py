@@ -186,6 +186,16 @@ def test_colour_jitter_on_the_device_follows_each_images_order_and_factors():
     torch.testing.assert_close(other[2:], on_device[2:], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("order", [(3, 0, 1, 2), (0, 3, 1, 2)], ids=["hue first", "brightness first"])
+def test_colour_jitter_on_the_device_leaves_the_callers_batch_as_it_was(order):
+    """The hue is written into the batch in place: into a copy, even when it comes first in a float batch."""
+    crops = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    draws = torch.tensor([[1, *order, 1.1, 0.9, 0.8, 0.05, 1]] * 4, dtype=torch.float32)
+    before = crops.clone()
+    finished = T.ColourJitterOnDevice(DEFAULT_MEAN, DEFAULT_STD)(crops, draws)
+    assert torch.equal(crops, before) and not torch.equal(finished, T.normalise(before, DEFAULT_MEAN, DEFAULT_STD))
+
+
 def test_jitter_groups_put_each_image_in_the_slot_of_each_of_its_operations():
     """Not applied: in no group; an operation that is off (NaN factor): in no slot; the rest: once per operation."""
     nan = float("nan")
