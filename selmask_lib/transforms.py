@@ -212,12 +212,14 @@ def _blended(images: torch.Tensor, factor: torch.Tensor, operation: torch.Tensor
     torchvision's ``adjust_brightness``, ``adjust_contrast`` and ``adjust_saturation`` (uint8 or float
     [0, 1]) are each ``image.mul(factor).add_(other, alpha=1 - factor)``, clamped (and truncated back to
     uint8), where other is 0 (brightness), the mean of the grayscale (contrast) or the grayscale
-    (saturation; floored for uint8). Here the factor is one per image, and each image adds the term of its
-    own operation and a zero for the others: exact, as ``v + 0 * x`` is ``v``; an image with factor 1
-    and no term comes out exactly as it went in. ``addcmul_`` rounds as ``add_(..., alpha)`` does (a
-    separate ``other.mul(1 - factor)`` would round once more: a uint8 level now and then). One launch of
-    each kernel for the batch instead of one per operation. ``contrast``/``saturation``: whether any
-    image does it (else its term is left out).
+    (saturation; floored for uint8). Here ``factor`` (float32 [B]) is one per image, and ``operation``
+    (float32 [B]: 0, 1, 2, or -1 for nothing) picks the term each image adds; the others get a weight of
+    exactly 0, which adds nothing (``v + 0 * x`` is ``v`` for a finite x). An image that does nothing has
+    factor 1, so all its weights (``1 - factor``) are 0 and it comes out as it went in, given values in
+    [0, 1] as the kit's are (the clamp would move others). ``addcmul_`` rounds as ``add_(..., alpha)``
+    does (a separate ``other.mul(1 - factor)`` would round once more: a uint8 level now and then). One
+    launch of each kernel for the batch instead of one per operation. ``contrast``/``saturation``:
+    whether any image does it (else its term is left out).
     """
     factor, operation = factor.view(-1, 1, 1, 1), operation.view(-1, 1, 1, 1)
     result = images.mul(factor)
@@ -274,11 +276,13 @@ class ColourJitterOnDevice:
         batch = len(images)
         hues = {group.slot: group for group in groups if group.operation == _HUE}  # at most one group a slot
         blends: dict[int, tuple[list[float], list[float]]] = {}  # slot -> each image's (factor, operation)
+        blended_operations: dict[int, set[int]] = {}  # slot -> the operations blended there
         for group in groups:
             if group.operation != _HUE:
                 factors, operations = blends.setdefault(group.slot, ([1.0] * batch, [-1.0] * batch))
                 for row, factor in zip(group.rows, group.factors):
                     factors[row], operations[row] = factor, float(group.operation)
+                blended_operations.setdefault(group.slot, set()).add(group.operation)
         # One copy: each blended slot's factors and operations, then the hue groups' rows (as float32:
         # exact, as a batch has far fewer than 2**24 images) and factors.
         blend_values = [value for slot in sorted(blends) for column in blends[slot] for value in column]
@@ -288,17 +292,17 @@ class ColourJitterOnDevice:
         blend_columns = dict(zip(sorted(blends), packed[:len(blend_values)].view(-1, 2, batch)))
         device_rows = packed[len(blend_values):len(blend_values) + len(hue_rows)].long()
         device_factors = packed[len(blend_values) + len(hue_rows):]
-        written = False  # whether ``images`` is a tensor of this method's own yet (index_copy_ writes in place)
+        owned = False  # whether ``images`` is a tensor of this method's own yet (index_copy_ writes in place)
         start = 0
         for slot in range(4):
             if slot in blends:
-                done_here = {group.operation for group in groups if group.slot == slot}
                 factor, operation = blend_columns[slot]
-                images = _blended(images, factor, operation, contrast=1 in done_here, saturation=2 in done_here)
-                written = True
+                images = _blended(images, factor, operation, contrast=1 in blended_operations[slot],
+                                  saturation=2 in blended_operations[slot])
+                owned = True
             if slot in hues:
-                if not written:
-                    images, written = images.clone(), True
+                if not owned:
+                    images, owned = images.clone(), True
                 where = slice(start, start + len(hues[slot].rows))
                 start = where.stop
                 hued = _hue(images.index_select(0, device_rows[where]), device_factors[where].view(-1, 1, 1, 1))
