@@ -295,6 +295,19 @@ def profile_kit(configs, tmp: Path, top: int, sort: str = "cumulative") -> None:
         pstats.Stats(profiler, stream=sys.stdout).sort_stats(sort).print_stats(top)
 
 
+def loop_runs(configs, data, device: torch.device, tmp: Path, folder: str):
+    """For each loop: (name, config, images an epoch, a kit run, a bare run taking ``around_epoch``)."""
+    pre, fine = configs
+    images, seg_images, seg_labels, num_classes = data
+    return (("pretraining", pre, len(images),
+             lambda: pretrain_random(pre, tmp / f"{folder}-pretrain", resume=False),
+             lambda around_epoch: bare_pretraining(pre, images, device, around_epoch=around_epoch)),
+            ("fine-tuning", fine, len(seg_images),
+             lambda: finetune(fine, tmp / f"{folder}-finetune", resume=False),
+             lambda around_epoch: bare_finetuning(fine, seg_images, seg_labels, num_classes, device,
+                                                  around_epoch=around_epoch)))
+
+
 class SyncCensus:
     """Each time the host waits for the GPU while it is on: torch's sync debug mode, counted by call site.
 
@@ -340,24 +353,17 @@ def sync_census(configs, data, device: torch.device, tmp: Path) -> None:
     if device.type != "cuda":
         print("sync census: CUDA only (torch.cuda.set_sync_debug_mode); nothing to count on", device)
         return
-    pre, fine = (cfg.updated(epochs=1) for cfg in configs)
-    images, seg_images, seg_labels, num_classes = data
-
     def steps(cfg, n_images: int) -> int:  # as the kit's loaders batch an epoch
         return cfg.epochs * len(BatchSampler(range(n_images), cfg.batch_size, cfg.drop_last))
 
     print("\nsync census (torch.cuda.set_sync_debug_mode 'warn'; training epochs only):")
-    for name, cfg, n_images, kit, bare in (
-            ("pretraining", pre, len(images), lambda: pretrain_random(pre, tmp / "census-pretrain", resume=False),
-             lambda census: bare_pretraining(pre, images, device, around_epoch=lambda epoch: census.on())),
-            ("fine-tuning", fine, len(seg_images), lambda: finetune(fine, tmp / "census-finetune", resume=False),
-             lambda census: bare_finetuning(fine, seg_images, seg_labels, num_classes, device,
-                                            around_epoch=lambda epoch: census.on()))):
+    for name, cfg, n_images, kit, bare in loop_runs([cfg.updated(epochs=1) for cfg in configs], data, device,
+                                                    tmp, "census"):
         kit_census, bare_census = SyncCensus(), SyncCensus()
         with kit_census.recording(), around_training_epochs(lambda trainer, loader: kit_census.on()):
             kit()
         with bare_census.recording():
-            bare(bare_census)
+            bare(lambda epoch: bare_census.on())
         kit_census.report(f"kit {name}", steps(cfg, n_images))
         bare_census.report(f"bare {name}", steps(cfg, n_images))
 
@@ -425,24 +431,15 @@ def _union_length(intervals: list[tuple[float, float]]) -> float:
 
 def device_profile(configs, data, device: torch.device, tmp: Path, top: int) -> None:
     """One kit run and one bare run of each loop, 2 epochs each; the second epoch of each is profiled."""
-    pre, fine = (cfg.updated(epochs=2) for cfg in configs)
-    images, seg_images, seg_labels, num_classes = data
-
-    def steps(cfg, n_images: int, drop_last: bool) -> int:
-        return len(BatchSampler(range(n_images), cfg.batch_size, drop_last))
-
     print(f"\nprofile of the second training epoch of each side (torch.profiler; top {top} ops by "
           f"{'device' if device.type == 'cuda' else 'host'} self time):")
-    for name, cfg, n_images, kit, bare in (
-            ("pretraining", pre, len(images), lambda: pretrain_random(pre, tmp / "profile-pretrain", resume=False),
-             lambda around: bare_pretraining(pre, images, device, around_epoch=around)),
-            ("fine-tuning", fine, len(seg_images), lambda: finetune(fine, tmp / "profile-finetune", resume=False),
-             lambda around: bare_finetuning(fine, seg_images, seg_labels, num_classes, device,
-                                            around_epoch=around))):
+    for name, cfg, n_images, kit, bare in loop_runs([cfg.updated(epochs=2) for cfg in configs], data, device,
+                                                    tmp, "profile"):
         kit_profile, bare_profile = EpochProfile(device), EpochProfile(device)
         with around_training_epochs(lambda trainer, loader: kit_profile.around(len(loader))):
             kit()
-        bare(lambda epoch: bare_profile.around(steps(cfg, n_images, drop_last=False)))
+        bare_steps = len(BatchSampler(range(n_images), cfg.batch_size, drop_last=False))  # the bare loop's batches
+        bare(lambda epoch: bare_profile.around(bare_steps))
         kit_profile.report(f"kit {name}", top)
         bare_profile.report(f"bare {name}", top)
 
