@@ -4,7 +4,13 @@
 steps of each loop (after warm-up steps) on synthetic tensors at the
 preset's batch and image size, on the current device, through the kit's own
 step (:meth:`Trainer.train_one_epoch`), and an evaluation step (no
-gradients, the same batch). The step counts of the paper's runs follow from
+gradients). The training batch is made by the run's own training transform
+from random images and collated as its loader collates it (pinned where the
+loader pins): float images, or on CUDA with ``jitter_on_device`` or
+``uint8_batches`` uint8 images with their colour-jitter draws, which the
+step then finishes on the device as in a run (jitter, normalisation); that
+work is part of a step's cost. The evaluation batch is float, as a
+validation loader's. The step counts of the paper's runs follow from
 the dataset sizes in :data:`selmask_lib.config.PAPER_DATASET_SIZES`:
 
 * random masking: E epochs of the 90 % training images + validation;
@@ -25,6 +31,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -83,14 +90,14 @@ def paper_phases(dataset: str, pre: PretrainConfig, fine: FinetuneConfig, pre_ti
 # --------------------------------------------------------------------------- timing
 
 
-def _time_steps(trainer, batches: list, batch_loss, steps: int, warmup: int) -> StepTimes:
+def _time_steps(trainer, train_batch, eval_batch, batch_loss, steps: int, warmup: int) -> StepTimes:
     """Seconds per training step and per evaluation step, after ``warmup`` untimed steps of each."""
     optimisation = trainer.new_optimisation()
 
-    def seconds_per_step(run, count: int) -> float:
+    def seconds_per_step(run, batch, count: int) -> float:
         _synchronise(trainer.device)
         started = time.perf_counter()
-        run(batches[:1] * count)
+        run([batch] * count)
         _synchronise(trainer.device)
         return (time.perf_counter() - started) / count
 
@@ -102,10 +109,10 @@ def _time_steps(trainer, batches: list, batch_loss, steps: int, warmup: int) -> 
         trainer.model.eval()
         trainer.mean_loss(items, batch_loss)
 
-    for run in (train, evaluate):
+    for run, batch in ((train, train_batch), (evaluate, eval_batch)):
         if warmup:
-            seconds_per_step(run, warmup)
-    return StepTimes(seconds_per_step(train, steps), seconds_per_step(evaluate, steps))
+            seconds_per_step(run, batch, warmup)
+    return StepTimes(seconds_per_step(train, train_batch, steps), seconds_per_step(evaluate, eval_batch, steps))
 
 
 def _synchronise(device: torch.device) -> None:
@@ -113,8 +120,85 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def batch_format(cfg) -> str:
+    """How the run's training loader sends a batch on this device (the estimate times the same)."""
+    from .engine import defers_colour, sends_uint8_batches
+
+    if defers_colour(cfg):
+        return "uint8, colour jitter and normalisation on the device (jitter_on_device)"
+    if sends_uint8_batches(cfg):
+        return "uint8, normalisation on the device (uint8_batches)"
+    return "float32, finished by the loader"
+
+
+def _as_loaded(trainer, items: list) -> Any:
+    """``items`` collated as the trainer's loaders collate them, in pinned memory where they pin it."""
+    from torch.utils.data import default_collate
+
+    batch = default_collate(items)
+    return _pinned(batch) if trainer._pins_memory() else batch
+
+
+def _pinned(batch: Any) -> Any:
+    if torch.is_tensor(batch):
+        return batch.pin_memory()
+    if isinstance(batch, dict):
+        return {key: _pinned(value) for key, value in batch.items()}
+    return [_pinned(value) for value in batch]
+
+
+def _random_images(count: int, size: int, as_float: bool) -> list:
+    """``count`` random RGB images, uint8 or float [0, 1] as the datasets give them, wrapped for v2 transforms."""
+    from torchvision import tv_tensors
+
+    images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8)
+    return [tv_tensors.Image(image.float() / 255 if as_float else image) for image in images]
+
+
+def pretraining_batches(cfg: PretrainConfig, trainer) -> tuple[Any, Any]:
+    """A random-masking training batch as its loader sends it for ``cfg`` here, and a float evaluation batch.
+
+    Through the run's own training transform (``pretraining._train_on``): the pool's float image, or the
+    decoded uint8 image where the colour jitter is left to the device.
+    """
+    from .engine import defers_colour, sends_uint8_batches
+    from .transforms import as_outputs, train_transform, val_transform
+
+    defer = defers_colour(cfg)
+    train = train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std, antialias=cfg.antialias,
+                            defer_colour=defer, jitter_in_float=True, uint8_batch=sends_uint8_batches(cfg))
+    evaluation = val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias)
+    images = _random_images(cfg.batch_size, cfg.image_size, as_float=not defer)
+    return (_as_loaded(trainer, [as_outputs(train(image)) for image in images]),
+            _as_loaded(trainer, [(evaluation(image.float() / 255 if defer else image),) for image in images]))
+
+
+def finetuning_batches(cfg: FinetuneConfig, num_classes: int, trainer) -> tuple[Any, Any]:
+    """A training batch (images, labels) as the fine-tuning loader sends it for ``cfg`` here, and a float
+    evaluation batch; labels as the dataset gives them (``data.base``: uint8 in a batch the device finishes)."""
+    from torchvision import tv_tensors
+
+    from .engine import defers_colour, sends_uint8_batches
+    from .transforms import train_transform, val_transform
+
+    train = train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std, antialias=cfg.antialias,
+                            defer_colour=defers_colour(cfg), uint8_batch=sends_uint8_batches(cfg))
+    evaluation = val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias)
+    images = _random_images(cfg.batch_size, cfg.image_size, as_float=False)
+    labels = [tv_tensors.Mask(torch.randint(0, num_classes, (cfg.image_size, cfg.image_size)))
+              for _ in images]
+
+    def sent(image, label):
+        image, label, *extra = train(image, label)
+        finished_on_device = bool(extra) and num_classes <= 256
+        return image, label.to(torch.uint8 if finished_on_device else torch.int64), *extra
+
+    return (_as_loaded(trainer, [sent(image, label) for image, label in zip(images, labels)]),
+            _as_loaded(trainer, [evaluation(image, label) for image, label in zip(images, labels)]))
+
+
 def time_pretraining_step(cfg: PretrainConfig, steps: int, warmup: int) -> StepTimes:
-    """The kit's random-masking step (mask, forward, the config's reconstruction loss, Adam) on a synthetic batch."""
+    """The kit's random-masking step (finish the batch, mask, forward, the config's reconstruction loss, Adam)."""
     from .engine import Trainer, epoch_generator
     from .losses import ReconstructionLoss
     from .masking import patch_grid
@@ -125,33 +209,26 @@ def time_pretraining_step(cfg: PretrainConfig, steps: int, warmup: int) -> StepT
     trainer = Trainer(cfg, build_reconstruction_model(cfg.dropout, cfg.pad_to_multiple))
     crop_grid = patch_grid(cfg.image_size, cfg.image_size, cfg.n_patches)
     loss_fn, generator = ReconstructionLoss(cfg.recon_loss), epoch_generator(cfg.seed, "estimate")
-    images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size)
     random_masks = RandomPixelMasks(crop_grid, cfg.mask_ratio, trainer.device)
 
-    def batch_loss(model, batch):
-        (images,) = (tensor.to(trainer.device) for tensor in batch)
+    def batch_loss(model, batch):  # as pretraining's: the batch's first tensor, on the device
+        images = batch[0].to(trainer.device, non_blocking=True)
         inputs = masked_inputs(images, random_masks(len(images), generator))
         return loss_fn(trainer.forward(model, inputs), images)
 
-    return _time_steps(trainer, [(images,)], batch_loss, steps, warmup)
+    return _time_steps(trainer, *pretraining_batches(cfg, trainer), batch_loss, steps, warmup)
 
 
 def time_finetuning_step(cfg: FinetuneConfig, num_classes: int, steps: int, warmup: int) -> StepTimes:
-    """The kit's fine-tuning step (forward, Jaccard loss, Adam) on a synthetic batch."""
+    """The kit's fine-tuning step (finish the batch, forward, Jaccard loss, Adam)."""
     from .engine import Trainer
-    from .finetuning import segmentation_loss
+    from .finetuning import segmentation_batch_loss, segmentation_loss
     from .models import build_segmentation_model
 
     torch.manual_seed(cfg.seed)
     trainer = Trainer(cfg, build_segmentation_model(num_classes, cfg.dropout, cfg.pad_to_multiple))
-    loss_fn = segmentation_loss()
-    images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size)
-    labels = torch.randint(0, num_classes, (cfg.batch_size, cfg.image_size, cfg.image_size))
-
-    def batch_loss(model, batch):
-        return loss_fn(trainer.forward(model, batch[0]), batch[1].to(trainer.device))
-
-    return _time_steps(trainer, [(images, labels)], batch_loss, steps, warmup)
+    batch_loss = segmentation_batch_loss(trainer, segmentation_loss())
+    return _time_steps(trainer, *finetuning_batches(cfg, num_classes, trainer), batch_loss, steps, warmup)
 
 
 # --------------------------------------------------------------------------- report
@@ -193,6 +270,8 @@ def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: in
         if not lines:
             lines.append(f"device {pick_device(pre.device)}, torch {torch.__version__}; "
                          f"{steps} timed steps after {warmup} warm-up steps each")
+            lines.append(f"training batches as the loaders send them here: pretraining {batch_format(pre)}; "
+                         f"fine-tuning {batch_format(fine)}")
         pre_times, fine_times = measured[(pre.batch_size, pre.image_size, "pre")], \
             measured[(fine.batch_size, fine.image_size, classes)]
         sizes = PAPER_DATASET_SIZES.get(dataset)

@@ -310,7 +310,7 @@ def build_initialised_model(cfg: FinetuneConfig, num_classes: int,
 # --------------------------------------------------------------------------- training and evaluation
 
 
-def _segmentation_loss_of(trainer: Trainer, loss_fn: torch.nn.Module,
+def segmentation_batch_loss(trainer: Trainer, loss_fn: torch.nn.Module,
                           evaluator: Optional[SegmentationEvaluator] = None):
     """``batch_loss(model, (images, masks))`` for the engine; also counts pixels into ``evaluator``."""
     def batch_loss(model: torch.nn.Module, batch) -> torch.Tensor:
@@ -336,7 +336,7 @@ def evaluate_split(trainer: Trainer, splits: _Splits, loss_fn: torch.nn.Module, 
     dataset = getattr(splits, split)
     loader = trainer.loader(dataset, False, split, batch_size=batch_size,
                             drop_last=None if split == "val" else False)  # cfg.drop_last never drops test images
-    loss = trainer.mean_loss(loader, _segmentation_loss_of(trainer, loss_fn, evaluator), split)
+    loss = trainer.mean_loss(loader, segmentation_batch_loss(trainer, loss_fn, evaluator), split)
     gather_confusion(evaluator)  # torchrun: sum the shards' counts so every process scores the whole split
     try:
         scores = evaluator.compute()
@@ -362,7 +362,7 @@ def _train(trainer: Trainer, splits: _Splits, loss_fn: torch.nn.Module, run_dir:
     def train_epoch(epoch: int, optimisation: Optimisation) -> dict:
         trainer.seed_torch("augment", epoch)
         loader = trainer.epoch_loader(splits.train, epoch)
-        loss = trainer.train_one_epoch(loader, _segmentation_loss_of(trainer, loss_fn), optimisation,
+        loss = trainer.train_one_epoch(loader, segmentation_batch_loss(trainer, loss_fn), optimisation,
                                        f"finetune epoch {epoch}")
         return {"train_loss": loss}
 
