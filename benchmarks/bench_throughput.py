@@ -25,6 +25,7 @@ start of a run on both sides (loader workers, first kernels).
     .venv/bin/python benchmarks/bench_throughput.py --profile       # where the kit's epoch time goes
     .venv/bin/python benchmarks/bench_throughput.py --device cuda --set channels_last=true   # one speed key
     .venv/bin/python benchmarks/bench_throughput.py --device cuda --sync-census   # where the host waits
+    .venv/bin/python benchmarks/bench_throughput.py --workers 1 --op-census --as-on-cuda   # host ops a step
 
 ``--set KEY=VALUE`` changes the kit's configs only (each loop where it has the
 key). The bare loop stays plain (it only follows the run's precision and Adam kind), so
@@ -53,7 +54,11 @@ os.environ["SELMASK_NO_PROGRESS"] = "1"
 
 import torch  # noqa: E402
 from torch.utils.data import BatchSampler  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
+import selmask_lib.engine as engine_module  # noqa: E402
+import selmask_lib.finetuning as finetuning_module  # noqa: E402
+import selmask_lib.pretraining as pretraining_module  # noqa: E402
 from selmask_lib.cli import parse_overrides  # noqa: E402
 from selmask_lib.config import FinetuneConfig, PretrainConfig, finetune_preset, pretrain_preset  # noqa: E402
 from selmask_lib.data import load_segmentation_split, resolve_data_root  # noqa: E402
@@ -444,6 +449,77 @@ def device_profile(configs, data, device: torch.device, tmp: Path, top: int) -> 
         bare_profile.report(f"bare {name}", top)
 
 
+class OpCensus(TorchDispatchMode):
+    """The aten ops dispatched while it is on, counted by name: on a GPU, about one kernel launch each.
+
+    A torch dispatch mode sees every op of the thread that turned it on, and
+    of autograd's backward pass (which carries the mode). It does not see
+    the loader workers (other processes) or the pin-memory thread. On a CPU
+    it counts what the host would launch on a GPU for the same steps, so a
+    change that adds launches shows here without a GPU. Python's own time
+    is not counted: the device profile measures that.
+    """
+
+    def __init__(self, counts: collections.Counter):
+        super().__init__()
+        self.counts = counts
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def batch_keys_as_on_cuda():
+    """``jitter_on_device`` and ``uint8_batches`` act as on CUDA, whatever the device (they are no-ops
+    elsewhere): the batches are finished on this device as a GPU would finish them."""
+    def defers(cfg) -> bool:
+        return bool(cfg.jitter_on_device)
+
+    def sends_uint8(cfg) -> bool:
+        return bool(cfg.uint8_batches) and not defers(cfg)
+
+    modules = (engine_module, pretraining_module, finetuning_module)
+    saved = [(module, module.defers_colour, module.sends_uint8_batches) for module in modules]
+    for module in modules:
+        module.defers_colour, module.sends_uint8_batches = defers, sends_uint8
+    try:
+        yield
+    finally:
+        for module, defers_colour, sends_uint8_batches in saved:
+            module.defers_colour, module.sends_uint8_batches = defers_colour, sends_uint8_batches
+
+
+def op_census(configs, data, device: torch.device, tmp: Path, as_on_cuda: bool, top: int = 15) -> None:
+    """Aten ops a training step of one kit run and one bare run of each loop (1 epoch each), and the ops
+    whose counts differ most. With loader workers the kit's augmentation runs elsewhere and is not counted."""
+    print(f"\nop census (aten ops a training step on the host thread; {device}"
+          + (", jitter_on_device and uint8_batches acting as on CUDA" if as_on_cuda else "") + "):")
+    with batch_keys_as_on_cuda() if as_on_cuda else contextlib.nullcontext():
+        for name, cfg, n_images, kit, bare in loop_runs([cfg.updated(epochs=1) for cfg in configs], data, device,
+                                                        tmp, "ops"):
+            kit_counts, bare_counts, kit_steps = collections.Counter(), collections.Counter(), []
+
+            def counting(trainer, loader):
+                kit_steps.append(len(loader))
+                return OpCensus(kit_counts)
+
+            with around_training_epochs(counting):
+                kit()
+            bare(lambda epoch: OpCensus(bare_counts))
+            per_step = {"kit": {op: n / sum(kit_steps) for op, n in kit_counts.items()},
+                        "bare": {op: n / len(BatchSampler(range(n_images), cfg.batch_size, drop_last=False))
+                                 for op, n in bare_counts.items()}}
+            totals = {side: sum(ops.values()) for side, ops in per_step.items()}
+            print(f"  {name}: kit {totals['kit']:.0f} ops a step, bare {totals['bare']:.0f}, "
+                  f"difference {totals['kit'] - totals['bare']:+.0f}")
+            differences = {op: per_step["kit"].get(op, 0.0) - per_step["bare"].get(op, 0.0)
+                           for op in set(per_step["kit"]) | set(per_step["bare"])}
+            for op, difference in sorted(differences.items(), key=lambda item: -abs(item[1]))[:top]:
+                if abs(difference) >= 0.5:
+                    print(f"    {difference:+8.1f}  {op} (kit {per_step['kit'].get(op, 0.0):.1f} a step)")
+
+
 def build_configs(args, data_root: str):
     shared = dict(data_root=data_root, device=args.device)
     if args.image_size:
@@ -498,6 +574,12 @@ def main() -> None:
     parser.add_argument("--device-profile", action="store_true",
                         help="only profile the second epoch of one kit run and one bare run of each loop with "
                              "torch.profiler: ms a step, GPU busy time, kernels a step, top ops (no timing rounds)")
+    parser.add_argument("--op-census", action="store_true",
+                        help="only count the aten ops a training step dispatches on the host thread, kit and bare, "
+                             "for one epoch of each loop (any device; with --workers the kit's augmentation is "
+                             "elsewhere)")
+    parser.add_argument("--as-on-cuda", action="store_true",
+                        help="with --op-census: jitter_on_device and uint8_batches act as on CUDA on this device")
     parser.add_argument("--profile-sort", default="cumulative", choices=("cumulative", "tottime"),
                         help="order of the profile's functions (default cumulative)")
     args = parser.parse_args()
@@ -523,6 +605,9 @@ def main() -> None:
         tmp = Path(tmp)
         if args.sync_census:
             sync_census(configs, data, device, tmp)
+            return
+        if args.op_census:
+            op_census(configs, data, device, tmp, args.as_on_cuda)
             return
         if args.device_profile:
             device_profile(configs, data, device, tmp, top=15)
