@@ -23,14 +23,14 @@ import torch
 from torchvision import tv_tensors
 
 from selmask_lib.config import DEFAULT_MEAN, DEFAULT_STD
-from selmask_lib.transforms import COLOUR_DRAWS, ColourJitterOnDevice, train_transform
+from selmask_lib.transforms import COLOUR_DRAWS, ColourJitterOnDevice, as_outputs, train_transform
 
 
 def both_paths(images: torch.Tensor, size: int, in_float: bool, uint8_batch: bool = False):
     """(the workers' normalised images, the crops sent to the device, their draws), each image from its own seed.
 
     Sent: uncoloured uint8 crops with the jitter's draws (``jitter_on_device``), or with ``uint8_batch``
-    the workers' jittered images as uint8 with draws that jitter nothing (``uint8_batches``).
+    the workers' jittered images as uint8 and no draws (``uint8_batches``: draws None).
     """
     usual = train_transform(size, color_jitter=0.2, jitter_p=1.0)
     deferred = train_transform(size, color_jitter=0.2, jitter_p=1.0, defer_colour=not uint8_batch,
@@ -41,10 +41,11 @@ def both_paths(images: torch.Tensor, size: int, in_float: bool, uint8_batch: boo
         source = image.float() / 255 if in_float else image  # pretraining's workers crop float images
         in_worker.append(usual(tv_tensors.Image(source)).as_subclass(torch.Tensor))
         torch.manual_seed(index)
-        crop, extra = deferred(tv_tensors.Image(source if uint8_batch else image))
+        crop, *extra = as_outputs(deferred(tv_tensors.Image(source if uint8_batch else image)))
         crops.append(crop.as_subclass(torch.Tensor))
-        draws.append(extra[COLOUR_DRAWS])
-    return torch.stack(in_worker), torch.stack(crops), torch.stack(draws)
+        if extra:
+            draws.append(extra[0][COLOUR_DRAWS])
+    return torch.stack(in_worker), torch.stack(crops), torch.stack(draws) if draws else None
 
 
 def main() -> None:
@@ -66,7 +67,8 @@ def main() -> None:
         in_worker, crops, draws = both_paths(images, args.size, in_float, uint8_batch)
         crops = crops.to(device)
         if device.type == "cuda":
-            crops, draws = crops.pin_memory() if crops.is_cpu else crops, draws.pin_memory()
+            crops = crops.pin_memory() if crops.is_cpu else crops
+            draws = None if draws is None else draws.pin_memory()
             finish(crops, draws)  # first call: the statistics go to the device once
             torch.cuda.synchronize()
             torch.cuda.set_sync_debug_mode("error")  # any host wait inside raises
@@ -84,7 +86,7 @@ def main() -> None:
         print(f"{name}: " + time_finishing(finish, crops, draws, device, args.repeats))
 
 
-def time_finishing(finish: ColourJitterOnDevice, crops: torch.Tensor, draws: torch.Tensor, device: torch.device,
+def time_finishing(finish: ColourJitterOnDevice, crops: torch.Tensor, draws, device: torch.device,
                    repeats: int) -> str:
     """Milliseconds to finish the batch: queued by the host, and run by the device (CUDA events)."""
     synchronise = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -919,14 +919,20 @@ class Trainer:
         torch.manual_seed(derive_seed(self.cfg.seed, *keys, *rank_key()))
 
     def finish_batch(self, batch: Any) -> Any:
-        """A batch whose colour jitter was left to the device (its last element holds the draws:
-        ``transforms.DeferredColourJitter``) gets it here: ``(images, ...)`` normalised on the device.
-        Any other batch is returned as it is.
+        """A batch whose images were sent as uint8 is finished here, on the device: ``(images, ...)`` as
+        float, normalised, and first colour-jittered if its last element holds the draws
+        (``jitter_on_device``: ``transforms.DeferredColourJitter``); without draws the workers jittered
+        already (``uint8_batches``). Any other batch (float images) is returned as it is.
         """
-        if not (isinstance(batch, (list, tuple)) and isinstance(batch[-1], dict) and COLOUR_DRAWS in batch[-1]):
+        if not (isinstance(batch, (list, tuple)) and torch.is_tensor(batch[0])):
+            return batch
+        with_draws = isinstance(batch[-1], dict) and COLOUR_DRAWS in batch[-1]
+        if not with_draws and batch[0].dtype != torch.uint8:
             return batch
         images = batch[0].to(self.device, non_blocking=True)
-        return (self.colour_on_device(images, batch[-1][COLOUR_DRAWS]), *batch[1:-1])
+        if with_draws:
+            return (self.colour_on_device(images, batch[-1][COLOUR_DRAWS]), *batch[1:-1])
+        return (self.colour_on_device(images), *batch[1:])
 
     def forward(self, model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         """``model(inputs)`` on the device, under autocast with AMP; the output in float32."""

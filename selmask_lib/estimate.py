@@ -7,9 +7,9 @@ step (:meth:`Trainer.train_one_epoch`), and an evaluation step (no
 gradients). The training batch is made by the run's own training transform
 from random images and collated as its loader collates it (pinned where the
 loader pins): float images, or on CUDA with ``jitter_on_device`` or
-``uint8_batches`` uint8 images with their colour-jitter draws, which the
-step then finishes on the device as in a run (jitter, normalisation); that
-work is part of a step's cost. The evaluation batch is float, as a
+``uint8_batches`` uint8 images (with the colour-jitter draws where the jitter
+is left to the device), which the step then finishes on the device as in a
+run; that work is part of a step's cost. The evaluation batch is float, as a
 validation loader's. The step counts of the paper's runs follow from
 the dataset sizes in :data:`selmask_lib.config.PAPER_DATASET_SIZES`:
 
@@ -190,7 +190,7 @@ def finetuning_batches(cfg: FinetuneConfig, num_classes: int, trainer) -> tuple[
 
     def sent(image, label):
         image, label, *extra = train(image, label)
-        finished_on_device = bool(extra) and num_classes <= 256
+        finished_on_device = image.dtype == torch.uint8 and num_classes <= 256
         return image, label.to(torch.uint8 if finished_on_device else torch.int64), *extra
 
     return (_as_loaded(trainer, [sent(image, label) for image, label in zip(images, labels)]),

@@ -173,10 +173,12 @@ def baked_image(image: torch.Tensor, pixels: torch.Tensor, fill: Sequence[int],
 
 
 class ReconstructionDataset(Dataset):
-    """Augmented images of a pretraining subset -> ``(image [3, S, S], pixel_mask [S, S])``.
+    """Augmented images of a pretraining subset -> ``(image [3, S, S], pixel_mask [S, S])``, or ``(image,)``.
 
-    Without ``patch_masks`` the pixel mask is all False: random masks are drawn
-    fresh for every batch by the training loop. With ``patch_masks`` (a dict
+    Without ``patch_masks`` an item is the image alone: random masks are drawn
+    fresh for every batch by the training loop, so an item has no mask to
+    send (each tensor of a batch costs a loader worker's batch a
+    shared-memory handover to the main process). With ``patch_masks`` (a dict
     pool index -> Bool [P] on the image's scoring view) the pixel mask is built
     on the scoring view and cropped and flipped together with the image.
     With ``baked`` (and ``patch_masks``) the items are ``(masked input,
@@ -222,12 +224,11 @@ class ReconstructionDataset(Dataset):
     def __getitem__(self, item: int) -> tuple[torch.Tensor, ...]:
         index = self.indices[item]
         if self.patch_masks is None:
-            # Random masks are drawn per batch by the training loop: the all-False mask needs no
-            # augmenting (the transform draws the same crop and flip with or without it).
+            # Random masks are drawn per batch by the training loop: no mask here (the transform draws
+            # the same crop and flip with or without one).
             image = self._decoded_uint8(index) if self.uint8_images else self.pool[index]
             image, *extra = as_outputs(self.transform(tv_tensors.Image(image)))
-            image = image.as_subclass(torch.Tensor)
-            return image, torch.zeros(image.shape[-2:], dtype=torch.bool), *extra
+            return image.as_subclass(torch.Tensor), *extra
         image, pixels = (tensor.clone() for tensor in self.cache.get(index, lambda: self.masked_view(index)))
         if self.baked is not None:
             return self._baked_item(image, pixels)

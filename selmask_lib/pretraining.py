@@ -203,12 +203,11 @@ def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledIma
             if len(batch) == 3:  # baked masks: the dataset gives (masked input, target, pixel mask)
                 inputs, images, _ = (tensor.to(trainer.device, non_blocking=True) for tensor in batch)
             else:
-                images, pixels = batch
-                images = images.to(trainer.device, non_blocking=True)
-                if random_masks is not None:  # random masking: a fresh mask per image and batch (the item's
-                    pixels = random_masks(len(images), mask_generator)  # all-False one is not even copied)
-                else:
-                    pixels = pixels.to(trainer.device, non_blocking=True)
+                images = batch[0].to(trainer.device, non_blocking=True)
+                if random_masks is not None:  # random masking: items are (image,); a fresh mask per image
+                    pixels = random_masks(len(images), mask_generator)  # and batch, drawn here
+                else:  # fixed masks: items are (image, pixel mask)
+                    pixels = batch[1].to(trainer.device, non_blocking=True)
                 inputs = masked_inputs(images, pixels)
             return loss_fn(trainer.forward(model, inputs), images)
         return batch_loss

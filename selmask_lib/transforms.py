@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torchvision import tv_tensors
@@ -96,9 +96,12 @@ def train_transform(
     dtype the worker sends (pretraining sends uint8 crops of images whose
     worker path jitters in float).
     ``uint8_batch`` (ignored with ``defer_colour``): do the colour jitter here
-    as usual, then send the image as uint8 (:class:`ImageAsUint8`) with draws
-    that jitter nothing, for :class:`ColourJitterOnDevice` to convert and
-    normalise the batch on the GPU (config key ``uint8_batches``).
+    as usual, then send the image as uint8 (:class:`ImageAsUint8`), for
+    :class:`ColourJitterOnDevice` to convert and normalise the batch on the
+    GPU (config key ``uint8_batches``). No draws travel with it: a uint8 batch
+    is finished on the device by its dtype (``engine.Trainer.finish_batch``),
+    and each tensor of a batch costs the loader's main process a shared-memory
+    handover of its own.
     """
     steps = [v2.RandomResizedCrop(size, scale=scale, antialias=antialias), v2.RandomHorizontalFlip(p=0.5)]
     jitter = None
@@ -109,7 +112,7 @@ def train_transform(
     if jitter is not None:
         steps.append(v2.RandomApply([jitter], p=jitter_p))
     if uint8_batch:  # the same random draws as below; the device converts and normalises
-        return v2.Compose(steps + [ImageAsUint8(), DeferredColourJitter(None, 0.0)])
+        return v2.Compose(steps + [ImageAsUint8()])
     return v2.Compose(steps + _to_normalised_float(mean, std))
 
 
@@ -257,14 +260,19 @@ class ColourJitterOnDevice:
         self.mean, self.std = list(mean), list(std)
         self._statistics: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def __call__(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
-        """``images`` [B, 3, H, W] (uint8, or float in [0, 1]) on their device, ``draws`` [B, 10] on the CPU."""
-        draws = draws.cpu()
-        if bool(draws[:, _IN_FLOAT].all()):
-            images = v2.functional.to_dtype(images, torch.float32, scale=True)
-        groups = jitter_groups(draws)
-        if groups:
-            images = self._jitter(images, groups)
+    def __call__(self, images: torch.Tensor, draws: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``images`` [B, 3, H, W] (uint8, or float in [0, 1]) on their device, ``draws`` [B, 10] on the CPU.
+
+        Without draws (``uint8_batches``: the workers jittered already) the images are only converted
+        to float and normalised.
+        """
+        if draws is not None:
+            draws = draws.cpu()
+            if bool(draws[:, _IN_FLOAT].all()):
+                images = v2.functional.to_dtype(images, torch.float32, scale=True)
+            groups = jitter_groups(draws)
+            if groups:
+                images = self._jitter(images, groups)
         mean, std = self._mean_and_std(images.device)
         # v2.functional.normalize's arithmetic, with statistics kept on the device: it would copy them
         # there from pageable memory every batch, and such a copy makes the host wait for the GPU.

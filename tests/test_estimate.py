@@ -32,8 +32,8 @@ def finished_batches(monkeypatch):
     """The image batches that ``ColourJitterOnDevice`` finished, in call order."""
     seen, original = [], ColourJitterOnDevice.__call__
 
-    def spy(self, images, draws):
-        seen.append((images.dtype, draws.clone()))
+    def spy(self, images, draws=None):
+        seen.append((images.dtype, None if draws is None else draws.clone()))
         return original(self, images, draws)
 
     monkeypatch.setattr(ColourJitterOnDevice, "__call__", spy)
@@ -71,23 +71,22 @@ def test_with_jitter_on_device_the_timed_training_step_jitters_uint8_crops(monke
     assert any(bool(d[:, 0].any()) for _, d in finished_batches)  # some images are jittered
 
 
-def test_with_uint8_batches_fine_tuning_sends_uint8_images_and_labels_with_draws_that_jitter_nothing(
+def test_with_uint8_batches_fine_tuning_sends_uint8_images_and_labels_that_the_step_normalises(
         monkeypatch, finished_batches):
     monkeypatch.setattr(engine, "sends_uint8_batches", lambda cfg: True)
     _, fine = configs()
-    (images, labels, extra), (val_images, val_labels) = estimate.finetuning_batches(
+    (images, labels), (val_images, val_labels) = estimate.finetuning_batches(
         fine, CLASSES, engine.Trainer(fine, torch.nn.Identity()))
-    assert images.dtype == labels.dtype == torch.uint8 and labels.shape == (BATCH, SIZE, SIZE)
-    assert not extra[COLOUR_DRAWS][:, 0].any()  # the workers jittered already
+    assert images.dtype == labels.dtype == torch.uint8 and labels.shape == (BATCH, SIZE, SIZE)  # no draws
     assert val_images.dtype == torch.float32 and val_labels.dtype == torch.int64
     assert "uint8_batches" in estimate.batch_format(fine)
 
     assert estimate.time_finetuning_step(fine, CLASSES, steps=1, warmup=0).train > 0
-    assert [dtype for dtype, _ in finished_batches] == [torch.uint8]
+    assert [(dtype, draws) for dtype, draws in finished_batches] == [(torch.uint8, None)]  # normalised only
 
 
 def test_labels_that_do_not_fit_uint8_stay_int64(monkeypatch):
     monkeypatch.setattr(engine, "sends_uint8_batches", lambda cfg: True)
     _, fine = configs()
-    (_, labels, _), _ = estimate.finetuning_batches(fine, 300, engine.Trainer(fine, torch.nn.Identity()))
+    (_, labels), _ = estimate.finetuning_batches(fine, 300, engine.Trainer(fine, torch.nn.Identity()))
     assert labels.dtype == torch.int64 and int(labels.max()) >= 256

@@ -370,9 +370,9 @@ class SegmentationDataset(Dataset):
         mask_t = tv_tensors.Mask(torch.from_numpy(label))  # [H, W] int64
         image_t, mask_t, *extra = self.transform(image_t, mask_t)  # extra: a deferred colour jitter's draws
         mask_t = mask_t.as_subclass(torch.Tensor)
-        if extra and self.labels_fit_uint8:
-            # The batch is finished on the device (jitter_on_device or uint8_batches), and the label with it: a
-            # worker sends class ids as uint8, an eighth of the bytes, and the loss takes them as int64 there.
+        if image_t.dtype == torch.uint8 and self.labels_fit_uint8:
+            # A uint8 image is finished on the device (jitter_on_device or uint8_batches), and the label with it:
+            # a worker sends class ids as uint8, an eighth of the bytes, and the loss takes them as int64 there.
             return image_t.as_subclass(torch.Tensor), mask_t.to(torch.uint8), *extra
         return image_t.as_subclass(torch.Tensor), mask_t.long(), *extra
 
