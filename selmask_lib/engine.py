@@ -836,7 +836,7 @@ class Trainer:
         """
         cfg, batch_size = self.cfg, batch_size or self.cfg.batch_size
         drop_last = cfg.drop_last if drop_last is None else drop_last
-        options = dict(num_workers=cfg.num_workers, pin_memory=self._pins_memory(),
+        options = dict(num_workers=cfg.num_workers, pin_memory=self.pins_memory(),
                        prefetch_factor=cfg.prefetch_factor, drop_last=drop_last)
         if not self._keeps_workers():
             return seeded_loader(dataset, batch_size, shuffle, cfg.seed, *keys, **options)
@@ -886,7 +886,7 @@ class Trainer:
 
         def make_loader(batch_sampler) -> DataLoader:
             return DataLoader(SeededAugmentation(dataset), batch_sampler=batch_sampler,
-                              num_workers=cfg.num_workers, pin_memory=self._pins_memory(),
+                              num_workers=cfg.num_workers, pin_memory=self.pins_memory(),
                               prefetch_factor=cfg.prefetch_factor,
                               generator=epoch_generator(cfg.seed, "workers", *epochs[0]))
 
@@ -896,7 +896,8 @@ class Trainer:
     def _keeps_workers(self) -> bool:
         return bool(self.cfg.persistent_workers and self.cfg.num_workers)
 
-    def _pins_memory(self) -> bool:
+    def pins_memory(self) -> bool:
+        """Whether this trainer's loaders copy batches into pinned memory (``pin_memory``, on CUDA)."""
         return bool(self.cfg.pin_memory) and self.device.type == "cuda"
 
     def _keep(self, cache_key: tuple, dataset, loader) -> None:

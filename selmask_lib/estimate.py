@@ -1,17 +1,19 @@
 """How long the whole paper run would take here: measured step times times the paper's step counts.
 
 ``selmask estimate --preset paper --dataset voc`` times a few training
-steps of each loop (after warm-up steps) on synthetic tensors at the
-preset's batch and image size, on the current device, through the kit's own
-step (:meth:`Trainer.train_one_epoch`), and an evaluation step (no
-gradients). The training batch is made by the run's own training transform
-from random images and collated as its loader collates it (pinned where the
-loader pins): float images, or on CUDA with ``jitter_on_device`` or
-``uint8_batches`` uint8 images (with the colour-jitter draws where the jitter
-is left to the device), which the step then finishes on the device as in a
-run; that work is part of a step's cost. The evaluation batch is float, as a
-validation loader's. The step counts of the paper's runs follow from
-the dataset sizes in :data:`selmask_lib.config.PAPER_DATASET_SIZES`:
+steps (after warm-up steps) of each kind the run takes, at the preset's
+batch and image size on the current device, through the kit's own step
+(:meth:`Trainer.train_one_epoch`), and an evaluation step (no gradients):
+a random-masking step, a selective step (fixed masks, baked into the images
+where the strategy's config bakes them, as the paper preset's does) and a
+fine-tuning step, each with its strategy's own config (the paper preset's
+losses differ). Each step's batches are made from random images by the
+loop's own datasets and collated as its loader collates them (pinned where
+it pins): float images, or on CUDA with ``jitter_on_device`` or
+``uint8_batches`` uint8 images (with the colour-jitter draws where the
+jitter is left to the device), which the step then finishes on the device
+as in a run, so that work is timed too. The step counts of the paper's runs
+follow from the dataset sizes in :data:`selmask_lib.config.PAPER_DATASET_SIZES`:
 
 * random masking: E epochs of the 90 % training images + validation;
 * selective masking: K steps of E epochs on 1/K of the images each + their
@@ -19,8 +21,9 @@ the dataset sizes in :data:`selmask_lib.config.PAPER_DATASET_SIZES`:
   1..K-1, ``batch_size`` reconstructions per forward pass, counted as
   evaluation steps);
 * fine-tuning: every init of ``config.INITS`` (four runs) of E epochs on the
-  train split + validation. The test pass (batch 1, any size), data loading
-  beyond the step, checkpoints and start-up are not counted.
+  train split + validation. The test pass (batch 1, any size), reading and
+  augmenting images in the loader (its workers' time), checkpoints and
+  start-up are not counted.
 
 ``gpus > 1`` divides by the number of GPUs: linear scaling, an assumption.
 """
@@ -33,15 +36,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .config import INITS, PAPER_DATASET_SIZES, FinetuneConfig, PretrainConfig
+from .data.base import UnlabelledImages
 from .errors import SelmaskError
 
 
 @dataclass(frozen=True)
 class StepTimes:
-    """Seconds of one training step and one evaluation step (same batch) of a loop."""
+    """Seconds of one training step and one evaluation step of a loop (each on batches of its own kind)."""
 
     train: float
     evaluate: float
@@ -65,15 +70,18 @@ def _batches(images: int, batch_size: int) -> int:
     return math.ceil(images / batch_size) if images > 0 else 0
 
 
-def paper_phases(dataset: str, pre: PretrainConfig, fine: FinetuneConfig, pre_times: StepTimes,
-                 fine_times: StepTimes) -> list[Phase]:
-    """The phases of the paper run on ``dataset`` (module docstring) with their step counts."""
+def paper_phases(dataset: str, pre: PretrainConfig, fine: FinetuneConfig, random_times: StepTimes,
+                 selective_times: StepTimes, fine_times: StepTimes) -> list[Phase]:
+    """The phases of the paper run on ``dataset`` (module docstring) with their step counts.
+
+    ``pre`` gives the sizes both strategies share (epochs, batch, K, S, validation share).
+    """
     if dataset not in PAPER_DATASET_SIZES:
         raise SelmaskError(f"dataset {dataset!r} has no paper sizes; estimate one of {', '.join(PAPER_DATASET_SIZES)}")
     sizes = PAPER_DATASET_SIZES[dataset]
     n_val = int(sizes["pretrain"] * pre.val_fraction)
     random_masking = Phase("pretraining, random masking", pre.epochs * _batches(sizes["pretrain"] - n_val, pre.batch_size),
-                           pre.epochs * _batches(n_val, pre.batch_size), pre_times)
+                           pre.epochs * _batches(n_val, pre.batch_size), random_times)
     part = sizes["pretrain"] / pre.n_partitions
     part_val = int(part * pre.val_fraction)
     scored = sizes["pretrain"] - math.ceil(part)  # partitions 1..K-1
@@ -81,7 +89,7 @@ def paper_phases(dataset: str, pre: PretrainConfig, fine: FinetuneConfig, pre_ti
     selective = Phase("pretraining, selective masking",
                       pre.n_partitions * pre.epochs * _batches(round(part) - part_val, pre.batch_size),
                       pre.n_partitions * pre.epochs * _batches(part_val, pre.batch_size)
-                      + _batches(scored, per_forward), pre_times)
+                      + _batches(scored, per_forward), selective_times)
     finetuning = Phase(f"fine-tuning, {len(INITS)} inits", len(INITS) * fine.epochs * _batches(sizes["train"], fine.batch_size),
                        len(INITS) * fine.epochs * _batches(sizes["val"], fine.batch_size), fine_times)
     return [random_masking, selective, finetuning]
@@ -90,14 +98,18 @@ def paper_phases(dataset: str, pre: PretrainConfig, fine: FinetuneConfig, pre_ti
 # --------------------------------------------------------------------------- timing
 
 
-def _time_steps(trainer, train_batch, eval_batch, batch_loss, steps: int, warmup: int) -> StepTimes:
-    """Seconds per training step and per evaluation step, after ``warmup`` untimed steps of each."""
+BATCHES = 2  # distinct training batches the timed steps take in turn (their colour-jitter draws differ)
+
+
+def _time_steps(trainer, train_batches: list, eval_batch, batch_loss, steps: int, warmup: int) -> StepTimes:
+    """Seconds per training step (on ``train_batches`` in turn) and per evaluation step, after ``warmup``
+    untimed steps of each."""
     optimisation = trainer.new_optimisation()
 
-    def seconds_per_step(run, batch, count: int) -> float:
+    def seconds_per_step(run, batches: list, count: int) -> float:
         _synchronise(trainer.device)
         started = time.perf_counter()
-        run([batch] * count)
+        run([batches[i % len(batches)] for i in range(count)])
         _synchronise(trainer.device)
         return (time.perf_counter() - started) / count
 
@@ -109,10 +121,10 @@ def _time_steps(trainer, train_batch, eval_batch, batch_loss, steps: int, warmup
         trainer.model.eval()
         trainer.mean_loss(items, batch_loss)
 
-    for run, batch in ((train, train_batch), (evaluate, eval_batch)):
+    for run, batches in ((train, train_batches), (evaluate, [eval_batch])):
         if warmup:
-            seconds_per_step(run, batch, warmup)
-    return StepTimes(seconds_per_step(train, train_batch, steps), seconds_per_step(evaluate, eval_batch, steps))
+            seconds_per_step(run, batches, warmup)
+    return StepTimes(seconds_per_step(train, train_batches, steps), seconds_per_step(evaluate, [eval_batch], steps))
 
 
 def _synchronise(device: torch.device) -> None:
@@ -120,10 +132,12 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def batch_format(cfg) -> str:
+def batch_format(cfg, selective: bool = False) -> str:
     """How the run's training loader sends a batch on this device (the estimate times the same)."""
     from .engine import defers_colour, sends_uint8_batches
 
+    if selective and getattr(cfg, "bake_selective_masks", False):
+        return "float32, masks baked into the images by the loader"
     if defers_colour(cfg):
         return "uint8, colour jitter and normalisation on the device (jitter_on_device)"
     if sends_uint8_batches(cfg):
@@ -131,15 +145,16 @@ def batch_format(cfg) -> str:
     return "float32, finished by the loader"
 
 
-def _as_loaded(trainer, items: list) -> Any:
+def _loaded(trainer, items: list) -> Any:
     """``items`` collated as the trainer's loaders collate them, in pinned memory where they pin it."""
     from torch.utils.data import default_collate
 
     batch = default_collate(items)
-    return _pinned(batch) if trainer._pins_memory() else batch
+    return _pinned(batch) if trainer.pins_memory() else batch
 
 
 def _pinned(batch: Any) -> Any:
+    """A collated batch (tensors in lists and dicts) in pinned memory, as a DataLoader's pin-memory thread does."""
     if torch.is_tensor(batch):
         return batch.pin_memory()
     if isinstance(batch, dict):
@@ -147,87 +162,110 @@ def _pinned(batch: Any) -> Any:
     return [_pinned(value) for value in batch]
 
 
-def _random_images(count: int, size: int, as_float: bool) -> list:
-    """``count`` random RGB images, uint8 or float [0, 1] as the datasets give them, wrapped for v2 transforms."""
-    from torchvision import tv_tensors
-
-    images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8)
-    return [tv_tensors.Image(image.float() / 255 if as_float else image) for image in images]
+def _batches_of(trainer, dataset, batch_size: int, count: int) -> list:
+    return [_loaded(trainer, [dataset[index] for index in range(start, start + batch_size)])
+            for start in range(0, batch_size * count, batch_size)]
 
 
-def pretraining_batches(cfg: PretrainConfig, trainer) -> tuple[Any, Any]:
-    """A random-masking training batch as its loader sends it for ``cfg`` here, and a float evaluation batch.
+class RandomImages(UnlabelledImages):
+    """A pretraining pool of random uint8 images held in memory: items to time, with no files to read."""
 
-    Through the run's own training transform (``pretraining._train_on``): the pool's float image, or the
-    decoded uint8 image where the colour jitter is left to the device.
+    def __init__(self, count: int, size: int, generator: torch.Generator):
+        super().__init__([])
+        self.images = [torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=generator).numpy()
+                       for _ in range(count)]
+        self.ids = [f"random-{index}" for index in range(count)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def decoded(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+
+def pretraining_batches(cfg: PretrainConfig, trainer, selective: bool) -> tuple[list, Any]:
+    """``BATCHES`` training batches and one validation batch of a random-masking loop, or of a selective
+    step (random fixed masks), as that loop's loaders send them for ``cfg`` here.
+
+    The items come from the loop's own datasets (``pretraining.loop_datasets``) over random images:
+    uint8 crops with the draws of a colour jitter left to the device, uint8 images for ``uint8_batches``,
+    masks baked into float images (``bake_selective_masks``), or float images.
     """
-    from .engine import defers_colour, sends_uint8_batches
-    from .transforms import as_outputs, train_transform, val_transform
+    from .masking import patch_grid, random_mask
+    from .pretrain_data import scoring_view
+    from .pretraining import loop_datasets
 
-    defer = defers_colour(cfg)
-    train = train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std, antialias=cfg.antialias,
-                            defer_colour=defer, jitter_in_float=True, uint8_batch=sends_uint8_batches(cfg))
-    evaluation = val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias)
-    images = _random_images(cfg.batch_size, cfg.image_size, as_float=not defer)
-    return (_as_loaded(trainer, [as_outputs(train(image)) for image in images]),
-            _as_loaded(trainer, [(evaluation(image.float() / 255 if defer else image),) for image in images]))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    count = cfg.batch_size * BATCHES
+    pool = RandomImages(count, cfg.image_size, generator)
+    patch_masks = None
+    if selective:
+        patch_masks = {index: random_mask(1, len(patch_grid(*scoring_view(pool, index, cfg.score_size,
+                                                                          cfg.antialias).shape[-2:],
+                                                             cfg.n_patches)), cfg.mask_ratio, generator)[0]
+                       for index in range(count)}
+    train_set, val_set = loop_datasets(cfg, pool, range(count), range(cfg.batch_size), patch_masks)
+    return (_batches_of(trainer, train_set, cfg.batch_size, BATCHES),
+            _batches_of(trainer, val_set, cfg.batch_size, 1)[0])
 
 
-def finetuning_batches(cfg: FinetuneConfig, num_classes: int, trainer) -> tuple[Any, Any]:
-    """A training batch (images, labels) as the fine-tuning loader sends it for ``cfg`` here, and a float
-    evaluation batch; labels as the dataset gives them (``data.base``: uint8 in a batch the device finishes)."""
-    from torchvision import tv_tensors
-
+def finetuning_batches(cfg: FinetuneConfig, num_classes: int, trainer) -> tuple[list, Any]:
+    """``BATCHES`` training batches and one validation batch as the fine-tuning loaders send them for
+    ``cfg`` here: the dataset's own items (``data.base.segmentation_item``) of random uint8 images and
+    labels (a few pixels void, 255), through the run's transforms. ``num_classes``: the model's outputs,
+    the void class among them where ``void_as_class``."""
+    from .data.base import labels_fit_uint8, segmentation_item
     from .engine import defers_colour, sends_uint8_batches
     from .transforms import train_transform, val_transform
 
-    train = train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std, antialias=cfg.antialias,
-                            defer_colour=defers_colour(cfg), uint8_batch=sends_uint8_batches(cfg))
-    evaluation = val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias)
-    images = _random_images(cfg.batch_size, cfg.image_size, as_float=False)
-    labels = [tv_tensors.Mask(torch.randint(0, num_classes, (cfg.image_size, cfg.image_size)))
-              for _ in images]
+    generator = torch.Generator().manual_seed(cfg.seed)
+    classes = num_classes - int(cfg.void_as_class)  # the dataset's classes (void is 255 in its labels)
+    fits = labels_fit_uint8(classes, 255)
+    transforms = {"train": train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std,
+                                           antialias=cfg.antialias, defer_colour=defers_colour(cfg),
+                                           uint8_batch=sends_uint8_batches(cfg)),
+                  "val": val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias)}
 
-    def sent(image, label):
-        image, label, *extra = train(image, label)
-        finished_on_device = image.dtype == torch.uint8 and num_classes <= 256
-        return image, label.to(torch.uint8 if finished_on_device else torch.int64), *extra
+    def item(split: str):
+        size = (cfg.image_size, cfg.image_size)
+        image = torch.randint(0, 256, (*size, 3), dtype=torch.uint8, generator=generator).numpy()
+        label = torch.randint(0, classes, size, generator=generator)
+        label[torch.rand(size, generator=generator) < 0.05] = 255
+        return segmentation_item(image, label.numpy(), transforms[split], fits)
 
-    return (_as_loaded(trainer, [sent(image, label) for image, label in zip(images, labels)]),
-            _as_loaded(trainer, [evaluation(image, label) for image, label in zip(images, labels)]))
+    train = [_loaded(trainer, [item("train") for _ in range(cfg.batch_size)]) for _ in range(BATCHES)]
+    return train, _loaded(trainer, [item("val") for _ in range(cfg.batch_size)])
 
 
-def time_pretraining_step(cfg: PretrainConfig, steps: int, warmup: int) -> StepTimes:
-    """The kit's random-masking step (finish the batch, mask, forward, the config's reconstruction loss, Adam)."""
+def time_pretraining_step(cfg: PretrainConfig, steps: int, warmup: int, selective: bool = False) -> StepTimes:
+    """The kit's random-masking step, or with ``selective`` a selective step's (fixed masks, baked where
+    the config bakes them): finish the batch, mask, forward, the config's reconstruction loss, Adam."""
     from .engine import Trainer, epoch_generator
     from .losses import ReconstructionLoss
     from .masking import patch_grid
     from .models import build_reconstruction_model
-    from .pretrain_data import RandomPixelMasks, masked_inputs
+    from .pretrain_data import RandomPixelMasks
+    from .pretraining import reconstruction_batch_loss
 
     torch.manual_seed(cfg.seed)
     trainer = Trainer(cfg, build_reconstruction_model(cfg.dropout, cfg.pad_to_multiple))
-    crop_grid = patch_grid(cfg.image_size, cfg.image_size, cfg.n_patches)
-    loss_fn, generator = ReconstructionLoss(cfg.recon_loss), epoch_generator(cfg.seed, "estimate")
-    random_masks = RandomPixelMasks(crop_grid, cfg.mask_ratio, trainer.device)
-
-    def batch_loss(model, batch):  # as pretraining's: the batch's first tensor, on the device
-        images = batch[0].to(trainer.device, non_blocking=True)
-        inputs = masked_inputs(images, random_masks(len(images), generator))
-        return loss_fn(trainer.forward(model, inputs), images)
-
-    return _time_steps(trainer, *pretraining_batches(cfg, trainer), batch_loss, steps, warmup)
+    random_masks = None if selective else RandomPixelMasks(
+        patch_grid(cfg.image_size, cfg.image_size, cfg.n_patches), cfg.mask_ratio, trainer.device)
+    batch_loss = reconstruction_batch_loss(trainer, ReconstructionLoss(cfg.recon_loss), random_masks,
+                                           epoch_generator(cfg.seed, "estimate"))
+    return _time_steps(trainer, *pretraining_batches(cfg, trainer, selective), batch_loss, steps, warmup)
 
 
 def time_finetuning_step(cfg: FinetuneConfig, num_classes: int, steps: int, warmup: int) -> StepTimes:
-    """The kit's fine-tuning step (finish the batch, forward, Jaccard loss, Adam)."""
+    """The kit's fine-tuning step (finish the batch, forward, the run's Jaccard loss, Adam)."""
     from .engine import Trainer
     from .finetuning import segmentation_batch_loss, segmentation_loss
     from .models import build_segmentation_model
 
     torch.manual_seed(cfg.seed)
     trainer = Trainer(cfg, build_segmentation_model(num_classes, cfg.dropout, cfg.pad_to_multiple))
-    batch_loss = segmentation_batch_loss(trainer, segmentation_loss())
+    void_class = num_classes - 1 if cfg.void_as_class else None
+    batch_loss = segmentation_batch_loss(trainer, segmentation_loss(void_class=void_class))
     return _time_steps(trainer, *finetuning_batches(cfg, num_classes, trainer), batch_loss, steps, warmup)
 
 
@@ -256,32 +294,43 @@ def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: in
     if steps < 1 or warmup < 0 or gpus < 1:
         raise SelmaskError(f"--steps and --gpus must be >= 1 and --warmup >= 0, got {steps}, {gpus}, {warmup}")
     lines, measured = [], {}
+
+    def timed(key: tuple, timer) -> StepTimes:  # datasets with the same sizes share their measurements
+        if key not in measured:
+            measured[key] = timer()
+        return measured[key]
+
     for dataset in datasets:
-        pre = pretrain_preset(preset, dataset, **_keys_of(PretrainConfig, overrides))
+        pretrain_keys = _keys_of(PretrainConfig, overrides)
+        # Each strategy's own config: the paper preset's differ (loss; the selective steps bake their masks).
+        random_cfg = pretrain_preset(preset, dataset, **{"strategy": "random", **pretrain_keys})
+        selective_cfg = pretrain_preset(preset, dataset, **{"strategy": "selective", **pretrain_keys})
         fine = finetune_preset(preset, dataset, **_keys_of(FinetuneConfig, overrides))
         # the model's outputs: one more where void is trained as a class (the paper preset on VOC, Cityscapes)
         classes = PAPER_DATASET_SIZES.get(dataset, {}).get("classes", 2) + int(fine.void_as_class)
-        # timed with the selective arm's loss (ssim3 at the paper preset), slightly cheaper than MS-SSIM
-        for key, timer in (((pre.batch_size, pre.image_size, "pre"), lambda: time_pretraining_step(pre, steps, warmup)),
-                           ((fine.batch_size, fine.image_size, classes), lambda: time_finetuning_step(fine, classes,
-                                                                                                       steps, warmup))):
-            if key not in measured:
-                measured[key] = timer()
+        times = {}
+        for name, cfg, selective in (("random", random_cfg, False), ("selective", selective_cfg, True)):
+            key = (name, cfg.batch_size, cfg.image_size, cfg.recon_loss, cfg.bake_selective_masks)
+            times[name] = timed(key, lambda: time_pretraining_step(cfg, steps, warmup, selective))
+        times["fine-tuning"] = timed(("fine-tuning", fine.batch_size, fine.image_size, classes, fine.void_as_class),
+                                     lambda: time_finetuning_step(fine, classes, steps, warmup))
         if not lines:
-            lines.append(f"device {pick_device(pre.device)}, torch {torch.__version__}; "
+            lines.append(f"device {pick_device(fine.device)}, torch {torch.__version__}; "
                          f"{steps} timed steps after {warmup} warm-up steps each")
-            lines.append(f"training batches as the loaders send them here: pretraining {batch_format(pre)}; "
+            lines.append(f"training batches as the loaders send them here: random masking "
+                         f"{batch_format(random_cfg)}; selective steps {batch_format(selective_cfg, selective=True)}; "
                          f"fine-tuning {batch_format(fine)}")
-        pre_times, fine_times = measured[(pre.batch_size, pre.image_size, "pre")], \
-            measured[(fine.batch_size, fine.image_size, classes)]
         sizes = PAPER_DATASET_SIZES.get(dataset)
-        lines.append(f"{dataset}: pretraining step (batch {pre.batch_size}, {pre.image_size} px) "
-                     f"train {pre_times.train:.6g} s, eval {pre_times.evaluate:.6g} s; fine-tuning step "
-                     f"(batch {fine.batch_size}, {fine.image_size} px) train {fine_times.train:.6g} s, "
-                     f"eval {fine_times.evaluate:.6g} s"
-                     + ("" if sizes is None else f"; images: pool {sizes['pretrain']}, fine-tuning "
-                        f"{sizes['train']} / {sizes['val']} / {sizes['test']}"))
-        phases = paper_phases(dataset, pre, fine, pre_times, fine_times)
+        step_lines = [f"random-masking step (batch {random_cfg.batch_size}, {random_cfg.image_size} px, "
+                      f"{random_cfg.recon_loss})", f"selective step (batch {selective_cfg.batch_size}, "
+                      f"{selective_cfg.recon_loss}{', baked masks' if selective_cfg.bake_selective_masks else ''})",
+                      f"fine-tuning step (batch {fine.batch_size}, {fine.image_size} px)"]
+        lines.append(f"{dataset}: " + "; ".join(
+            f"{what} train {step.train:.6g} s, eval {step.evaluate:.6g} s"
+            for what, step in zip(step_lines, times.values()))
+            + ("" if sizes is None else f"; images: pool {sizes['pretrain']}, fine-tuning "
+               f"{sizes['train']} / {sizes['val']} / {sizes['test']}"))
+        phases = paper_phases(dataset, selective_cfg, fine, times["random"], times["selective"], times["fine-tuning"])
         for phase in phases:
             lines.append(f"  {phase.name}: {phase.train_steps} train steps x {phase.times.train:.6g} s + "
                          f"{phase.eval_steps} eval steps x {phase.times.evaluate:.6g} s = {phase.seconds:.1f} s")

@@ -155,22 +155,36 @@ def load_pretrain_run(run_dir: str | Path) -> PretrainRun:
 # --------------------------------------------------------------------------- training
 
 
-def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledImages, run_dir: Path,
-              train_indices: Sequence[int], val_indices: Sequence[int],
-              patch_masks: Optional[dict[int, torch.Tensor]], step_key: tuple,
-              track_best: bool = False) -> Optional[Path]:
-    """E epochs of masked reconstruction on ``train_indices`` from the model's current weights.
+def reconstruction_batch_loss(trainer: Trainer, loss_fn: ReconstructionLoss, random_masks: Optional[RandomPixelMasks],
+                              mask_generator: torch.Generator):
+    """``batch_loss(model, batch)`` for the engine: the reconstruction loss of a pretraining batch.
 
-    Fresh Adam and warm-up + cosine schedule (:meth:`Trainer.fit`); resumes
-    inside the loop. ``patch_masks`` fixes each image's mask (a selective
-    step); without it every batch gets fresh random masks. ``step_key``
-    keeps each loop's random streams apart (("random",) or ("step", k)).
-    ``track_best``: also keep the weights of the epoch with the lowest
-    validation loss (``best.pt``) and return that file's path.
+    A batch (finished by ``Trainer.finish_batch``) is ``(images,)`` with random masking, a fresh mask
+    per image and batch drawn here from ``random_masks`` and ``mask_generator``; ``(images, pixel
+    masks)`` with fixed masks (a selective step); or ``(masked inputs, images, pixel masks)`` with baked
+    masks. The loss compares the model's output on the masked input with the whole image.
     """
-    cfg = trainer.cfg
-    crop_grid = patch_grid(cfg.image_size, cfg.image_size, cfg.n_patches)  # [P, 4] of a training crop
+    def batch_loss(model: torch.nn.Module, batch) -> torch.Tensor:
+        if len(batch) == 3:  # baked masks: the dataset gives (masked input, target, pixel mask)
+            inputs, images, _ = (tensor.to(trainer.device, non_blocking=True) for tensor in batch)
+        else:
+            images = batch[0].to(trainer.device, non_blocking=True)
+            if random_masks is not None:
+                pixels = random_masks(len(images), mask_generator)
+            else:
+                pixels = batch[1].to(trainer.device, non_blocking=True)
+            inputs = masked_inputs(images, pixels)
+        return loss_fn(trainer.forward(model, inputs), images)
+    return batch_loss
 
+
+def loop_datasets(cfg: PretrainConfig, pool: UnlabelledImages, train_indices: Sequence[int],
+                  val_indices: Sequence[int], patch_masks: Optional[dict[int, torch.Tensor]] = None,
+                  ) -> tuple[ReconstructionDataset, ReconstructionDataset]:
+    """The training and validation items of one pretraining loop (random masking without ``patch_masks``).
+
+    ``selmask estimate`` builds its timed batches from these too, so that they are what a run's loaders send.
+    """
     baked = BakedMasks(cfg.mean, cfg.std, cfg.baked_image_quality) if cfg.bake_selective_masks else None
 
     def dataset(indices, transform, uint8_images=False) -> ReconstructionDataset:
@@ -195,22 +209,29 @@ def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledIma
                                                        uint8_batch=sends_uint8_batches(cfg) and not bakes),
                         uint8_images=defer)
     val_set = dataset(val_indices, val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias))
+    return train_set, val_set
 
+
+def _train_on(trainer: Trainer, loss_fn: ReconstructionLoss, pool: UnlabelledImages, run_dir: Path,
+              train_indices: Sequence[int], val_indices: Sequence[int],
+              patch_masks: Optional[dict[int, torch.Tensor]], step_key: tuple,
+              track_best: bool = False) -> Optional[Path]:
+    """E epochs of masked reconstruction on ``train_indices`` from the model's current weights.
+
+    Fresh Adam and warm-up + cosine schedule (:meth:`Trainer.fit`); resumes
+    inside the loop. ``patch_masks`` fixes each image's mask (a selective
+    step); without it every batch gets fresh random masks. ``step_key``
+    keeps each loop's random streams apart (("random",) or ("step", k)).
+    ``track_best``: also keep the weights of the epoch with the lowest
+    validation loss (``best.pt``) and return that file's path.
+    """
+    cfg = trainer.cfg
+    crop_grid = patch_grid(cfg.image_size, cfg.image_size, cfg.n_patches)  # [P, 4] of a training crop
+    train_set, val_set = loop_datasets(cfg, pool, train_indices, val_indices, patch_masks)
     random_masks = RandomPixelMasks(crop_grid, cfg.mask_ratio, trainer.device) if patch_masks is None else None
 
     def reconstruction_loss(mask_generator: torch.Generator):
-        def batch_loss(model: torch.nn.Module, batch) -> torch.Tensor:
-            if len(batch) == 3:  # baked masks: the dataset gives (masked input, target, pixel mask)
-                inputs, images, _ = (tensor.to(trainer.device, non_blocking=True) for tensor in batch)
-            else:
-                images = batch[0].to(trainer.device, non_blocking=True)
-                if random_masks is not None:  # random masking: items are (image,); a fresh mask per image
-                    pixels = random_masks(len(images), mask_generator)  # and batch, drawn here
-                else:  # fixed masks: items are (image, pixel mask)
-                    pixels = batch[1].to(trainer.device, non_blocking=True)
-                inputs = masked_inputs(images, pixels)
-            return loss_fn(trainer.forward(model, inputs), images)
-        return batch_loss
+        return reconstruction_batch_loss(trainer, loss_fn, random_masks, mask_generator)
 
     def train_epoch(epoch: int, optimisation: Optimisation) -> dict:
         trainer.seed_torch("augment", *step_key, epoch)

@@ -1,12 +1,15 @@
-"""``selmask estimate`` times the step a run takes, on batches shaped as the run's loaders send them.
+"""``selmask estimate`` times the steps a run takes, on batches shaped as the run's loaders send them.
 
 On CUDA, ``jitter_on_device`` (pretraining's default there) and
 ``uint8_batches`` make the loaders send uint8 images that the training step
 finishes on the device (colour jitter, normalisation): part of what a step
-costs, so the estimate must time it too. Both keys are no-ops on a CPU, so
-these tests force them (``engine.defers_colour`` / ``engine.sends_uint8_batches``
-patched to say yes) and check the batches and that the timed steps finish them.
-The projection's arithmetic is tested in ``test_cli.py``.
+costs, so the estimate must time it too; and the paper preset's selective
+steps bake their masks into float images. Both keys are no-ops on a CPU, so
+these tests force them (``defers_colour`` / ``sends_uint8_batches`` patched
+to say yes, as ``bench_throughput.py --as-on-cuda`` does) and compare the
+estimate's batches with the batches of real smoke runs: the same tensors, of
+the same dtypes and shapes. The projection's arithmetic is tested in
+``test_cli.py``.
 """
 
 from __future__ import annotations
@@ -15,21 +18,100 @@ import pytest
 import torch
 
 import selmask_lib.engine as engine
+import selmask_lib.finetuning as ft
+import selmask_lib.pretraining as pt
 from selmask_lib import estimate
 from selmask_lib.config import finetune_preset, pretrain_preset
-from selmask_lib.transforms import COLOUR_DRAWS, ColourJitterOnDevice
+from selmask_lib.estimate import estimate_report
+from selmask_lib.transforms import ColourJitterOnDevice
 
-SIZE, BATCH, CLASSES = 32, 4, 3
+KEYS = {"usual": {}, "jitter_on_device": {"defers_colour": True}, "uint8_batches": {"sends_uint8_batches": True}}
 
 
-def configs():
-    shared = dict(image_size=SIZE, batch_size=BATCH, device="cpu")
-    return pretrain_preset("smoke", "synthetic", n_patches=16, **shared), finetune_preset("smoke", "synthetic", **shared)
+def force(monkeypatch, keys: dict) -> None:
+    """The CUDA-only batch keys in ``keys`` act on this CPU, in every module that reads them."""
+    for name, value in keys.items():
+        for module in (engine, pt, ft):
+            monkeypatch.setattr(module, name, lambda cfg, value=value: value)
+
+
+def structure(batch) -> list:
+    """What a batch is made of: each tensor's dtype and per-image shape; a dict's keys and tensors."""
+    def of(element):
+        if isinstance(element, dict):
+            return {key: of(value) for key, value in element.items()}
+        return (element.dtype, tuple(element.shape[1:]))
+    return [of(element) for element in batch]
+
+
+@pytest.fixture
+def raw_training_batches(monkeypatch):
+    """The batches the training steps of the runs inside the test received, before the device finished them."""
+    seen, finish, train_one_epoch = [], engine.Trainer.finish_batch, engine.Trainer.train_one_epoch
+    training = []
+
+    def spy_finish(trainer, batch):
+        if training:
+            seen.append(batch)
+        return finish(trainer, batch)
+
+    def spy_epoch(trainer, *args, **kwargs):
+        training.append(True)
+        try:
+            return train_one_epoch(trainer, *args, **kwargs)
+        finally:
+            training.pop()
+
+    monkeypatch.setattr(engine.Trainer, "finish_batch", spy_finish)
+    monkeypatch.setattr(engine.Trainer, "train_one_epoch", spy_epoch)
+    return seen
+
+
+@pytest.mark.parametrize("keys", KEYS, ids=list(KEYS))
+@pytest.mark.parametrize("bake", [False, True], ids=["fixed masks", "baked masks"])
+def test_pretraining_batches_are_the_loops_batches(keys, bake, small_synthetic_root, tmp_path, monkeypatch,
+                                                   raw_training_batches):
+    force(monkeypatch, KEYS[keys])
+    cfg = pretrain_preset("smoke", "synthetic", data_root=str(small_synthetic_root), max_images=12, epochs=1,
+                          device="cpu", bake_selective_masks=bake)
+    pt.pretrain(cfg, out_dir=tmp_path / "run")  # a random-masking loop, then selective steps
+    random_batch, selective_batch = raw_training_batches[0], raw_training_batches[-1]
+    trainer = engine.Trainer(cfg, torch.nn.Identity())
+    for selective, real in ((False, random_batch), (True, selective_batch)):
+        train, val = estimate.pretraining_batches(cfg, trainer, selective)
+        assert len(train) == estimate.BATCHES
+        assert all(structure(batch) == structure(real) for batch in train), (selective, structure(real))
+        assert val[0].dtype == torch.float32  # validation batches are never left to the device
+    assert structure(random_batch)[0][0] == (torch.uint8 if keys != "usual" else torch.float32)
+    assert len(selective_batch) == (3 if bake else 2 + (keys == "jitter_on_device"))
+
+
+@pytest.mark.parametrize("keys", KEYS, ids=list(KEYS))
+def test_finetuning_batches_are_the_loaders_batches(keys, small_synthetic_root, tmp_path, monkeypatch,
+                                                    raw_training_batches, drop_checkpoints):
+    force(monkeypatch, KEYS[keys])
+    cfg = finetune_preset("smoke", "synthetic", data_root=str(small_synthetic_root), epochs=1,
+                          max_train_images=4, device="cpu")
+    ft.finetune(cfg, tmp_path / "run", resume=False)
+    real = raw_training_batches[0]
+    train, (val_images, val_labels) = estimate.finetuning_batches(
+        cfg, ft.load_splits(cfg).num_outputs, engine.Trainer(cfg, torch.nn.Identity()))
+    assert all(structure(batch) == structure(real) for batch in train), structure(real)
+    assert structure(real)[1][0] == (torch.uint8 if keys != "usual" else torch.int64)  # labels
+    assert val_images.dtype == torch.float32 and val_labels.dtype == torch.int64
+
+
+def test_labels_of_more_than_256_classes_stay_int64(monkeypatch):
+    force(monkeypatch, KEYS["uint8_batches"])
+    cfg = finetune_preset("smoke", "synthetic", image_size=32, batch_size=2, device="cpu")
+    train, _ = estimate.finetuning_batches(cfg, 300, engine.Trainer(cfg, torch.nn.Identity()))
+    images, labels = train[0]
+    assert images.dtype == torch.uint8 and labels.dtype == torch.int64 and int(labels[labels != 255].max()) >= 256
 
 
 @pytest.fixture
 def finished_batches(monkeypatch):
-    """The image batches that ``ColourJitterOnDevice`` finished, in call order."""
+    """(dtype, draws) of the image batches that ``ColourJitterOnDevice`` finished, in call order."""
     seen, original = [], ColourJitterOnDevice.__call__
 
     def spy(self, images, draws=None):
@@ -40,53 +122,37 @@ def finished_batches(monkeypatch):
     return seen
 
 
-def test_on_a_cpu_the_batches_are_float_and_nothing_is_finished_on_the_device(finished_batches):
-    pre, fine = configs()
-    trainer = engine.Trainer(pre, torch.nn.Identity())
-    (images,), (val_images,) = estimate.pretraining_batches(pre, trainer)
-    assert images.dtype == val_images.dtype == torch.float32 and images.shape == (BATCH, 3, SIZE, SIZE)
-    assert images.mean().abs() < 1.0 and images.min() < 0  # normalised, as the loader sends them
-    (images, labels), _ = estimate.finetuning_batches(fine, CLASSES, engine.Trainer(fine, torch.nn.Identity()))
-    assert images.dtype == torch.float32 and labels.dtype == torch.int64 and int(labels.max()) < CLASSES
-    assert estimate.batch_format(pre) == estimate.batch_format(fine) == "float32, finished by the loader"
-    assert estimate.time_pretraining_step(pre, steps=1, warmup=0).train > 0
-    assert estimate.time_finetuning_step(fine, CLASSES, steps=1, warmup=0).train > 0
+def small_pretraining(**settings):
+    return pretrain_preset("smoke", "synthetic", image_size=32, score_size=32, n_patches=16, batch_size=4,
+                           device="cpu", **settings)
+
+
+def test_the_timed_training_steps_finish_their_batches_on_the_device(monkeypatch, finished_batches):
+    force(monkeypatch, KEYS["jitter_on_device"])
+    times = estimate.time_pretraining_step(small_pretraining(), steps=2, warmup=1)
+    assert times.train > 0 and times.evaluate > 0
+    # warm-up and timed training steps each finish their batch (evaluation steps get float batches),
+    # and they take the batches in turn: their draws differ
+    assert [dtype for dtype, _ in finished_batches] == [torch.uint8] * 3
+    assert not torch.equal(finished_batches[1][1].nan_to_num(), finished_batches[2][1].nan_to_num())
+    assert any(bool(draws[:, 0].any()) for _, draws in finished_batches)  # some images are jittered
+    finished_batches.clear()
+    force(monkeypatch, KEYS["uint8_batches"] | {"defers_colour": False})
+    fine = finetune_preset("smoke", "synthetic", image_size=32, batch_size=2, device="cpu")
+    assert estimate.time_finetuning_step(fine, 3, steps=1, warmup=0).train > 0
+    assert finished_batches == [(torch.uint8, None)]  # converted and normalised only: the workers jittered
+
+
+def test_on_a_cpu_nothing_is_finished_on_the_device(finished_batches):
+    assert estimate.time_pretraining_step(small_pretraining(), steps=1, warmup=0, selective=True).train > 0
+    assert estimate.batch_format(small_pretraining()) == "float32, finished by the loader"
     assert finished_batches == []
 
 
-def test_with_jitter_on_device_the_timed_training_step_jitters_uint8_crops(monkeypatch, finished_batches):
-    monkeypatch.setattr(engine, "defers_colour", lambda cfg: True)
-    pre, _ = configs()
-    train, (val_images,) = estimate.pretraining_batches(pre, engine.Trainer(pre, torch.nn.Identity()))
-    images, draws = train[0], train[-1][COLOUR_DRAWS]
-    assert images.dtype == torch.uint8 and images.shape == (BATCH, 3, SIZE, SIZE)
-    assert draws.shape == (BATCH, 10) and bool((draws[:, 9] == 1).all())  # pretraining jitters in float
-    assert val_images.dtype == torch.float32  # validation batches are never deferred
-    assert "jitter_on_device" in estimate.batch_format(pre)
-
-    times = estimate.time_pretraining_step(pre, steps=2, warmup=1)
-    assert times.train > 0 and times.evaluate > 0
-    # warm-up and timed training steps each finish their batch; evaluation steps get float batches
-    assert [dtype for dtype, _ in finished_batches] == [torch.uint8] * 3
-    assert any(bool(d[:, 0].any()) for _, d in finished_batches)  # some images are jittered
-
-
-def test_with_uint8_batches_fine_tuning_sends_uint8_images_and_labels_that_the_step_normalises(
-        monkeypatch, finished_batches):
-    monkeypatch.setattr(engine, "sends_uint8_batches", lambda cfg: True)
-    _, fine = configs()
-    (images, labels), (val_images, val_labels) = estimate.finetuning_batches(
-        fine, CLASSES, engine.Trainer(fine, torch.nn.Identity()))
-    assert images.dtype == labels.dtype == torch.uint8 and labels.shape == (BATCH, SIZE, SIZE)  # no draws
-    assert val_images.dtype == torch.float32 and val_labels.dtype == torch.int64
-    assert "uint8_batches" in estimate.batch_format(fine)
-
-    assert estimate.time_finetuning_step(fine, CLASSES, steps=1, warmup=0).train > 0
-    assert [(dtype, draws) for dtype, draws in finished_batches] == [(torch.uint8, None)]  # normalised only
-
-
-def test_labels_that_do_not_fit_uint8_stay_int64(monkeypatch):
-    monkeypatch.setattr(engine, "sends_uint8_batches", lambda cfg: True)
-    _, fine = configs()
-    (_, labels), _ = estimate.finetuning_batches(fine, 300, engine.Trainer(fine, torch.nn.Identity()))
-    assert labels.dtype == torch.int64 and int(labels.max()) >= 256
+def test_the_paper_preset_times_each_strategy_with_its_own_config():
+    lines = estimate_report(["sugarbeets"], "paper", {"image_size": 32, "score_size": 32, "n_patches": 16,
+                                                      "batch_size": 2}, steps=1, warmup=0)
+    text = "\n".join(lines)
+    assert "random-masking step (batch 2, 32 px, ms_ssim)" in text
+    assert "selective step (batch 2, ssim3, baked masks)" in text
+    assert "selective steps float32, masks baked into the images by the loader" in text

@@ -8,7 +8,9 @@ this CPU: the kit's real runs, with a loader worker so that the per-image
 augmentation happens in another process, against a plain loop here on the
 same model, batch size, loss and Adam. The kit may add only its bookkeeping
 (reading the loss, the divergence guard) and, with ``uint8_batches``, the
-batch's conversion and normalisation: at most ``EXTRA_OPS`` a step.
+batch's conversion and normalisation: at most ``EXTRA_OPS`` a step, what it
+adds today plus a few ops of slack (torch versions differ by an op or two). A
+change that adds more to every step has to raise them, on purpose.
 ``benchmarks/bench_throughput.py --op-census`` prints the same count per op.
 """
 
@@ -28,7 +30,9 @@ from selmask_lib.losses import ReconstructionLoss
 from selmask_lib.masking import patch_grid, patch_index_map
 from selmask_lib.models import build_reconstruction_model, build_segmentation_model
 
-EXTRA_OPS = 32  # measured here: +12 (pretraining) and +8 (fine-tuning); +22 and +20 with uint8_batches
+# Ops a step the kit may add, per loop and batch kind: what it added here (b9172c0) plus 6.
+EXTRA_OPS = {("pretraining", False): 10 + 6, ("pretraining", True): 14 + 6,
+             ("fine-tuning", False): 8 + 6, ("fine-tuning", True): 15 + 6}
 
 
 class OpCounter(TorchDispatchMode):
@@ -117,7 +121,7 @@ def test_a_pretraining_step_adds_only_bookkeeping_ops(uint8_batches, small_synth
     kit = kit_ops_a_step(lambda: pt.pretrain_random(cfg, tmp_path / "run", resume=False), monkeypatch)
     plain = plain_pretraining(cfg, steps=kit[2])
     assert plain[0] > 100  # the counter sees the steps (forward and backward)
-    assert kit[0] <= plain[0] + EXTRA_OPS, extra_ops(kit, plain)
+    assert kit[0] <= plain[0] + EXTRA_OPS["pretraining", uint8_batches], extra_ops(kit, plain)
 
 
 @pytest.mark.parametrize("uint8_batches", [False, True], ids=["usual batches", "uint8 batches"])
@@ -130,4 +134,4 @@ def test_a_finetuning_step_adds_only_bookkeeping_ops(uint8_batches, small_synthe
     kit = kit_ops_a_step(lambda: ft.finetune(cfg, tmp_path / "run", resume=False), monkeypatch)
     plain = plain_finetuning(cfg, ft.load_splits(cfg).num_outputs, steps=kit[2])
     assert plain[0] > 100
-    assert kit[0] <= plain[0] + EXTRA_OPS, extra_ops(kit, plain)
+    assert kit[0] <= plain[0] + EXTRA_OPS["fine-tuning", uint8_batches], extra_ops(kit, plain)

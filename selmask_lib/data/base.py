@@ -289,6 +289,28 @@ def decode_each(check: Callable[[int], None], indices: Sequence[int], descriptio
 # ----------------------------------------------------------------- datasets
 
 
+def labels_fit_uint8(num_classes: int, ignore_index: int) -> bool:
+    """Every label value of a dataset (class ids below ``num_classes``, and the ignore index) fits in uint8."""
+    return num_classes <= 256 and 0 <= ignore_index <= 255
+
+
+def segmentation_item(image: np.ndarray, label: np.ndarray, transform: Callable,
+                      uint8_labels_fit: bool) -> tuple[torch.Tensor, ...]:
+    """``(image, label, *extra)`` of a segmentation sample: uint8 [H, W, 3] and class ids [H, W] through
+    ``transform`` (extra: a deferred colour jitter's draws). The label is int64, or uint8 where the image
+    stays uint8 (its batch is finished on the device) and ``uint8_labels_fit``.
+    """
+    image_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))  # [3, H, W] uint8
+    mask_t = tv_tensors.Mask(torch.from_numpy(label))  # [H, W]
+    image_t, mask_t, *extra = transform(image_t, mask_t)
+    mask_t = mask_t.as_subclass(torch.Tensor)
+    if image_t.dtype == torch.uint8 and uint8_labels_fit:
+        # A uint8 image is finished on the device (jitter_on_device or uint8_batches), and the label with it:
+        # a worker sends class ids as uint8, an eighth of the bytes, and the loss takes them as int64 there.
+        return image_t.as_subclass(torch.Tensor), mask_t.to(torch.uint8), *extra
+    return image_t.as_subclass(torch.Tensor), mask_t.long(), *extra
+
+
 class SegmentationDataset(Dataset):
     """Labelled images -> ``(image [3, H, W] float normalised, mask [H, W] int64)``.
 
@@ -329,7 +351,7 @@ class SegmentationDataset(Dataset):
     @property
     def labels_fit_uint8(self) -> bool:
         """Every checked label value (class ids and the ignore index) fits in uint8."""
-        return self.num_classes <= 256 and 0 <= self.ignore_index <= 255
+        return labels_fit_uint8(self.num_classes, self.ignore_index)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Checked raw arrays: uint8 image [H, W, 3], int64 class ids [H, W] (new arrays, the caller's to change)."""
@@ -364,17 +386,8 @@ class SegmentationDataset(Dataset):
 
         decode_each(check, range(len(self)) if indices is None else indices, description)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = self.load(index)
-        image_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))  # [3, H, W] uint8
-        mask_t = tv_tensors.Mask(torch.from_numpy(label))  # [H, W] int64
-        image_t, mask_t, *extra = self.transform(image_t, mask_t)  # extra: a deferred colour jitter's draws
-        mask_t = mask_t.as_subclass(torch.Tensor)
-        if image_t.dtype == torch.uint8 and self.labels_fit_uint8:
-            # A uint8 image is finished on the device (jitter_on_device or uint8_batches), and the label with it:
-            # a worker sends class ids as uint8, an eighth of the bytes, and the loss takes them as int64 there.
-            return image_t.as_subclass(torch.Tensor), mask_t.to(torch.uint8), *extra
-        return image_t.as_subclass(torch.Tensor), mask_t.long(), *extra
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        return segmentation_item(*self.load(index), self.transform, self.labels_fit_uint8)
 
 
 class UnlabelledImages(Dataset):
