@@ -311,7 +311,7 @@ def build_initialised_model(cfg: FinetuneConfig, num_classes: int,
 
 
 def segmentation_batch_loss(trainer: Trainer, loss_fn: torch.nn.Module,
-                          evaluator: Optional[SegmentationEvaluator] = None):
+                            evaluator: Optional[SegmentationEvaluator] = None):
     """``batch_loss(model, (images, masks))`` for the engine; also counts pixels into ``evaluator``."""
     def batch_loss(model: torch.nn.Module, batch) -> torch.Tensor:
         images, masks = batch
