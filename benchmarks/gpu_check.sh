@@ -49,7 +49,7 @@ step 170 "where the GPU's time goes with uint8 batches: torch.profiler over one 
     --device-profile --set jitter_on_device=false --set uint8_batches=true
 
 # Recorded for an H100 and an H200 already, on float batches; since 0ca3b17 each kind of step gets batches
-# as its loader sends them (uint8 with the jitter left to the device, by default for pretraining): ESTIMATE=1.
+# as its loader sends them (uint8 with the jitter left to the device, by default for random masking): ESTIMATE=1.
 if [ "${ESTIMATE:-0}" != 0 ]; then
     echo "== paper-run estimate: 20 steps after 3 warm-up steps, paper batch and size =="
     timeout 90 "$PY" -m selmask_lib.cli estimate --preset paper --steps 20 --warmup 3 --gpus 4 \

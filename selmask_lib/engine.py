@@ -816,7 +816,7 @@ class Trainer:
         # The GPU speed settings (config.GPU_SPEED_FIELDS) are no-ops elsewhere: CPU results stay bit-identical.
         self.channels_last = cfg.channels_last and on_cuda
         self.sync_free_steps = cfg.sync_free_steps and on_cuda  # losses read once per epoch, fused Adam
-        self.colour_on_device = ColourJitterOnDevice(cfg.mean, cfg.std)  # for batches of deferred items only
+        self.colour_on_device = ColourJitterOnDevice(cfg.mean, cfg.std)  # batches the device finishes only
         self.model = model.to(self.device, memory_format=torch.channels_last) if self.channels_last \
             else model.to(self.device)
         self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun, else self.model
@@ -920,15 +920,17 @@ class Trainer:
         torch.manual_seed(derive_seed(self.cfg.seed, *keys, *rank_key()))
 
     def finish_batch(self, batch: Any) -> Any:
-        """A batch whose images were sent as uint8 is finished here, on the device: ``(images, ...)`` as
-        float, normalised, and first colour-jittered if its last element holds the draws
-        (``jitter_on_device``: ``transforms.DeferredColourJitter``); without draws the workers jittered
-        already (``uint8_batches``). Any other batch (float images) is returned as it is.
+        """A batch whose images the loader left to the device is finished here: ``(images, ...)`` as float,
+        normalised, and first colour-jittered where its last element holds the draws
+        (``jitter_on_device``: ``transforms.DeferredColourJitter``). With ``uint8_batches`` a batch of
+        uint8 images and no draws was jittered by the workers already: it is only converted and
+        normalised. Any other batch is returned as it is (a uint8 batch too, unless the config asks
+        for uint8 batches: the kit never normalises images it was not told it sends).
         """
         if not (isinstance(batch, (list, tuple)) and torch.is_tensor(batch[0])):
             return batch
         with_draws = isinstance(batch[-1], dict) and COLOUR_DRAWS in batch[-1]
-        if not with_draws and batch[0].dtype != torch.uint8:
+        if not with_draws and not (self.cfg.uint8_batches and batch[0].dtype == torch.uint8):
             return batch
         images = batch[0].to(self.device, non_blocking=True)
         if with_draws:

@@ -99,6 +99,8 @@ def paper_phases(dataset: str, pre: PretrainConfig, fine: FinetuneConfig, random
 
 
 BATCHES = 2  # distinct training batches the timed steps take in turn (their colour-jitter draws differ)
+DISTINCT_ITEMS = 32  # at most this many items are made per batch, repeated up to its size: building
+                     # the paper's batches of up to 256 selective (scored, baked) items would take minutes
 
 
 def _time_steps(trainer, train_batches: list, eval_batch, batch_loss, steps: int, warmup: int) -> StepTimes:
@@ -163,8 +165,14 @@ def _pinned(batch: Any) -> Any:
 
 
 def _batches_of(trainer, dataset, batch_size: int, count: int) -> list:
-    return [_loaded(trainer, [dataset[index] for index in range(start, start + batch_size)])
-            for start in range(0, batch_size * count, batch_size)]
+    """``count`` batches of ``batch_size`` from ``dataset``'s items in order: ``DISTINCT_ITEMS`` items a
+    batch at most, repeated to fill it (the step's cost depends on the batch's form, not its pixels)."""
+    distinct = min(batch_size, DISTINCT_ITEMS)
+    batches = []
+    for start in range(0, distinct * count, distinct):
+        items = [dataset[index] for index in range(start, start + distinct)]
+        batches.append(_loaded(trainer, [items[i % distinct] for i in range(batch_size)]))
+    return batches
 
 
 class RandomImages(UnlabelledImages):
@@ -196,7 +204,7 @@ def pretraining_batches(cfg: PretrainConfig, trainer, selective: bool) -> tuple[
     from .pretraining import loop_datasets
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    count = cfg.batch_size * BATCHES
+    count = min(cfg.batch_size, DISTINCT_ITEMS) * BATCHES
     pool = RandomImages(count, cfg.image_size, generator)
     patch_masks = None
     if selective:
@@ -204,7 +212,7 @@ def pretraining_batches(cfg: PretrainConfig, trainer, selective: bool) -> tuple[
                                                                           cfg.antialias).shape[-2:],
                                                              cfg.n_patches)), cfg.mask_ratio, generator)[0]
                        for index in range(count)}
-    train_set, val_set = loop_datasets(cfg, pool, range(count), range(cfg.batch_size), patch_masks)
+    train_set, val_set = loop_datasets(cfg, pool, range(count), range(count // BATCHES), patch_masks)
     return (_batches_of(trainer, train_set, cfg.batch_size, BATCHES),
             _batches_of(trainer, val_set, cfg.batch_size, 1)[0])
 
@@ -220,7 +228,7 @@ def finetuning_batches(cfg: FinetuneConfig, num_classes: int, trainer) -> tuple[
 
     generator = torch.Generator().manual_seed(cfg.seed)
     classes = num_classes - int(cfg.void_as_class)  # the dataset's classes (void is 255 in its labels)
-    fits = labels_fit_uint8(classes, 255)
+    uint8_labels = labels_fit_uint8(classes, 255) and (defers_colour(cfg) or sends_uint8_batches(cfg))
     transforms = {"train": train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std,
                                            antialias=cfg.antialias, defer_colour=defers_colour(cfg),
                                            uint8_batch=sends_uint8_batches(cfg)),
@@ -231,10 +239,13 @@ def finetuning_batches(cfg: FinetuneConfig, num_classes: int, trainer) -> tuple[
         image = torch.randint(0, 256, (*size, 3), dtype=torch.uint8, generator=generator).numpy()
         label = torch.randint(0, classes, size, generator=generator)
         label[torch.rand(size, generator=generator) < 0.05] = 255
-        return segmentation_item(image, label.numpy(), transforms[split], fits)
+        return segmentation_item(image, label.numpy(), transforms[split], uint8_labels and split == "train")
 
-    train = [_loaded(trainer, [item("train") for _ in range(cfg.batch_size)]) for _ in range(BATCHES)]
-    return train, _loaded(trainer, [item("val") for _ in range(cfg.batch_size)])
+    def batch(split: str):
+        items = [item(split) for _ in range(min(cfg.batch_size, DISTINCT_ITEMS))]
+        return _loaded(trainer, [items[i % len(items)] for i in range(cfg.batch_size)])
+
+    return [batch("train") for _ in range(BATCHES)], batch("val")
 
 
 def time_pretraining_step(cfg: PretrainConfig, steps: int, warmup: int, selective: bool = False) -> StepTimes:
@@ -285,6 +296,17 @@ def _keys_of(config_class, overrides: dict) -> dict:
     return {key: value for key, value in overrides.items() if key in names}
 
 
+def _loss_name(cfg: PretrainConfig) -> str:
+    from .losses import uses_ms_ssim
+
+    if cfg.recon_loss == "ms_ssim" and not uses_ms_ssim(cfg.image_size, cfg.image_size):
+        return "ms_ssim, single-scale SSIM at this size"
+    return cfg.recon_loss
+
+
+SELECTIVE_ONLY_KEYS = ("bake_selective_masks", "baked_image_quality")  # a random-masking config refuses them
+
+
 def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: int = 20, warmup: int = 3,
                     gpus: int = 1) -> list[str]:
     """The lines ``selmask estimate`` prints: measured step times, then each dataset's phases and total."""
@@ -300,11 +322,14 @@ def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: in
             measured[key] = timer()
         return measured[key]
 
+    if "strategy" in overrides:
+        raise SelmaskError("--set strategy: the estimate times both strategies (each with its own config)")
+    pretrain_keys = _keys_of(PretrainConfig, overrides)
+    random_keys = {key: value for key, value in pretrain_keys.items() if key not in SELECTIVE_ONLY_KEYS}
     for dataset in datasets:
-        pretrain_keys = _keys_of(PretrainConfig, overrides)
         # Each strategy's own config: the paper preset's differ (loss; the selective steps bake their masks).
-        random_cfg = pretrain_preset(preset, dataset, **{"strategy": "random", **pretrain_keys})
-        selective_cfg = pretrain_preset(preset, dataset, **{"strategy": "selective", **pretrain_keys})
+        random_cfg = pretrain_preset(preset, dataset, strategy="random", **random_keys)
+        selective_cfg = pretrain_preset(preset, dataset, strategy="selective", **pretrain_keys)
         fine = finetune_preset(preset, dataset, **_keys_of(FinetuneConfig, overrides))
         # the model's outputs: one more where void is trained as a class (the paper preset on VOC, Cityscapes)
         classes = PAPER_DATASET_SIZES.get(dataset, {}).get("classes", 2) + int(fine.void_as_class)
@@ -322,8 +347,9 @@ def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: in
                          f"fine-tuning {batch_format(fine)}")
         sizes = PAPER_DATASET_SIZES.get(dataset)
         step_lines = [f"random-masking step (batch {random_cfg.batch_size}, {random_cfg.image_size} px, "
-                      f"{random_cfg.recon_loss})", f"selective step (batch {selective_cfg.batch_size}, "
-                      f"{selective_cfg.recon_loss}{', baked masks' if selective_cfg.bake_selective_masks else ''})",
+                      f"{_loss_name(random_cfg)})", f"selective step (batch {selective_cfg.batch_size}, "
+                      f"{selective_cfg.image_size} px, {_loss_name(selective_cfg)}"
+                      f"{', baked masks' if selective_cfg.bake_selective_masks else ''})",
                       f"fine-tuning step (batch {fine.batch_size}, {fine.image_size} px)"]
         lines.append(f"{dataset}: " + "; ".join(
             f"{what} train {step.train:.6g} s, eval {step.evaluate:.6g} s"

@@ -207,9 +207,10 @@ def load_splits(cfg: FinetuneConfig) -> _Splits:
         dataset.cache = DecodedCache(cfg.image_cache_mb)  # checked arrays, kept from the first read on
         return dataset
 
+    finished_on_device = defers_colour(cfg) or sends_uint8_batches(cfg)  # jitter_on_device, uint8_batches
     train = split("train", train_transform(cfg.image_size, tuple(cfg.crop_scale), mean, std, antialias=antialias,
-                                           defer_colour=defers_colour(cfg),  # jitter_on_device
-                                           uint8_batch=sends_uint8_batches(cfg)))
+                                           defer_colour=defers_colour(cfg), uint8_batch=sends_uint8_batches(cfg)))
+    train.sends_uint8_labels = finished_on_device
     used = list(train.samples)
     if cfg.max_train_images is not None and cfg.max_train_images < len(train):
         train, used = Subset(train, range(cfg.max_train_images)), used[: cfg.max_train_images]

@@ -1,4 +1,4 @@
-"""Pretraining data: partitions, the scoring view of an image, and augmented (image, pixel mask) pairs.
+"""Pretraining data: partitions, the scoring view of an image, augmented images and their pixel masks.
 
 Kept apart from the training loops so each piece can be read (and tested)
 alone. The one rule that ties them together: a fixed patch mask is defined on

@@ -236,7 +236,8 @@ def _blended(images: torch.Tensor, factor: torch.Tensor, operation: torch.Tensor
 
 
 class ColourJitterOnDevice:
-    """Finish a batch of :class:`DeferredColourJitter` items where it is: colour jitter, float, normalise.
+    """Finish a batch where it is: colour jitter (the draws of :class:`DeferredColourJitter` items), float,
+    normalise; without draws (``uint8_batches``: jittered by the workers) only float and normalise.
 
     torchvision's colour kernels take one factor per call, so a batch whose
     images each have their own factors and order would be 4 calls per image;

@@ -51,8 +51,9 @@ class SmokeRuns:
         pt.pretrain(cfg, out_dir=self.out / name)
         return self.train_losses(name)
 
-    def finetuning(self, name: str) -> list[float]:
-        cfg = finetune_preset("smoke", "synthetic", data_root=self.root, epochs=1, max_train_images=4, device="cpu")
+    def finetuning(self, name: str, **settings) -> list[float]:
+        cfg = finetune_preset("smoke", "synthetic", data_root=self.root, epochs=1, max_train_images=4, device="cpu",
+                              **settings)
         ft.finetune(cfg, self.out / name, resume=False)
         return self.train_losses(name)
 

@@ -22,6 +22,7 @@ import selmask_lib.finetuning as ft
 import selmask_lib.pretraining as pt
 from selmask_lib import estimate
 from selmask_lib.config import finetune_preset, pretrain_preset
+from selmask_lib.errors import SelmaskError
 from selmask_lib.estimate import estimate_report
 from selmask_lib.transforms import ColourJitterOnDevice
 
@@ -73,7 +74,7 @@ def test_pretraining_batches_are_the_loops_batches(keys, bake, small_synthetic_r
                                                    raw_training_batches):
     force(monkeypatch, KEYS[keys])
     cfg = pretrain_preset("smoke", "synthetic", data_root=str(small_synthetic_root), max_images=12, epochs=1,
-                          device="cpu", bake_selective_masks=bake)
+                          device="cpu", bake_selective_masks=bake, uint8_batches=keys == "uint8_batches")
     pt.pretrain(cfg, out_dir=tmp_path / "run")  # a random-masking loop, then selective steps
     random_batch, selective_batch = raw_training_batches[0], raw_training_batches[-1]
     trainer = engine.Trainer(cfg, torch.nn.Identity())
@@ -91,7 +92,7 @@ def test_finetuning_batches_are_the_loaders_batches(keys, small_synthetic_root, 
                                                     raw_training_batches, drop_checkpoints):
     force(monkeypatch, KEYS[keys])
     cfg = finetune_preset("smoke", "synthetic", data_root=str(small_synthetic_root), epochs=1,
-                          max_train_images=4, device="cpu")
+                          max_train_images=4, device="cpu", uint8_batches=keys == "uint8_batches")
     ft.finetune(cfg, tmp_path / "run", resume=False)
     real = raw_training_batches[0]
     train, (val_images, val_labels) = estimate.finetuning_batches(
@@ -138,7 +139,7 @@ def test_the_timed_training_steps_finish_their_batches_on_the_device(monkeypatch
     assert any(bool(draws[:, 0].any()) for _, draws in finished_batches)  # some images are jittered
     finished_batches.clear()
     force(monkeypatch, KEYS["uint8_batches"] | {"defers_colour": False})
-    fine = finetune_preset("smoke", "synthetic", image_size=32, batch_size=2, device="cpu")
+    fine = finetune_preset("smoke", "synthetic", image_size=32, batch_size=2, device="cpu", uint8_batches=True)
     assert estimate.time_finetuning_step(fine, 3, steps=1, warmup=0).train > 0
     assert finished_batches == [(torch.uint8, None)]  # converted and normalised only: the workers jittered
 
@@ -149,10 +150,32 @@ def test_on_a_cpu_nothing_is_finished_on_the_device(finished_batches):
     assert finished_batches == []
 
 
-def test_the_paper_preset_times_each_strategy_with_its_own_config():
-    lines = estimate_report(["sugarbeets"], "paper", {"image_size": 32, "score_size": 32, "n_patches": 16,
-                                                      "batch_size": 2}, steps=1, warmup=0)
-    text = "\n".join(lines)
-    assert "random-masking step (batch 2, 32 px, ms_ssim)" in text
-    assert "selective step (batch 2, ssim3, baked masks)" in text
+SMALL = {"image_size": 32, "score_size": 32, "n_patches": 16, "batch_size": 2}
+
+
+def test_the_paper_preset_times_each_strategy_with_its_own_config_and_batches(monkeypatch):
+    """The paper preset's random masking uses MS-SSIM and random masks; its selective steps use ssim3 on
+    images with their masks baked in (float batches of masked input, target and pixel mask)."""
+    timed, built = [], estimate.pretraining_batches
+
+    def spy(cfg, trainer, selective):
+        train, val = built(cfg, trainer, selective)
+        timed.append((cfg.strategy, cfg.recon_loss, cfg.bake_selective_masks, selective, structure(train[0])))
+        return train, val
+
+    monkeypatch.setattr(estimate, "pretraining_batches", spy)
+    text = "\n".join(estimate_report(["sugarbeets"], "paper", SMALL, steps=1, warmup=0))
+    float_image = (torch.float32, (3, 32, 32))
+    assert timed == [("random", "ms_ssim", False, False, [float_image]),
+                     ("selective", "ssim3", True, True, [float_image, float_image, (torch.bool, (32, 32))])]
+    assert "random-masking step (batch 2, 32 px, ms_ssim, single-scale SSIM at this size)" in text
+    assert "selective step (batch 2, 32 px, ssim3, baked masks)" in text
     assert "selective steps float32, masks baked into the images by the loader" in text
+
+
+def test_selective_only_keys_apply_to_the_selective_steps_and_strategy_is_refused():
+    text = "\n".join(estimate_report(["sugarbeets"], "smoke", {**SMALL, "bake_selective_masks": True},
+                                      steps=1, warmup=0))
+    assert "selective step (batch 2, 32 px, ms_ssim, single-scale SSIM at this size, baked masks)" in text
+    with pytest.raises(SelmaskError, match="strategy"):
+        estimate_report(["sugarbeets"], "smoke", {**SMALL, "strategy": "random"})

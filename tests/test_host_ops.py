@@ -130,7 +130,7 @@ def test_a_finetuning_step_adds_only_bookkeeping_ops(uint8_batches, small_synthe
     if uint8_batches:
         monkeypatch.setattr(ft, "sends_uint8_batches", lambda cfg: True)
     cfg = finetune_preset("smoke", "synthetic", data_root=str(small_synthetic_root), device="cpu", num_workers=1,
-                          epochs=1)
+                          epochs=1, uint8_batches=uint8_batches)
     kit = kit_ops_a_step(lambda: ft.finetune(cfg, tmp_path / "run", resume=False), monkeypatch)
     plain = plain_finetuning(cfg, ft.load_splits(cfg).num_outputs, steps=kit[2])
     assert plain[0] > 100

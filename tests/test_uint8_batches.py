@@ -55,7 +55,7 @@ def test_the_key_is_a_no_op_on_a_cpu(small_synthetic_root):
 
 def test_finetuning_uint8_batches_are_the_workers_batches_exactly(small_synthetic_root, monkeypatch):
     cfg = finetune_preset("smoke", "synthetic", data_root=str(small_synthetic_root), max_train_images=8,
-                          device="cpu")
+                          device="cpu", uint8_batches=True)
     trainer = Trainer(cfg, torch.nn.Identity())
     usual = first_batch(trainer, ft.load_splits(cfg).train)
     monkeypatch.setattr(ft, "sends_uint8_batches", lambda cfg: True)
@@ -70,7 +70,7 @@ def test_finetuning_uint8_batches_are_the_workers_batches_exactly(small_syntheti
 def test_finetuning_labels_that_do_not_fit_uint8_stay_int64(small_synthetic_root, monkeypatch):
     """Class ids above 255 (or a negative ignore index) are sent as int64, and the batch is the usual one."""
     cfg = finetune_preset("smoke", "synthetic", data_root=str(small_synthetic_root), max_train_images=8,
-                          device="cpu")
+                          device="cpu", uint8_batches=True)
     train = ft.load_splits(cfg).train
     dataset = train.dataset if hasattr(train, "dataset") else train  # a Subset of the first max_train_images
     monkeypatch.setattr(type(dataset), "labels_fit_uint8", property(lambda self: False))
@@ -85,7 +85,8 @@ def test_finetuning_labels_that_do_not_fit_uint8_stay_int64(small_synthetic_root
 
 @pytest.mark.parametrize("fixed_masks", [False, True], ids=["random masks", "fixed masks"])
 def test_pretraining_uint8_batches_are_the_workers_batches_within_half_a_level(small_synthetic_root, fixed_masks):
-    cfg = pretrain_preset("smoke", "synthetic", data_root=str(small_synthetic_root), max_images=12, device="cpu")
+    cfg = pretrain_preset("smoke", "synthetic", data_root=str(small_synthetic_root), max_images=12, device="cpu",
+                          uint8_batches=True)
     pool = pretraining_pool(cfg)
     patch_masks = None
     if fixed_masks:  # a selective step's items: pixel masks that move with the crop
@@ -136,10 +137,10 @@ def test_runs_with_uint8_batches_train_as_usual(smoke_runs, monkeypatch):
         return finish_batch(trainer, batch)
 
     monkeypatch.setattr(Trainer, "finish_batch", spy)
-    sent = {"random": pretraining("random-uint8")}
+    sent = {"random": pretraining("random-uint8", uint8_batches=True)}
     assert torch.uint8 in finished
     finished.clear()
-    sent["finetune"] = finetuning("finetune-uint8")
+    sent["finetune"] = finetuning("finetune-uint8", uint8_batches=True)
     assert torch.uint8 in finished
     assert sent["finetune"] == usual["finetune"] and len(sent["finetune"]) > 0
     assert len(sent["random"]) == len(usual["random"]) > 0
@@ -147,7 +148,30 @@ def test_runs_with_uint8_batches_train_as_usual(smoke_runs, monkeypatch):
     # A selective run's steps train on fixed masks through the same path; baked masks keep float batches
     # (the worker jitters the masked input and the target alike).
     for name, settings in {"selective": {}, "baked": dict(bake_selective_masks=True)}.items():
-        losses = pretraining(name, strategy="selective", **settings)  # two steps of one epoch
+        losses = pretraining(name, strategy="selective", uint8_batches=True, **settings)  # two steps of one epoch
         assert len(losses) == 2 and torch.isfinite(torch.tensor(losses)).all()
     assert fixed_masks  # the selective step's batches took the path, not only its random first step
     assert baked_items and set(baked_items) == {torch.float32}  # the baked run's selective step did not
+
+
+def test_a_uint8_batch_is_finished_only_where_the_config_sends_uint8_batches(small_synthetic_root):
+    """A user's own loop that feeds uint8 images (and converts them itself) must get them as they are."""
+    cfg = finetune_preset("smoke", "synthetic", data_root=str(small_synthetic_root), device="cpu")
+    batch = (torch.full((2, 3, 4, 4), 200, dtype=torch.uint8), torch.zeros(2, 4, 4, dtype=torch.uint8))
+    assert Trainer(cfg, torch.nn.Identity()).finish_batch(batch) is batch
+    images, labels = Trainer(cfg.updated(uint8_batches=True), torch.nn.Identity()).finish_batch(batch)
+    expected = (200 / 255 - torch.tensor(cfg.mean)) / torch.tensor(cfg.std)
+    torch.testing.assert_close(images[0, :, 0, 0], expected)
+    assert labels is batch[1]
+
+
+def test_segmentation_labels_are_uint8_only_for_batches_the_device_finishes(small_synthetic_root):
+    from torchvision.transforms import v2
+
+    from selmask_lib.data import load_segmentation_split
+
+    keep_uint8 = v2.Compose([v2.CenterCrop(16)])  # a transform that leaves the image uint8
+    split = load_segmentation_split("synthetic", small_synthetic_root, "train", keep_uint8)
+    assert split[0][0].dtype == torch.uint8 and split[0][1].dtype == torch.int64  # a user's dataset: as documented
+    split.sends_uint8_labels = True  # as fine-tuning sets it with jitter_on_device or uint8_batches
+    assert split[0][1].dtype == torch.uint8

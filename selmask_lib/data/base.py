@@ -295,20 +295,17 @@ def labels_fit_uint8(num_classes: int, ignore_index: int) -> bool:
 
 
 def segmentation_item(image: np.ndarray, label: np.ndarray, transform: Callable,
-                      uint8_labels_fit: bool) -> tuple[torch.Tensor, ...]:
+                      uint8_labels: bool = False) -> tuple[torch.Tensor, ...]:
     """``(image, label, *extra)`` of a segmentation sample: uint8 [H, W, 3] and class ids [H, W] through
-    ``transform`` (extra: a deferred colour jitter's draws). The label is int64, or uint8 where the image
-    stays uint8 (its batch is finished on the device) and ``uint8_labels_fit``.
+    ``transform`` (extra: a deferred colour jitter's draws). The label is int64, or uint8 with
+    ``uint8_labels`` (every value fits, and the batch is finished on the device: a worker sends class ids
+    as an eighth of the bytes, and the loss takes them as int64 there).
     """
     image_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))  # [3, H, W] uint8
     mask_t = tv_tensors.Mask(torch.from_numpy(label))  # [H, W]
     image_t, mask_t, *extra = transform(image_t, mask_t)
     mask_t = mask_t.as_subclass(torch.Tensor)
-    if image_t.dtype == torch.uint8 and uint8_labels_fit:
-        # A uint8 image is finished on the device (jitter_on_device or uint8_batches), and the label with it:
-        # a worker sends class ids as uint8, an eighth of the bytes, and the loss takes them as int64 there.
-        return image_t.as_subclass(torch.Tensor), mask_t.to(torch.uint8), *extra
-    return image_t.as_subclass(torch.Tensor), mask_t.long(), *extra
+    return image_t.as_subclass(torch.Tensor), mask_t.to(torch.uint8 if uint8_labels else torch.int64), *extra
 
 
 class SegmentationDataset(Dataset):
@@ -340,6 +337,9 @@ class SegmentationDataset(Dataset):
         self.transform = transform if transform is not None else normalise_transform()
         self.ignore_index = ignore_index
         self.info = info
+        # Labels as uint8 where they fit, for batches the device finishes (fine-tuning with jitter_on_device
+        # or uint8_batches sets it); else int64, the loss's dtype.
+        self.sends_uint8_labels = False
 
     @property
     def ids(self) -> list[str]:
@@ -387,7 +387,7 @@ class SegmentationDataset(Dataset):
         decode_each(check, range(len(self)) if indices is None else indices, description)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
-        return segmentation_item(*self.load(index), self.transform, self.labels_fit_uint8)
+        return segmentation_item(*self.load(index), self.transform, self.sends_uint8_labels and self.labels_fit_uint8)
 
 
 class UnlabelledImages(Dataset):
