@@ -54,7 +54,6 @@ os.environ["SELMASK_NO_PROGRESS"] = "1"
 
 import torch  # noqa: E402
 from torch.utils.data import BatchSampler  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import selmask_lib.engine as engine_module  # noqa: E402
 import selmask_lib.finetuning as finetuning_module  # noqa: E402
@@ -65,6 +64,7 @@ from selmask_lib.data import load_segmentation_split, resolve_data_root  # noqa:
 from selmask_lib.data.synthetic import default_root, ensure_synthetic_voc  # noqa: E402
 from selmask_lib.engine import Trainer, adam_optimizer  # noqa: E402
 from selmask_lib.finetuning import finetune, segmentation_loss  # noqa: E402
+from selmask_lib.host_ops import OpCounter  # noqa: E402
 from selmask_lib.losses import ReconstructionLoss  # noqa: E402
 from selmask_lib.masking import patch_grid, patch_index_map  # noqa: E402
 from selmask_lib.models import build_reconstruction_model, build_segmentation_model  # noqa: E402
@@ -449,26 +449,6 @@ def device_profile(configs, data, device: torch.device, tmp: Path, top: int) -> 
         bare_profile.report(f"bare {name}", top)
 
 
-class OpCensus(TorchDispatchMode):
-    """The aten ops dispatched while it is on, counted by name: on a GPU, about one kernel launch each.
-
-    A torch dispatch mode sees every op of the thread that turned it on, and
-    of autograd's backward pass (which carries the mode). It does not see
-    the loader workers (other processes) or the pin-memory thread. On a CPU
-    it counts what the host would launch on a GPU for the same steps, so a
-    change that adds launches shows here without a GPU. Python's own time
-    is not counted: the device profile measures that.
-    """
-
-    def __init__(self, counts: collections.Counter):
-        super().__init__()
-        self.counts = counts
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
-
-
 @contextlib.contextmanager
 def batch_keys_as_on_cuda():
     """``jitter_on_device`` and ``uint8_batches`` act as on CUDA, whatever the device (they are no-ops
@@ -492,7 +472,8 @@ def batch_keys_as_on_cuda():
 
 def op_census(configs, data, device: torch.device, tmp: Path, as_on_cuda: bool, top: int = 15) -> None:
     """Aten ops a training step of one kit run and one bare run of each loop (1 epoch each), and the ops
-    whose counts differ most. With loader workers the kit's augmentation runs elsewhere and is not counted."""
+    whose counts differ most (``selmask_lib.host_ops``: on a GPU about one kernel launch each). With loader
+    workers the kit's augmentation runs elsewhere and is not counted."""
     print(f"\nop census (aten ops a training step on the host thread; {device}"
           + (", jitter_on_device and uint8_batches acting as on CUDA" if as_on_cuda else "") + "):")
     with batch_keys_as_on_cuda() if as_on_cuda else contextlib.nullcontext():
@@ -502,11 +483,11 @@ def op_census(configs, data, device: torch.device, tmp: Path, as_on_cuda: bool, 
 
             def counting(trainer, loader):
                 kit_steps.append(len(loader))
-                return OpCensus(kit_counts)
+                return OpCounter(kit_counts)
 
             with around_training_epochs(counting):
                 kit()
-            bare(lambda epoch: OpCensus(bare_counts))
+            bare(lambda epoch: OpCounter(bare_counts))
             per_step = {"kit": {op: n / sum(kit_steps) for op, n in kit_counts.items()},
                         "bare": {op: n / len(BatchSampler(range(n_images), cfg.batch_size, drop_last=False))
                                  for op, n in bare_counts.items()}}

@@ -2,9 +2,9 @@
 
 On a GPU both the kit and a bare loop were bound by the host launching
 kernels (benchmarks/README.md, H200 calls 5 and 6): each op the kit adds to a
-step is time there, whatever the GPU. A torch dispatch mode counts the aten
-ops of a step (about one kernel launch each on a GPU, backward included) on
-this CPU: the kit's real runs, with a loader worker so that the per-image
+step is time there, whatever the GPU. ``selmask_lib.host_ops.OpCounter``
+counts the aten ops of a step (about one kernel launch each on a GPU,
+backward included) on this CPU: the kit's real runs, with a loader worker so that the per-image
 augmentation happens in another process, against a plain loop here on the
 same model, batch size, loss and Adam. The kit may add only its bookkeeping
 (reading the loss, the divergence guard) and, with ``uint8_batches``, the
@@ -20,12 +20,12 @@ import collections
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import selmask_lib.finetuning as ft
 import selmask_lib.pretraining as pt
 from selmask_lib.config import finetune_preset, pretrain_preset
 from selmask_lib.engine import Trainer, adam_optimizer
+from selmask_lib.host_ops import OpCounter
 from selmask_lib.losses import ReconstructionLoss
 from selmask_lib.masking import patch_grid, patch_index_map
 from selmask_lib.models import build_reconstruction_model, build_segmentation_model
@@ -33,18 +33,6 @@ from selmask_lib.models import build_reconstruction_model, build_segmentation_mo
 # Ops a step the kit may add, per loop and batch kind: what it added here (b9172c0) plus 6.
 EXTRA_OPS = {("pretraining", False): 10 + 6, ("pretraining", True): 14 + 6,
              ("fine-tuning", False): 8 + 6, ("fine-tuning", True): 15 + 6}
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts every aten op dispatched while on, by name."""
-
-    def __init__(self, counts: collections.Counter):
-        super().__init__()
-        self.counts = counts
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def kit_ops_a_step(run, monkeypatch) -> tuple[float, collections.Counter, int]:
