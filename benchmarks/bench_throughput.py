@@ -56,8 +56,6 @@ import torch  # noqa: E402
 from torch.utils.data import BatchSampler  # noqa: E402
 
 import selmask_lib.engine as engine_module  # noqa: E402
-import selmask_lib.finetuning as finetuning_module  # noqa: E402
-import selmask_lib.pretraining as pretraining_module  # noqa: E402
 from selmask_lib.cli import parse_overrides  # noqa: E402
 from selmask_lib.config import FinetuneConfig, PretrainConfig, finetune_preset, pretrain_preset  # noqa: E402
 from selmask_lib.data import load_segmentation_split, resolve_data_root  # noqa: E402
@@ -459,15 +457,12 @@ def batch_keys_as_on_cuda():
     def sends_uint8(cfg) -> bool:
         return bool(cfg.uint8_batches) and not defers(cfg)
 
-    modules = (engine_module, pretraining_module, finetuning_module)
-    saved = [(module, module.defers_colour, module.sends_uint8_batches) for module in modules]
-    for module in modules:
-        module.defers_colour, module.sends_uint8_batches = defers, sends_uint8
+    saved = engine_module.defers_colour, engine_module.sends_uint8_batches  # what training_batch_form reads
+    engine_module.defers_colour, engine_module.sends_uint8_batches = defers, sends_uint8
     try:
         yield
     finally:
-        for module, defers_colour, sends_uint8_batches in saved:
-            module.defers_colour, module.sends_uint8_batches = defers_colour, sends_uint8_batches
+        engine_module.defers_colour, engine_module.sends_uint8_batches = saved
 
 
 def op_census(configs, data, device: torch.device, tmp: Path, as_on_cuda: bool, top: int = 15) -> None:

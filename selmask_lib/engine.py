@@ -218,6 +218,17 @@ def sends_uint8_batches(cfg) -> bool:
     return bool(cfg.uint8_batches) and not defers_colour(cfg) and local_device(pick_device(cfg.device)).type == "cuda"
 
 
+def training_batch_form(cfg) -> str:
+    """How a run's training loader sends its batches on this device: ``"jitter_on_device"`` (uint8 crops and
+    the colour jitter's draws), ``"uint8_batches"`` (jittered uint8 images) or ``"float"`` (finished by the
+    workers). Both loops build their training transform from it, and ``selmask estimate`` names it."""
+    if defers_colour(cfg):
+        return "jitter_on_device"
+    if sends_uint8_batches(cfg):
+        return "uint8_batches"
+    return "float"
+
+
 @contextlib.contextmanager
 def one_torch_thread():
     """Run torch on one thread inside, as loader workers do, then restore the thread count.

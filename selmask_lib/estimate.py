@@ -134,17 +134,19 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+BATCH_FORMS = {  # pretraining.loop_batch_form / engine.training_batch_form -> what the report says
+    "baked": "float32, masks baked into the images by the loader",
+    "jitter_on_device": "uint8, colour jitter and normalisation on the device (jitter_on_device)",
+    "uint8_batches": "uint8, normalisation on the device (uint8_batches)",
+    "float": "float32, finished by the loader",
+}
+
+
 def batch_format(cfg, selective: bool = False) -> str:
     """How the run's training loader sends a batch on this device (the estimate times the same)."""
-    from .engine import defers_colour, sends_uint8_batches
+    from .pretraining import loop_batch_form
 
-    if selective and getattr(cfg, "bake_selective_masks", False):
-        return "float32, masks baked into the images by the loader"
-    if defers_colour(cfg):
-        return "uint8, colour jitter and normalisation on the device (jitter_on_device)"
-    if sends_uint8_batches(cfg):
-        return "uint8, normalisation on the device (uint8_batches)"
-    return "float32, finished by the loader"
+    return BATCH_FORMS[loop_batch_form(cfg, fixed_masks=selective)]
 
 
 def _loaded(trainer, items: list) -> Any:
@@ -223,15 +225,13 @@ def finetuning_batches(cfg: FinetuneConfig, num_classes: int, trainer) -> tuple[
     labels (a few pixels void, 255), through the run's transforms. ``num_classes``: the model's outputs,
     the void class among them where ``void_as_class``."""
     from .data.base import labels_fit_uint8, segmentation_item
-    from .engine import defers_colour, sends_uint8_batches
-    from .transforms import train_transform, val_transform
+    from .finetuning import sends_uint8_labels, training_transform
+    from .transforms import val_transform
 
     generator = torch.Generator().manual_seed(cfg.seed)
     classes = num_classes - int(cfg.void_as_class)  # the dataset's classes (void is 255 in its labels)
-    uint8_labels = labels_fit_uint8(classes, 255) and (defers_colour(cfg) or sends_uint8_batches(cfg))
-    transforms = {"train": train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std,
-                                           antialias=cfg.antialias, defer_colour=defers_colour(cfg),
-                                           uint8_batch=sends_uint8_batches(cfg)),
+    uint8_labels = labels_fit_uint8(classes, 255) and sends_uint8_labels(cfg)
+    transforms = {"train": training_transform(cfg),
                   "val": val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias)}
 
     def item(split: str):

@@ -67,6 +67,7 @@ from typing import Optional
 import segmentation_models_pytorch as smp
 import torch
 from torch.utils.data import Dataset, Subset
+from torchvision.transforms import v2
 
 from .config import IR_INIT_STRATEGY, FinetuneConfig, config_hash
 from .data import dataset_info, fingerprint, load_segmentation_split, resolve_data_root
@@ -78,11 +79,10 @@ from .engine import (
     Optimisation,
     Trainer,
     check_fills_a_batch,
-    defers_colour,
     load_checkpoint,
     require_finite_weights,
     seed_everything,
-    sends_uint8_batches,
+    training_batch_form,
 )
 from .errors import SelmaskError
 from .metrics import SegmentationEvaluator, SegmentationScores
@@ -193,6 +193,21 @@ class _Splits:
         return len(self.class_names) if self.void_as_class else None
 
 
+def training_transform(cfg: FinetuneConfig) -> v2.Compose:
+    """The training split's augmentation: finished by the loader workers, or left to the device as
+    :func:`engine.training_batch_form` says (``selmask estimate`` builds its batches with it too)."""
+    form = training_batch_form(cfg)
+    return train_transform(cfg.image_size, tuple(cfg.crop_scale), tuple(cfg.mean), tuple(cfg.std),
+                           antialias=cfg.antialias, defer_colour=form == "jitter_on_device",
+                           uint8_batch=form == "uint8_batches")
+
+
+def sends_uint8_labels(cfg: FinetuneConfig) -> bool:
+    """Whether the training split sends its labels as uint8 (where every value fits): only where the device
+    finishes the batch (``jitter_on_device``, ``uint8_batches``); else int64, the loss's dtype."""
+    return training_batch_form(cfg) != "float"
+
+
 def load_splits(cfg: FinetuneConfig) -> _Splits:
     """Train (first ``max_train_images``, augmented), val (centre crop) and test (shorter side) splits.
 
@@ -207,10 +222,8 @@ def load_splits(cfg: FinetuneConfig) -> _Splits:
         dataset.cache = DecodedCache(cfg.image_cache_mb)  # checked arrays, kept from the first read on
         return dataset
 
-    finished_on_device = defers_colour(cfg) or sends_uint8_batches(cfg)  # jitter_on_device, uint8_batches
-    train = split("train", train_transform(cfg.image_size, tuple(cfg.crop_scale), mean, std, antialias=antialias,
-                                           defer_colour=defers_colour(cfg), uint8_batch=sends_uint8_batches(cfg)))
-    train.sends_uint8_labels = finished_on_device
+    train = split("train", training_transform(cfg))
+    train.sends_uint8_labels = sends_uint8_labels(cfg)
     used = list(train.samples)
     if cfg.max_train_images is not None and cfg.max_train_images < len(train):
         train, used = Subset(train, range(cfg.max_train_images)), used[: cfg.max_train_images]

@@ -60,14 +60,13 @@ from .engine import (
     LAST_CHECKPOINT,
     Optimisation,
     Trainer,
-    defers_colour,
     epoch_generator,
     load_checkpoint,
     progress,
     require_finite_weights,
     save_checkpoint,
     seed_everything,
-    sends_uint8_batches,
+    training_batch_form,
 )
 from .errors import SelmaskError
 from .files import ensure_writable_dir
@@ -178,6 +177,18 @@ def reconstruction_batch_loss(trainer: Trainer, loss_fn: ReconstructionLoss, ran
     return batch_loss
 
 
+def loop_batch_form(cfg: PretrainConfig, fixed_masks: bool) -> str:
+    """How a pretraining loop's training loader sends its batches here: ``"baked"`` (a selective step's masks
+    baked into float images, ``bake_selective_masks``), else as :func:`engine.training_batch_form` says.
+
+    Baked masks keep their colour jitter in the worker (the jitter changes the fill too) and send floats;
+    the random-masking loop of such a run (``fixed_masks`` False) bakes nothing.
+    """
+    if fixed_masks and cfg.bake_selective_masks:
+        return "baked"
+    return training_batch_form(cfg)
+
+
 def loop_datasets(cfg: PretrainConfig, pool: UnlabelledImages, train_indices: Sequence[int],
                   val_indices: Sequence[int], patch_masks: Optional[dict[int, torch.Tensor]] = None,
                   ) -> tuple[ReconstructionDataset, ReconstructionDataset]:
@@ -196,17 +207,15 @@ def loop_datasets(cfg: PretrainConfig, pool: UnlabelledImages, train_indices: Se
 
     # Colour jitter on the GPU (jitter_on_device): the workers send uint8 crops, the GPU jitters them in float
     # as the workers would. Or (uint8_batches) the workers jitter as usual and send the result as uint8 for
-    # the GPU to normalise. Baked masks keep theirs in the worker (the jitter changes the fill too) and send
-    # floats; the random-masking loop of such a run bakes nothing.
-    bakes = baked is not None and patch_masks is not None
-    defer = defers_colour(cfg) and not bakes
+    # the GPU to normalise.
+    form = loop_batch_form(cfg, fixed_masks=patch_masks is not None)
+    defer = form == "jitter_on_device"
     if defer and cfg.uint8_batches:
         log.info("uint8_batches: no effect while jitter_on_device is on (those batches are uint8 already); "
                  "set jitter_on_device: false to jitter in the loader workers and send uint8")
     train_set = dataset(train_indices, train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std,
                                                        antialias=cfg.antialias, defer_colour=defer,
-                                                       jitter_in_float=True,
-                                                       uint8_batch=sends_uint8_batches(cfg) and not bakes),
+                                                       jitter_in_float=True, uint8_batch=form == "uint8_batches"),
                         uint8_images=defer)
     val_set = dataset(val_indices, val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias))
     return train_set, val_set

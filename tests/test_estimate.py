@@ -30,10 +30,9 @@ KEYS = {"usual": {}, "jitter_on_device": {"defers_colour": True}, "uint8_batches
 
 
 def force(monkeypatch, keys: dict) -> None:
-    """The CUDA-only batch keys in ``keys`` act on this CPU, in every module that reads them."""
+    """The CUDA-only batch keys in ``keys`` act on this CPU (``engine.training_batch_form`` reads them)."""
     for name, value in keys.items():
-        for module in (engine, pt, ft):
-            monkeypatch.setattr(module, name, lambda cfg, value=value: value)
+        monkeypatch.setattr(engine, name, lambda cfg, value=value: value)
 
 
 def structure(batch) -> list:

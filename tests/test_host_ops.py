@@ -21,6 +21,7 @@ import collections
 import pytest
 import torch
 
+import selmask_lib.engine as engine
 import selmask_lib.finetuning as ft
 import selmask_lib.pretraining as pt
 from selmask_lib.config import finetune_preset, pretrain_preset
@@ -103,7 +104,7 @@ def extra_ops(kit: tuple, plain: tuple) -> str:
 @pytest.mark.parametrize("uint8_batches", [False, True], ids=["usual batches", "uint8 batches"])
 def test_a_pretraining_step_adds_only_bookkeeping_ops(uint8_batches, small_synthetic_root, tmp_path, monkeypatch):
     if uint8_batches:  # a no-op on a CPU: forced, as a GPU would take it
-        monkeypatch.setattr(pt, "sends_uint8_batches", lambda cfg: True)
+        monkeypatch.setattr(engine, "sends_uint8_batches", lambda cfg: True)
     cfg = pretrain_preset("smoke", "synthetic", data_root=str(small_synthetic_root), device="cpu", num_workers=1,
                           uint8_batches=uint8_batches)
     kit = kit_ops_a_step(lambda: pt.pretrain_random(cfg, tmp_path / "run", resume=False), monkeypatch)
@@ -116,7 +117,7 @@ def test_a_pretraining_step_adds_only_bookkeeping_ops(uint8_batches, small_synth
 def test_a_finetuning_step_adds_only_bookkeeping_ops(uint8_batches, small_synthetic_root, tmp_path, monkeypatch,
                                                     drop_checkpoints):
     if uint8_batches:
-        monkeypatch.setattr(ft, "sends_uint8_batches", lambda cfg: True)
+        monkeypatch.setattr(engine, "sends_uint8_batches", lambda cfg: True)
     cfg = finetune_preset("smoke", "synthetic", data_root=str(small_synthetic_root), device="cpu", num_workers=1,
                           epochs=1, uint8_batches=uint8_batches)
     kit = kit_ops_a_step(lambda: ft.finetune(cfg, tmp_path / "run", resume=False), monkeypatch)

@@ -12,21 +12,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+import selmask_lib.engine as engine
 import selmask_lib.finetuning as ft
-import selmask_lib.pretraining as pt
 from selmask_lib.config import finetune_preset, pretrain_preset
 from selmask_lib.engine import Trainer
 from selmask_lib.masking import patch_grid
 from selmask_lib.pretrain_data import ReconstructionDataset, pretraining_pool, scoring_view
 from selmask_lib.transforms import COLOUR_DRAWS, train_transform
 
-DEFERRED_MODULES = (pt, ft)  # the two places that build a training transform
-
-
 @pytest.fixture
 def deferred(monkeypatch):
-    for module in DEFERRED_MODULES:
-        monkeypatch.setattr(module, "defers_colour", lambda cfg: True)
+    monkeypatch.setattr(engine, "defers_colour", lambda cfg: True)  # as on CUDA (training_batch_form reads it)
 
 
 def first_batch(trainer, dataset):
@@ -100,7 +96,7 @@ def test_deferred_finetuning_batches_are_the_workers_batches(small_synthetic_roo
                           device="cpu")
     trainer = Trainer(cfg, torch.nn.Identity())
     usual = first_batch(trainer, ft.load_splits(cfg).train)
-    monkeypatch.setattr(ft, "defers_colour", lambda cfg: True)
+    monkeypatch.setattr(engine, "defers_colour", lambda cfg: True)
     deferred_batch = first_batch(trainer, ft.load_splits(cfg).train)
     assert deferred_batch[0].dtype == torch.uint8  # a quarter of the bytes from the workers
     images, labels = trainer.finish_batch(deferred_batch)
@@ -114,8 +110,7 @@ def test_runs_with_the_colour_on_the_device_train_as_usual(smoke_runs, monkeypat
     and without baked masks (never deferred), go through it to the end."""
     pretraining, finetuning = smoke_runs.pretraining, smoke_runs.finetuning
     usual = {"random": pretraining("random-usual"), "finetune": finetuning("finetune-usual")}
-    for module in DEFERRED_MODULES:
-        monkeypatch.setattr(module, "defers_colour", lambda cfg: True)
+    monkeypatch.setattr(engine, "defers_colour", lambda cfg: True)  # as on CUDA (training_batch_form reads it)
     deferred = {"random": pretraining("random-deferred"), "finetune": finetuning("finetune-deferred")}
     # Pretraining on the device path crops uint8 images (a quarter of the bytes from each worker), which
     # rounds each crop to uint8 levels (about 0.3 of a level on average): its first epoch's loss sits within

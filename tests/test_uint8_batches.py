@@ -14,8 +14,8 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
+import selmask_lib.engine as engine
 import selmask_lib.finetuning as ft
-import selmask_lib.pretraining as pt
 from selmask_lib.config import finetune_preset, pretrain_preset
 from selmask_lib.engine import Trainer, sends_uint8_batches
 from selmask_lib.masking import patch_grid
@@ -58,7 +58,7 @@ def test_finetuning_uint8_batches_are_the_workers_batches_exactly(small_syntheti
                           device="cpu", uint8_batches=True)
     trainer = Trainer(cfg, torch.nn.Identity())
     usual = first_batch(trainer, ft.load_splits(cfg).train)
-    monkeypatch.setattr(ft, "sends_uint8_batches", lambda cfg: True)
+    monkeypatch.setattr(engine, "sends_uint8_batches", lambda cfg: True)
     sent = first_batch(trainer, ft.load_splits(cfg).train)
     assert sent[0].dtype == torch.uint8 and sent[1].dtype == torch.uint8  # a quarter and an eighth of the bytes
     assert len(sent) == 2  # no draws travel: the workers jittered, and the dtype says the device finishes it
@@ -76,7 +76,7 @@ def test_finetuning_labels_that_do_not_fit_uint8_stay_int64(small_synthetic_root
     monkeypatch.setattr(type(dataset), "labels_fit_uint8", property(lambda self: False))
     trainer = Trainer(cfg, torch.nn.Identity())
     usual = first_batch(trainer, ft.load_splits(cfg).train)
-    monkeypatch.setattr(ft, "sends_uint8_batches", lambda cfg: True)
+    monkeypatch.setattr(engine, "sends_uint8_batches", lambda cfg: True)
     sent = first_batch(trainer, ft.load_splits(cfg).train)
     assert sent[0].dtype == torch.uint8 and sent[1].dtype == torch.int64
     images, labels = trainer.finish_batch(sent)
@@ -120,8 +120,7 @@ def test_runs_with_uint8_batches_train_as_usual(smoke_runs, monkeypatch):
     without baked masks (which keep float batches) go through it to the end."""
     pretraining, finetuning = smoke_runs.pretraining, smoke_runs.finetuning
     usual = {"random": pretraining("random-usual"), "finetune": finetuning("finetune-uint8-off")}
-    for module in (pt, ft):
-        monkeypatch.setattr(module, "sends_uint8_batches", lambda cfg: True)
+    monkeypatch.setattr(engine, "sends_uint8_batches", lambda cfg: True)  # as on CUDA, for both loops
     finished = []  # the dtype of each batch's images before the device finished it: proof that a run took the path
     baked_items = []  # the dtype of each batch of baked items (masked input, target, pixel mask)
     fixed_masks = []  # the pixel masks of uint8 batches of a selective step
