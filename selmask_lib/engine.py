@@ -70,6 +70,8 @@ from .files import append_text, atomic_write, ensure_writable_dir, write_text_at
 from .read_ahead import ReadAheadLoader
 from .transforms import COLOUR_DRAWS, ColourJitterOnDevice
 
+log = logging.getLogger(__name__)
+
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 
@@ -223,6 +225,9 @@ def training_batch_form(cfg) -> str:
     the colour jitter's draws), ``"uint8_batches"`` (jittered uint8 images) or ``"float"`` (finished by the
     workers). Both loops build their training transform from it, and ``selmask estimate`` names it."""
     if defers_colour(cfg):
+        if cfg.uint8_batches:
+            log.info("uint8_batches: no effect while jitter_on_device is on (those batches are uint8 already); "
+                     "set jitter_on_device: false to jitter in the loader workers and send uint8")
         return "jitter_on_device"
     if sends_uint8_batches(cfg):
         return "uint8_batches"

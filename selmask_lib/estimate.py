@@ -144,9 +144,10 @@ BATCH_FORMS = {  # pretraining.loop_batch_form / engine.training_batch_form -> w
 
 def batch_format(cfg, selective: bool = False) -> str:
     """How the run's training loader sends a batch on this device (the estimate times the same)."""
+    from .engine import training_batch_form
     from .pretraining import loop_batch_form
 
-    return BATCH_FORMS[loop_batch_form(cfg, fixed_masks=selective)]
+    return BATCH_FORMS[loop_batch_form(cfg, fixed_masks=True) if selective else training_batch_form(cfg)]
 
 
 def _loaded(trainer, items: list) -> Any:

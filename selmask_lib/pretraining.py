@@ -210,9 +210,6 @@ def loop_datasets(cfg: PretrainConfig, pool: UnlabelledImages, train_indices: Se
     # the GPU to normalise.
     form = loop_batch_form(cfg, fixed_masks=patch_masks is not None)
     defer = form == "jitter_on_device"
-    if defer and cfg.uint8_batches:
-        log.info("uint8_batches: no effect while jitter_on_device is on (those batches are uint8 already); "
-                 "set jitter_on_device: false to jitter in the loader workers and send uint8")
     train_set = dataset(train_indices, train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std,
                                                        antialias=cfg.antialias, defer_colour=defer,
                                                        jitter_in_float=True, uint8_batch=form == "uint8_batches"),

@@ -8,7 +8,6 @@ the same draws, the same jitter up to float rounding.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -19,10 +18,6 @@ from selmask_lib.engine import Trainer
 from selmask_lib.masking import patch_grid
 from selmask_lib.pretrain_data import ReconstructionDataset, pretraining_pool, scoring_view
 from selmask_lib.transforms import COLOUR_DRAWS, train_transform
-
-@pytest.fixture
-def deferred(monkeypatch):
-    monkeypatch.setattr(engine, "defers_colour", lambda cfg: True)  # as on CUDA (training_batch_form reads it)
 
 
 def first_batch(trainer, dataset):
