@@ -41,11 +41,15 @@ step() {  # step SECONDS TITLE ARGS...: one bench_throughput run under its own l
 # difference). uint8_batches moves the jitter back to the workers but keeps uint8 transfers.
 step 150 "default keys (bf16; pretraining's colour jitter on the GPU), 4 loader workers, 3 rounds" \
     --workers 4 --rounds 3
-step 110 "jitter in the workers, uint8 batches (jitter_on_device false, uint8_batches true), 4 workers, 2 rounds" \
-    --workers 4 --rounds 2 --set jitter_on_device=false --set uint8_batches=true
+# With uint8_batches a worker crops, flips and jitters: 2.7 ms an item at 256 px on one core of the 2-core dev
+# machine (0.3 ms with the jitter left to the device), about 370 items/s a worker, so 4 workers would
+# barely outpace the bare loop's 960-1114 img/s (H200) while sharing the host with the launching thread:
+# 8 workers, so that the launches, not the workers, are what this step measures.
+step 110 "jitter in the workers, uint8 batches (jitter_on_device false, uint8_batches true), 8 workers, 2 rounds" \
+    --workers 8 --rounds 2 --set jitter_on_device=false --set uint8_batches=true
 step 90 "channels_last (no NCHW/NHWC conversions around cuDNN's bf16 convolutions), 4 workers" --workers 4 \
     --rounds 1 --set channels_last=true
-step 170 "where the GPU's time goes with uint8 batches: torch.profiler over one epoch of each side" --workers 4 \
+step 170 "where the GPU's time goes with uint8 batches: torch.profiler over one epoch of each side" --workers 8 \
     --device-profile --set jitter_on_device=false --set uint8_batches=true
 
 # Recorded for an H100 and an H200 already, on float batches; since 0ca3b17 each kind of step gets batches
