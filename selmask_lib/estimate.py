@@ -151,20 +151,13 @@ def batch_format(cfg, selective: bool = False) -> str:
 
 
 def _loaded(trainer, items: list) -> Any:
-    """``items`` collated as the trainer's loaders collate them, in pinned memory where they pin it."""
-    from torch.utils.data import default_collate
+    """``items`` as one batch of the trainer's loaders: collated, and in pinned memory where they pin it.
 
-    batch = default_collate(items)
-    return _pinned(batch) if trainer.pins_memory() else batch
+    A DataLoader over the items does both, with torch's own collate and pinning, as the run's loaders do.
+    """
+    from torch.utils.data import DataLoader
 
-
-def _pinned(batch: Any) -> Any:
-    """A collated batch (tensors in lists and dicts) in pinned memory, as a DataLoader's pin-memory thread does."""
-    if torch.is_tensor(batch):
-        return batch.pin_memory()
-    if isinstance(batch, dict):
-        return {key: _pinned(value) for key, value in batch.items()}
-    return [_pinned(value) for value in batch]
+    return next(iter(DataLoader(items, batch_size=len(items), pin_memory=trainer.pins_memory())))
 
 
 def _batches_of(trainer, dataset, batch_size: int, count: int) -> list:
