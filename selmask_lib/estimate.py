@@ -21,9 +21,18 @@ follow from the dataset sizes in :data:`selmask_lib.config.PAPER_DATASET_SIZES`:
   1..K-1, ``batch_size`` reconstructions per forward pass, counted as
   evaluation steps);
 * fine-tuning: every init of ``config.INITS`` (four runs) of E epochs on the
-  train split + validation. The test pass (batch 1, any size), reading and
-  augmenting images in the loader (its workers' time), checkpoints and
-  start-up are not counted.
+  train split + validation. The test pass (batch 1, any size), checkpoints
+  and start-up are not counted.
+
+A training step also counts its loader: the time one core takes to build a
+batch's items (timed as the timed batches are built, on one torch thread as
+in a loader worker) is added to the step where the config has no loader
+workers (the main process builds them between steps), and with ``W`` workers
+the step takes the longer of itself and a batch's items over ``W`` (workers
+build while the device trains; that the host has the cores is assumed). The
+items are random images of the crop's size held in memory, so this is a
+lower bound: a run also reads, decodes and crops larger images. Validation
+items are not counted.
 
 ``gpus > 1`` divides by the number of GPUs: linear scaling, an assumption.
 """
@@ -46,10 +55,21 @@ from .errors import SelmaskError
 
 @dataclass(frozen=True)
 class StepTimes:
-    """Seconds of one training step and one evaluation step of a loop (each on batches of its own kind)."""
+    """Seconds of one training step and one evaluation step of a loop (each on batches of its own kind),
+    and of building one training batch's items on one core (``loader``) for a run of ``workers`` loader
+    workers."""
 
     train: float
     evaluate: float
+    loader: float = 0.0
+    workers: int = 0
+
+    @property
+    def train_in_run(self) -> float:
+        """A training step with its loader: after it without workers, else beside it (module docstring)."""
+        if self.workers == 0:
+            return self.train + self.loader
+        return max(self.train, self.loader / self.workers)
 
 
 @dataclass(frozen=True)
@@ -63,7 +83,7 @@ class Phase:
 
     @property
     def seconds(self) -> float:
-        return self.train_steps * self.times.train + self.eval_steps * self.times.evaluate
+        return self.train_steps * self.times.train_in_run + self.eval_steps * self.times.evaluate
 
 
 def _batches(images: int, batch_size: int) -> int:
@@ -160,15 +180,30 @@ def _loaded(trainer, items: list) -> Any:
     return next(iter(DataLoader(items, batch_size=len(items), pin_memory=trainer.pins_memory())))
 
 
-def _batches_of(trainer, dataset, batch_size: int, count: int) -> list:
+def _built(make_item, *args) -> tuple[Any, float]:
+    """``make_item(*args)`` and its seconds, on one torch thread as a loader worker builds an item."""
+    from .engine import one_torch_thread
+
+    with one_torch_thread():
+        began = time.perf_counter()
+        item = make_item(*args)
+        return item, time.perf_counter() - began
+
+
+def _batches_of(trainer, dataset, batch_size: int, count: int) -> tuple[list, float]:
     """``count`` batches of ``batch_size`` from ``dataset``'s items in order: ``DISTINCT_ITEMS`` items a
-    batch at most, repeated to fill it (the step's cost depends on the batch's form, not its pixels)."""
+    batch at most, repeated to fill it (the step's cost depends on the batch's form, not its pixels);
+    and the mean seconds of building one item."""
     distinct = min(batch_size, DISTINCT_ITEMS)
-    batches = []
+    batches, seconds = [], []
     for start in range(0, distinct * count, distinct):
-        items = [dataset[index] for index in range(start, start + distinct)]
+        items = []
+        for index in range(start, start + distinct):
+            item, took = _built(dataset.__getitem__, index)
+            items.append(item)
+            seconds.append(took)
         batches.append(_loaded(trainer, [items[i % distinct] for i in range(batch_size)]))
-    return batches
+    return batches, float(np.mean(seconds))
 
 
 class RandomImages(UnlabelledImages):
@@ -187,9 +222,10 @@ class RandomImages(UnlabelledImages):
         return self.images[index]
 
 
-def pretraining_batches(cfg: PretrainConfig, trainer, selective: bool) -> tuple[list, Any]:
+def pretraining_batches(cfg: PretrainConfig, trainer, selective: bool) -> tuple[list, Any, float]:
     """``BATCHES`` training batches and one validation batch of a random-masking loop, or of a selective
-    step (random fixed masks), as that loop's loaders send them for ``cfg`` here.
+    step (random fixed masks), as that loop's loaders send them for ``cfg`` here; and the seconds one
+    training item took to build (on one torch thread, as in a loader worker).
 
     The items come from the loop's own datasets (``pretraining.loop_datasets``) over random images:
     uint8 crops with the draws of a colour jitter left to the device, uint8 images for ``uint8_batches``,
@@ -209,15 +245,17 @@ def pretraining_batches(cfg: PretrainConfig, trainer, selective: bool) -> tuple[
                                                              cfg.n_patches)), cfg.mask_ratio, generator)[0]
                        for index in range(count)}
     train_set, val_set = loop_datasets(cfg, pool, range(count), range(count // BATCHES), patch_masks)
-    return (_batches_of(trainer, train_set, cfg.batch_size, BATCHES),
-            _batches_of(trainer, val_set, cfg.batch_size, 1)[0])
+    train, item_seconds = _batches_of(trainer, train_set, cfg.batch_size, BATCHES)
+    (val,), _ = _batches_of(trainer, val_set, cfg.batch_size, 1)
+    return train, val, item_seconds
 
 
-def finetuning_batches(cfg: FinetuneConfig, num_classes: int, trainer) -> tuple[list, Any]:
+def finetuning_batches(cfg: FinetuneConfig, num_classes: int, trainer) -> tuple[list, Any, float]:
     """``BATCHES`` training batches and one validation batch as the fine-tuning loaders send them for
     ``cfg`` here: the dataset's own items (``data.base.segmentation_item``) of random uint8 images and
-    labels (a few pixels void, 255), through the run's transforms. ``num_classes``: the model's outputs,
-    the void class among them where ``void_as_class``."""
+    labels (a few pixels void, 255), through the run's transforms; and the seconds one training item took
+    to build (on one torch thread). ``num_classes``: the model's outputs, the void class among them where
+    ``void_as_class``."""
     from .data.base import labels_fit_uint8, segmentation_item
     from .finetuning import sends_uint8_labels, training_transform
     from .transforms import val_transform
@@ -228,18 +266,25 @@ def finetuning_batches(cfg: FinetuneConfig, num_classes: int, trainer) -> tuple[
     transforms = {"train": training_transform(cfg),
                   "val": val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias)}
 
+    train_item_seconds = []
+
     def item(split: str):
         size = (cfg.image_size, cfg.image_size)
         image = torch.randint(0, 256, (*size, 3), dtype=torch.uint8, generator=generator).numpy()
         label = torch.randint(0, classes, size, generator=generator)
         label[torch.rand(size, generator=generator) < 0.05] = 255
-        return segmentation_item(image, label.numpy(), transforms[split], uint8_labels and split == "train")
+        built, took = _built(segmentation_item, image, label.numpy(), transforms[split],
+                             uint8_labels and split == "train")
+        if split == "train":
+            train_item_seconds.append(took)
+        return built
 
     def batch(split: str):
         items = [item(split) for _ in range(min(cfg.batch_size, DISTINCT_ITEMS))]
         return _loaded(trainer, [items[i % len(items)] for i in range(cfg.batch_size)])
 
-    return [batch("train") for _ in range(BATCHES)], batch("val")
+    train = [batch("train") for _ in range(BATCHES)]
+    return train, batch("val"), float(np.mean(train_item_seconds))
 
 
 def time_pretraining_step(cfg: PretrainConfig, steps: int, warmup: int, selective: bool = False) -> StepTimes:
@@ -258,7 +303,8 @@ def time_pretraining_step(cfg: PretrainConfig, steps: int, warmup: int, selectiv
         patch_grid(cfg.image_size, cfg.image_size, cfg.n_patches), cfg.mask_ratio, trainer.device)
     batch_loss = reconstruction_batch_loss(trainer, ReconstructionLoss(cfg.recon_loss), random_masks,
                                            epoch_generator(cfg.seed, "estimate"))
-    return _time_steps(trainer, *pretraining_batches(cfg, trainer, selective), batch_loss, steps, warmup)
+    train, val, item_seconds = pretraining_batches(cfg, trainer, selective)
+    return _with_loader(_time_steps(trainer, train, val, batch_loss, steps, warmup), cfg, item_seconds)
 
 
 def time_finetuning_step(cfg: FinetuneConfig, num_classes: int, steps: int, warmup: int) -> StepTimes:
@@ -271,7 +317,13 @@ def time_finetuning_step(cfg: FinetuneConfig, num_classes: int, steps: int, warm
     trainer = Trainer(cfg, build_segmentation_model(num_classes, cfg.dropout, cfg.pad_to_multiple))
     void_class = num_classes - 1 if cfg.void_as_class else None
     batch_loss = segmentation_batch_loss(trainer, segmentation_loss(void_class=void_class))
-    return _time_steps(trainer, *finetuning_batches(cfg, num_classes, trainer), batch_loss, steps, warmup)
+    train, val, item_seconds = finetuning_batches(cfg, num_classes, trainer)
+    return _with_loader(_time_steps(trainer, train, val, batch_loss, steps, warmup), cfg, item_seconds)
+
+
+def _with_loader(times: StepTimes, cfg, item_seconds: float) -> StepTimes:
+    """``times`` with the loader's seconds a training batch (``batch_size`` items on one core) and workers."""
+    return dataclasses.replace(times, loader=item_seconds * cfg.batch_size, workers=cfg.num_workers)
 
 
 # --------------------------------------------------------------------------- report
@@ -329,16 +381,20 @@ def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: in
         classes = PAPER_DATASET_SIZES.get(dataset, {}).get("classes", 2) + int(fine.void_as_class)
         times = {}
         for name, cfg, selective in (("random", random_cfg, False), ("selective", selective_cfg, True)):
-            key = (name, cfg.batch_size, cfg.image_size, cfg.recon_loss, cfg.bake_selective_masks)
+            key = (name, cfg.batch_size, cfg.image_size, cfg.recon_loss, cfg.bake_selective_masks, cfg.num_workers)
             times[name] = timed(key, lambda: time_pretraining_step(cfg, steps, warmup, selective))
-        times["fine-tuning"] = timed(("fine-tuning", fine.batch_size, fine.image_size, classes, fine.void_as_class),
-                                     lambda: time_finetuning_step(fine, classes, steps, warmup))
+        times["fine-tuning"] = timed(("fine-tuning", fine.batch_size, fine.image_size, classes, fine.void_as_class,
+                                      fine.num_workers), lambda: time_finetuning_step(fine, classes, steps, warmup))
         if not lines:
             lines.append(f"device {pick_device(fine.device)}, torch {torch.__version__}; "
                          f"{steps} timed steps after {warmup} warm-up steps each")
             lines.append(f"training batches as the loaders send them here: random masking "
                          f"{batch_format(random_cfg)}; selective steps {batch_format(selective_cfg, selective=True)}; "
                          f"fine-tuning {batch_format(fine)}")
+            lines.append("a training step counts its loader (the seconds one core takes to build a batch's items): "
+                         "added to the step without loader workers, else the longer of the step and those seconds "
+                         "over the workers; items of in-memory images of the crop's size, so a lower bound (a run "
+                         "also reads, decodes and crops its images)")
         sizes = PAPER_DATASET_SIZES.get(dataset)
         step_lines = [f"random-masking step (batch {random_cfg.batch_size}, {random_cfg.image_size} px, "
                       f"{_loss_name(random_cfg)})", f"selective step (batch {selective_cfg.batch_size}, "
@@ -346,13 +402,13 @@ def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: in
                       f"{', baked masks' if selective_cfg.bake_selective_masks else ''})",
                       f"fine-tuning step (batch {fine.batch_size}, {fine.image_size} px)"]
         lines.append(f"{dataset}: " + "; ".join(
-            f"{what} train {step.train:.6g} s, eval {step.evaluate:.6g} s"
-            for what, step in zip(step_lines, times.values()))
+            f"{what} train {step.train:.6g} s, eval {step.evaluate:.6g} s, loader {step.loader:.6g} s a batch on "
+            f"one core ({step.workers} workers)" for what, step in zip(step_lines, times.values()))
             + ("" if sizes is None else f"; images: pool {sizes['pretrain']}, fine-tuning "
                f"{sizes['train']} / {sizes['val']} / {sizes['test']}"))
         phases = paper_phases(dataset, selective_cfg, fine, times["random"], times["selective"], times["fine-tuning"])
         for phase in phases:
-            lines.append(f"  {phase.name}: {phase.train_steps} train steps x {phase.times.train:.6g} s + "
+            lines.append(f"  {phase.name}: {phase.train_steps} train steps x {phase.times.train_in_run:.6g} s + "
                          f"{phase.eval_steps} eval steps x {phase.times.evaluate:.6g} s = {phase.seconds:.1f} s")
         total = sum(phase.seconds for phase in phases)
         lines.append(f"  {dataset} total on 1 device: {_duration(total)}")

@@ -78,7 +78,8 @@ def test_pretraining_batches_are_the_loops_batches(keys, bake, small_synthetic_r
     random_batch, selective_batch = raw_training_batches[0], raw_training_batches[-1]
     trainer = engine.Trainer(cfg, torch.nn.Identity())
     for selective, real in ((False, random_batch), (True, selective_batch)):
-        train, val = estimate.pretraining_batches(cfg, trainer, selective)
+        train, val, item_seconds = estimate.pretraining_batches(cfg, trainer, selective)
+        assert item_seconds > 0
         assert len(train) == estimate.BATCHES
         assert all(structure(batch) == structure(real) for batch in train), (selective, structure(real))
         assert val[0].dtype == torch.float32  # validation batches are never left to the device
@@ -94,7 +95,7 @@ def test_finetuning_batches_are_the_loaders_batches(keys, small_synthetic_root, 
                           max_train_images=4, device="cpu", uint8_batches=keys == "uint8_batches")
     ft.finetune(cfg, tmp_path / "run", resume=False)
     real = raw_training_batches[0]
-    train, (val_images, val_labels) = estimate.finetuning_batches(
+    train, (val_images, val_labels), _ = estimate.finetuning_batches(
         cfg, ft.load_splits(cfg).num_outputs, engine.Trainer(cfg, torch.nn.Identity()))
     assert all(structure(batch) == structure(real) for batch in train), structure(real)
     assert structure(real)[1][0] == (torch.uint8 if keys != "usual" else torch.int64)  # labels
@@ -104,7 +105,7 @@ def test_finetuning_batches_are_the_loaders_batches(keys, small_synthetic_root, 
 def test_labels_of_more_than_256_classes_stay_int64(monkeypatch):
     force(monkeypatch, KEYS["uint8_batches"])
     cfg = finetune_preset("smoke", "synthetic", image_size=32, batch_size=2, device="cpu")
-    train, _ = estimate.finetuning_batches(cfg, 300, engine.Trainer(cfg, torch.nn.Identity()))
+    train, _, _ = estimate.finetuning_batches(cfg, 300, engine.Trainer(cfg, torch.nn.Identity()))
     images, labels = train[0]
     assert images.dtype == torch.uint8 and labels.dtype == torch.int64 and int(labels[labels != 255].max()) >= 256
 
@@ -158,9 +159,9 @@ def test_the_paper_preset_times_each_strategy_with_its_own_config_and_batches(mo
     timed, built = [], estimate.pretraining_batches
 
     def spy(cfg, trainer, selective):
-        train, val = built(cfg, trainer, selective)
+        train, val, item_seconds = built(cfg, trainer, selective)
         timed.append((cfg.strategy, cfg.recon_loss, cfg.bake_selective_masks, selective, structure(train[0])))
-        return train, val
+        return train, val, item_seconds
 
     monkeypatch.setattr(estimate, "pretraining_batches", spy)
     text = "\n".join(estimate_report(["sugarbeets"], "paper", SMALL, steps=1, warmup=0))
@@ -178,3 +179,39 @@ def test_selective_only_keys_apply_to_the_selective_steps_and_strategy_is_refuse
     assert "selective step (batch 2, 32 px, ms_ssim, single-scale SSIM at this size, baked masks)" in text
     with pytest.raises(SelmaskError, match="strategy"):
         estimate_report(["sugarbeets"], "smoke", {**SMALL, "strategy": "random"})
+
+
+def test_a_training_step_counts_its_loader_as_the_run_would():
+    """No workers: the main process builds a batch's items between steps, so they add up; with W workers
+    they build beside the step, so the step takes the longer of the two."""
+    assert estimate.StepTimes(0.5, 0.1, loader=0.2, workers=0).train_in_run == pytest.approx(0.7)
+    assert estimate.StepTimes(0.5, 0.1, loader=0.8, workers=4).train_in_run == pytest.approx(0.5)
+    assert estimate.StepTimes(0.5, 0.1, loader=4.0, workers=4).train_in_run == pytest.approx(1.0)
+    phase = estimate.Phase("p", train_steps=10, eval_steps=2, times=estimate.StepTimes(0.5, 0.1, 0.2, 0))
+    assert phase.seconds == pytest.approx(10 * 0.7 + 2 * 0.1)
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+def test_the_timed_steps_carry_the_seconds_of_building_their_items(workers, monkeypatch):
+    """The loader's seconds are what building the training items took (one core), times the batch size."""
+    seconds_a_call = []
+    built = estimate._built
+
+    def timed_build(make_item, *args):
+        item, took = built(make_item, *args)
+        seconds_a_call.append(took)
+        return item, took
+
+    monkeypatch.setattr(estimate, "_built", timed_build)
+    cfg = small_pretraining(num_workers=workers)
+    times = estimate.time_pretraining_step(cfg, steps=1, warmup=0)
+    train_items = seconds_a_call[:estimate.BATCHES * cfg.batch_size]  # the validation batch's come after
+    assert times.workers == workers and times.loader > 0
+    assert times.loader == pytest.approx(cfg.batch_size * sum(train_items) / len(train_items))
+    fine = finetune_preset("smoke", "synthetic", image_size=32, batch_size=2, device="cpu", num_workers=workers)
+    seconds_a_call.clear()
+    fine_times = estimate.time_finetuning_step(fine, 3, steps=1, warmup=0)
+    train_items = seconds_a_call[:estimate.BATCHES * fine.batch_size]
+    assert fine_times.loader > 0
+    assert fine_times.loader == pytest.approx(fine.batch_size * sum(train_items) / len(train_items))
+    assert fine_times.workers == workers
