@@ -15,7 +15,7 @@
 # benchmarks/README.md ("GPU"): the GPU name and torch version printed first, each step's kit and
 # bare images/s, its `kit/bare:` line and its ratios after the first epoch, the profile's ms a step,
 # GPU busy and kernels a step of each side, and the `total on 1 device` line of each dataset from
-# `selmask estimate` (with the per-step train/eval seconds).
+# `selmask estimate` (with the per-step train/eval/loader seconds).
 set -uo pipefail
 PY=${1:-python3}
 export SELMASK_NO_PROGRESS=1 PYTHONPATH=${PYTHONPATH:-.}:. PYTHONUNBUFFERED=1
@@ -41,8 +41,8 @@ step() {  # step SECONDS TITLE ARGS...: one bench_throughput run under its own l
 # difference). uint8_batches moves the jitter back to the workers but keeps uint8 transfers.
 step 150 "default keys (bf16; pretraining's colour jitter on the GPU), 4 loader workers, 3 rounds" \
     --workers 4 --rounds 3
-# With uint8_batches a worker crops, flips and jitters: 2.7 ms an item at 256 px on one core of the 2-core dev
-# machine (0.3 ms with the jitter left to the device), about 370 items/s a worker, so 4 workers would
+# With uint8_batches a worker crops, flips and jitters: 2.6-3.3 ms an item at 256 px on one core of the 2-core dev
+# machine (0.3 ms with the jitter left to the device; bench_item_cost.py), 300-390 items/s a worker, so 4 workers would
 # barely outpace the bare loop's 960-1114 img/s (H200) while sharing the host with the launching thread:
 # 8 workers, so that the launches, not the workers, are what this step measures.
 step 110 "jitter in the workers, uint8 batches (jitter_on_device false, uint8_batches true), 8 workers, 2 rounds" \
@@ -53,7 +53,8 @@ step 170 "where the GPU's time goes with uint8 batches: torch.profiler over one 
     --device-profile --set jitter_on_device=false --set uint8_batches=true
 
 # Recorded for an H100 and an H200 already, on float batches; since 0ca3b17 each kind of step gets batches
-# as its loader sends them (uint8 with the jitter left to the device, by default for random masking): ESTIMATE=1.
+# as its loader sends them (uint8 with the jitter left to the device, by default for random masking), and since
+# d5860ee each step counts its loader's item time: ESTIMATE=1.
 if [ "${ESTIMATE:-0}" != 0 ]; then
     echo "== paper-run estimate: 20 steps after 3 warm-up steps, paper batch and size =="
     timeout 180 "$PY" -m selmask_lib.cli estimate --preset paper --steps 20 --warmup 3 --gpus 4 \

@@ -26,13 +26,15 @@ follow from the dataset sizes in :data:`selmask_lib.config.PAPER_DATASET_SIZES`:
 
 A training step also counts its loader: the time one core takes to build a
 batch's items (timed as the timed batches are built, on one torch thread as
-in a loader worker) is added to the step where the config has no loader
-workers (the main process builds them between steps), and with ``W`` workers
-the step takes the longer of itself and a batch's items over ``W`` (workers
-build while the device trains; that the host has the cores is assumed). The
-items are random images of the crop's size held in memory, so this is a
-lower bound: a run also reads, decodes and crops larger images. Validation
-items are not counted.
+in a loader worker, after one untimed item) is added to the step where the
+config has no loader workers (the main process builds them between steps)
+or where the step runs on the CPU (the workers share its cores); on an
+accelerator with ``W`` workers the step takes the longer of itself and a
+batch's items over ``W`` (workers build while the device trains; that the
+host has ``W`` free cores is assumed). The items are random images of the
+crop's size held in memory, so this is a lower bound: a run also reads and
+decodes its files and crops from larger images. Not counted: collating and
+pinning a batch, and the items of validation and scoring.
 
 ``gpus > 1`` divides by the number of GPUs: linear scaling, an assumption.
 """
@@ -57,19 +59,26 @@ from .errors import SelmaskError
 class StepTimes:
     """Seconds of one training step and one evaluation step of a loop (each on batches of its own kind),
     and of building one training batch's items on one core (``loader``) for a run of ``workers`` loader
-    workers."""
+    workers; ``beside``: the workers have cores of their own (the step runs on an accelerator)."""
 
     train: float
     evaluate: float
     loader: float = 0.0
     workers: int = 0
+    beside: bool = True
 
     @property
     def train_in_run(self) -> float:
-        """A training step with its loader: after it without workers, else beside it (module docstring)."""
-        if self.workers == 0:
+        """A training step with its loader: after it without workers, or where the workers share the step's
+        cores (a CPU run); else beside it (module docstring)."""
+        if self.workers == 0 or not self.beside:
             return self.train + self.loader
         return max(self.train, self.loader / self.workers)
+
+    def loader_words(self) -> str:
+        """How the report names this step's loader."""
+        how = "" if self.workers == 0 or self.beside else ", on the cores the step uses: added"
+        return f"loader {self.loader:.6g} s a batch on one core ({self.workers} workers{how})"
 
 
 @dataclass(frozen=True)
@@ -177,7 +186,8 @@ def _loaded(trainer, items: list) -> Any:
     """
     from torch.utils.data import DataLoader
 
-    return next(iter(DataLoader(items, batch_size=len(items), pin_memory=trainer.pins_memory())))
+    return next(iter(DataLoader(items, batch_size=len(items), pin_memory=trainer.pins_memory(),
+                                generator=torch.Generator())))  # its base seed: not from torch's global RNG
 
 
 def _built(make_item, *args) -> tuple[Any, float]:
@@ -196,6 +206,7 @@ def _batches_of(trainer, dataset, batch_size: int, count: int) -> tuple[list, fl
     and the mean seconds of building one item."""
     distinct = min(batch_size, DISTINCT_ITEMS)
     batches, seconds = [], []
+    _built(dataset.__getitem__, 0)  # untimed: a first item pays one-off costs a worker pays once a run
     for start in range(0, distinct * count, distinct):
         items = []
         for index in range(start, start + distinct):
@@ -283,6 +294,8 @@ def finetuning_batches(cfg: FinetuneConfig, num_classes: int, trainer) -> tuple[
         items = [item(split) for _ in range(min(cfg.batch_size, DISTINCT_ITEMS))]
         return _loaded(trainer, [items[i % len(items)] for i in range(cfg.batch_size)])
 
+    item("train")  # untimed: a first item pays one-off costs a worker pays once a run
+    train_item_seconds.clear()
     train = [batch("train") for _ in range(BATCHES)]
     return train, batch("val"), float(np.mean(train_item_seconds))
 
@@ -304,7 +317,8 @@ def time_pretraining_step(cfg: PretrainConfig, steps: int, warmup: int, selectiv
     batch_loss = reconstruction_batch_loss(trainer, ReconstructionLoss(cfg.recon_loss), random_masks,
                                            epoch_generator(cfg.seed, "estimate"))
     train, val, item_seconds = pretraining_batches(cfg, trainer, selective)
-    return _with_loader(_time_steps(trainer, train, val, batch_loss, steps, warmup), cfg, item_seconds)
+    return _with_loader(_time_steps(trainer, train, val, batch_loss, steps, warmup), cfg, trainer.device,
+                        item_seconds)
 
 
 def time_finetuning_step(cfg: FinetuneConfig, num_classes: int, steps: int, warmup: int) -> StepTimes:
@@ -318,12 +332,18 @@ def time_finetuning_step(cfg: FinetuneConfig, num_classes: int, steps: int, warm
     void_class = num_classes - 1 if cfg.void_as_class else None
     batch_loss = segmentation_batch_loss(trainer, segmentation_loss(void_class=void_class))
     train, val, item_seconds = finetuning_batches(cfg, num_classes, trainer)
-    return _with_loader(_time_steps(trainer, train, val, batch_loss, steps, warmup), cfg, item_seconds)
+    return _with_loader(_time_steps(trainer, train, val, batch_loss, steps, warmup), cfg, trainer.device,
+                        item_seconds)
 
 
-def _with_loader(times: StepTimes, cfg, item_seconds: float) -> StepTimes:
-    """``times`` with the loader's seconds a training batch (``batch_size`` items on one core) and workers."""
-    return dataclasses.replace(times, loader=item_seconds * cfg.batch_size, workers=cfg.num_workers)
+def _with_loader(times: StepTimes, cfg, device: torch.device, item_seconds: float) -> StepTimes:
+    """``times`` with the loader's seconds a training batch (``batch_size`` items on one core) and workers.
+
+    On a CPU the workers run on the cores the step uses (it takes them all), so they do not build beside
+    it: on 2 cores a worker made the kit's training slower (benchmarks/README.md).
+    """
+    return dataclasses.replace(times, loader=item_seconds * cfg.batch_size, workers=cfg.num_workers,
+                               beside=device.type != "cpu")
 
 
 # --------------------------------------------------------------------------- report
@@ -351,6 +371,13 @@ def _loss_name(cfg: PretrainConfig) -> str:
 
 
 SELECTIVE_ONLY_KEYS = ("bake_selective_masks", "baked_image_quality")  # a random-masking config refuses them
+
+
+def _timing_keys(cfg) -> tuple:
+    """The keys a step's or its items' time depends on that both loops have: datasets equal in these (and in
+    the loop's own keys) share their measurements."""
+    return (cfg.batch_size, cfg.image_size, tuple(cfg.crop_scale), cfg.antialias, cfg.num_workers,
+            cfg.jitter_on_device, cfg.uint8_batches, cfg.precision, cfg.channels_last, cfg.compile)
 
 
 def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: int = 20, warmup: int = 3,
@@ -381,10 +408,11 @@ def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: in
         classes = PAPER_DATASET_SIZES.get(dataset, {}).get("classes", 2) + int(fine.void_as_class)
         times = {}
         for name, cfg, selective in (("random", random_cfg, False), ("selective", selective_cfg, True)):
-            key = (name, cfg.batch_size, cfg.image_size, cfg.recon_loss, cfg.bake_selective_masks, cfg.num_workers)
+            key = (name, *_timing_keys(cfg), cfg.recon_loss, cfg.score_size, cfg.bake_selective_masks,
+                   cfg.baked_image_quality)
             times[name] = timed(key, lambda: time_pretraining_step(cfg, steps, warmup, selective))
-        times["fine-tuning"] = timed(("fine-tuning", fine.batch_size, fine.image_size, classes, fine.void_as_class,
-                                      fine.num_workers), lambda: time_finetuning_step(fine, classes, steps, warmup))
+        times["fine-tuning"] = timed(("fine-tuning", *_timing_keys(fine), classes, fine.void_as_class),
+                                     lambda: time_finetuning_step(fine, classes, steps, warmup))
         if not lines:
             lines.append(f"device {pick_device(fine.device)}, torch {torch.__version__}; "
                          f"{steps} timed steps after {warmup} warm-up steps each")
@@ -392,9 +420,10 @@ def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: in
                          f"{batch_format(random_cfg)}; selective steps {batch_format(selective_cfg, selective=True)}; "
                          f"fine-tuning {batch_format(fine)}")
             lines.append("a training step counts its loader (the seconds one core takes to build a batch's items): "
-                         "added to the step without loader workers, else the longer of the step and those seconds "
-                         "over the workers; items of in-memory images of the crop's size, so a lower bound (a run "
-                         "also reads, decodes and crops its images)")
+                         "added to the step without loader workers or on a CPU (the workers share its cores), else "
+                         "the longer of the step and those seconds over the workers; items of in-memory images of "
+                         "the crop's size, so a lower bound (a run also reads and decodes its files, and crops from "
+                         "larger images); collating, pinning, validation and scoring items not counted")
         sizes = PAPER_DATASET_SIZES.get(dataset)
         step_lines = [f"random-masking step (batch {random_cfg.batch_size}, {random_cfg.image_size} px, "
                       f"{_loss_name(random_cfg)})", f"selective step (batch {selective_cfg.batch_size}, "
@@ -402,8 +431,8 @@ def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: in
                       f"{', baked masks' if selective_cfg.bake_selective_masks else ''})",
                       f"fine-tuning step (batch {fine.batch_size}, {fine.image_size} px)"]
         lines.append(f"{dataset}: " + "; ".join(
-            f"{what} train {step.train:.6g} s, eval {step.evaluate:.6g} s, loader {step.loader:.6g} s a batch on "
-            f"one core ({step.workers} workers)" for what, step in zip(step_lines, times.values()))
+            f"{what} train {step.train:.6g} s, eval {step.evaluate:.6g} s, {step.loader_words()}"
+            for what, step in zip(step_lines, times.values()))
             + ("" if sizes is None else f"; images: pool {sizes['pretrain']}, fine-tuning "
                f"{sizes['train']} / {sizes['val']} / {sizes['test']}"))
         phases = paper_phases(dataset, selective_cfg, fine, times["random"], times["selective"], times["fine-tuning"])

@@ -239,7 +239,7 @@ def test_estimate_projection_is_the_measured_step_times_the_paper_steps(capsys):
                             rel_tol=1e-4)
     # each phase's training step is its measured step with its loader: beside it with workers, else after it
     steps = re.findall(r"step \(batch [^)]*\) train ([\d.e+-]+) s, eval ([\d.e+-]+) s, loader ([\d.e+-]+) s a batch "
-                       r"on one core \((\d+) workers\)", out)
+                       r"on one core \((\d+) workers[^)]*\)", out)
     assert len(steps) == 3 and {workers for *_, workers in steps} == {"0"}
     for (train, evaluate, loader, workers), (_, _, train_s, _, eval_s, _) in zip(steps, phases):
         assert float(loader) > 0 and float(eval_s) == pytest.approx(float(evaluate), rel=1e-4)

@@ -187,6 +187,8 @@ def test_a_training_step_counts_its_loader_as_the_run_would():
     assert estimate.StepTimes(0.5, 0.1, loader=0.2, workers=0).train_in_run == pytest.approx(0.7)
     assert estimate.StepTimes(0.5, 0.1, loader=0.8, workers=4).train_in_run == pytest.approx(0.5)
     assert estimate.StepTimes(0.5, 0.1, loader=4.0, workers=4).train_in_run == pytest.approx(1.0)
+    # a CPU step takes every core: its workers do not build beside it
+    assert estimate.StepTimes(0.5, 0.1, loader=0.8, workers=4, beside=False).train_in_run == pytest.approx(1.3)
     phase = estimate.Phase("p", train_steps=10, eval_steps=2, times=estimate.StepTimes(0.5, 0.1, 0.2, 0))
     assert phase.seconds == pytest.approx(10 * 0.7 + 2 * 0.1)
 
@@ -198,20 +200,24 @@ def test_the_timed_steps_carry_the_seconds_of_building_their_items(workers, monk
     built = estimate._built
 
     def timed_build(make_item, *args):
-        item, took = built(make_item, *args)
+        def as_in_a_worker(*item_args):
+            assert torch.get_num_threads() == 1  # a loader worker's one thread
+            return make_item(*item_args)
+
+        item, took = built(as_in_a_worker, *args)
         seconds_a_call.append(took)
         return item, took
 
     monkeypatch.setattr(estimate, "_built", timed_build)
     cfg = small_pretraining(num_workers=workers)
     times = estimate.time_pretraining_step(cfg, steps=1, warmup=0)
-    train_items = seconds_a_call[:estimate.BATCHES * cfg.batch_size]  # the validation batch's come after
-    assert times.workers == workers and times.loader > 0
+    train_items = seconds_a_call[1:1 + estimate.BATCHES * cfg.batch_size]  # after an untimed first; then val's
+    assert times.workers == workers and times.loader > 0 and not times.beside  # on a CPU
     assert times.loader == pytest.approx(cfg.batch_size * sum(train_items) / len(train_items))
     fine = finetune_preset("smoke", "synthetic", image_size=32, batch_size=2, device="cpu", num_workers=workers)
     seconds_a_call.clear()
     fine_times = estimate.time_finetuning_step(fine, 3, steps=1, warmup=0)
-    train_items = seconds_a_call[:estimate.BATCHES * fine.batch_size]
+    train_items = seconds_a_call[1:1 + estimate.BATCHES * fine.batch_size]
     assert fine_times.loader > 0
     assert fine_times.loader == pytest.approx(fine.batch_size * sum(train_items) / len(train_items))
     assert fine_times.workers == workers
