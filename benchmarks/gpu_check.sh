@@ -3,8 +3,9 @@
 # with its default keys, with uint8_batches (the colour jitter back in the workers, uint8 transfers),
 # with channels_last, and a torch.profiler view of one epoch of each side (GPU busy time, kernels a
 # step), the device's finishing of a batch against the workers' (check_jitter_on_device.py), and
-# (ESTIMATE=1) the paper-run estimate, on one CUDA GPU; the steps' limits add up to 565 s
-# (under a lent machine's 600 s a call) without the estimate. Run from the repository root with a Python
+# a loader worker's cost of an item on this host (bench_item_cost.py), and (ESTIMATE=1) the paper-run
+# estimate, on one CUDA GPU; the steps' limits add up to 590 s (under a lent machine's 600 s a call;
+# the last, the item cost, is the one a slow call may lose) without the estimate. Run from the repository root with a Python
 # that has torch (CUDA) and the kit's other dependencies (on a machine with no package registry, bring
 # them as wheels and put them on PYTHONPATH).
 #
@@ -51,6 +52,11 @@ step 90 "channels_last (no NCHW/NHWC conversions around cuDNN's bf16 convolution
     --rounds 1 --set channels_last=true
 step 170 "where the GPU's time goes with uint8 batches: torch.profiler over one epoch of each side" --workers 8 \
     --device-profile --set jitter_on_device=false --set uint8_batches=true
+
+# A loader worker's cost of one item on this host's cores, for each batch form (CPU only; how many workers
+# uint8_batches needs here). Last, so that a call that runs out of time loses only this.
+echo "== a loader worker's ms an item on this host, 256 px (bench_item_cost.py) =="
+timeout 25 "$PY" benchmarks/bench_item_cost.py --items 100 || echo "(bench_item_cost: exit $?)"
 
 # Recorded for an H100 and an H200 already, on float batches; since 0ca3b17 each kind of step gets batches
 # as its loader sends them (uint8 with the jitter left to the device, by default for random masking), and since
