@@ -49,9 +49,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from .config import INITS, PAPER_DATASET_SIZES, FinetuneConfig, PretrainConfig
-from .data.base import UnlabelledImages
+from .data.base import UnlabelledImages, labels_fit_uint8, segmentation_item
 from .errors import SelmaskError
 
 
@@ -256,48 +257,54 @@ def pretraining_batches(cfg: PretrainConfig, trainer, selective: bool) -> tuple[
                                                              cfg.n_patches)), cfg.mask_ratio, generator)[0]
                        for index in range(count)}
     train_set, val_set = loop_datasets(cfg, pool, range(count), range(count // BATCHES), patch_masks)
-    train, item_seconds = _batches_of(trainer, train_set, cfg.batch_size, BATCHES)
-    (val,), _ = _batches_of(trainer, val_set, cfg.batch_size, 1)
+    return _training_and_validation_batches(trainer, train_set, val_set, cfg.batch_size)
+
+
+class RandomSegmentationItems(Dataset):
+    """Random uint8 images and labels held in memory (about 5 % of the pixels void, 255), each item through
+    ``transform`` as a segmentation split's (``data.base.segmentation_item``): items to time, no files."""
+
+    def __init__(self, count: int, size: int, classes: int, transform, uint8_labels: bool,
+                 generator: torch.Generator):
+        self.samples = []
+        for _ in range(count):
+            image = torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=generator)
+            label = torch.randint(0, classes, (size, size), generator=generator)
+            label[torch.rand((size, size), generator=generator) < 0.05] = 255
+            self.samples.append((image.numpy(), label.numpy()))
+        self.transform, self.uint8_labels = transform, uint8_labels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        return segmentation_item(*self.samples[index], self.transform, self.uint8_labels)
+
+
+def _training_and_validation_batches(trainer, train_items, val_items, batch_size: int) -> tuple[list, Any, float]:
+    """``BATCHES`` training batches, one validation batch, and the seconds one training item took to build."""
+    train, item_seconds = _batches_of(trainer, train_items, batch_size, BATCHES)
+    (val,), _ = _batches_of(trainer, val_items, batch_size, 1)
     return train, val, item_seconds
 
 
 def finetuning_batches(cfg: FinetuneConfig, num_classes: int, trainer) -> tuple[list, Any, float]:
     """``BATCHES`` training batches and one validation batch as the fine-tuning loaders send them for
-    ``cfg`` here: the dataset's own items (``data.base.segmentation_item``) of random uint8 images and
-    labels (a few pixels void, 255), through the run's transforms; and the seconds one training item took
-    to build (on one torch thread). ``num_classes``: the model's outputs, the void class among them where
-    ``void_as_class``."""
-    from .data.base import labels_fit_uint8, segmentation_item
+    ``cfg`` here: the dataset's own items of random images and labels (:class:`RandomSegmentationItems`),
+    through the run's transforms; and the seconds one training item took to build (on one torch thread).
+    ``num_classes``: the model's outputs, the void class among them where ``void_as_class``."""
     from .finetuning import sends_uint8_labels, training_transform
     from .transforms import val_transform
 
     generator = torch.Generator().manual_seed(cfg.seed)
     classes = num_classes - int(cfg.void_as_class)  # the dataset's classes (void is 255 in its labels)
-    uint8_labels = labels_fit_uint8(classes, 255) and sends_uint8_labels(cfg)
-    transforms = {"train": training_transform(cfg),
-                  "val": val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias)}
-
-    train_item_seconds = []
-
-    def item(split: str):
-        size = (cfg.image_size, cfg.image_size)
-        image = torch.randint(0, 256, (*size, 3), dtype=torch.uint8, generator=generator).numpy()
-        label = torch.randint(0, classes, size, generator=generator)
-        label[torch.rand(size, generator=generator) < 0.05] = 255
-        built, took = _built(segmentation_item, image, label.numpy(), transforms[split],
-                             uint8_labels and split == "train")
-        if split == "train":
-            train_item_seconds.append(took)
-        return built
-
-    def batch(split: str):
-        items = [item(split) for _ in range(min(cfg.batch_size, DISTINCT_ITEMS))]
-        return _loaded(trainer, [items[i % len(items)] for i in range(cfg.batch_size)])
-
-    item("train")  # untimed: a first item pays one-off costs a worker pays once a run
-    train_item_seconds.clear()
-    train = [batch("train") for _ in range(BATCHES)]
-    return train, batch("val"), float(np.mean(train_item_seconds))
+    count = min(cfg.batch_size, DISTINCT_ITEMS)
+    train_items = RandomSegmentationItems(count * BATCHES, cfg.image_size, classes, training_transform(cfg),
+                                          labels_fit_uint8(classes, 255) and sends_uint8_labels(cfg), generator)
+    val_items = RandomSegmentationItems(count, cfg.image_size, classes,
+                                        val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias),
+                                        False, generator)
+    return _training_and_validation_batches(trainer, train_items, val_items, cfg.batch_size)
 
 
 def time_pretraining_step(cfg: PretrainConfig, steps: int, warmup: int, selective: bool = False) -> StepTimes:
