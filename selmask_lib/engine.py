@@ -681,12 +681,16 @@ def fit(
     ``{"epoch", "lr", **train, **val, "seconds"}`` is appended to the log; then
     checkpoints. ``lr`` is the rate the epoch trained with.
 
-    Checkpoints: ``last.pt`` every ``checkpoint_every`` epochs, at the last
-    one and at every new best (so the two files agree), holding the model,
-    ``optimisation`` (optimiser, schedule, scaler), RNG states, epoch, best
-    value and ``config_hash``. If ``best_metric`` names a key of the row,
-    ``best.pt`` gets the model weights whenever it improves (``best_mode``
-    "max" or "min").
+    Checkpoints: ``last.pt`` every ``checkpoint_every`` epochs and at the
+    last one, holding the model, ``optimisation`` (optimiser, schedule,
+    scaler), RNG states, epoch, best value and ``config_hash``. If
+    ``best_metric`` names a key of the row, the weights of each new best
+    epoch (``best_mode`` "max" or "min") are kept in memory (a CPU copy) and
+    written to ``best.pt`` just before the next ``last.pt``, and when ``fit``
+    ends. So a short epoch that improves costs a copy, not a ~300 MB
+    resumable write. Where ``best.pt`` is newer than ``last.pt`` (the final
+    write without ``checkpoint_final``, or a crash between the two writes),
+    a resume keeps it as the best so far.
 
     ``checkpoint_final=False`` skips the resumable checkpoint after the last
     epoch, for callers that save the final weights themselves right after
@@ -727,6 +731,7 @@ def fit(
         restore_rng_state(state["rng"])
         start_epoch = state["epoch"] + 1
         best_value, best_epoch = state.get("best_value"), state.get("best_epoch")
+        best_value, best_epoch = _newer_best(best_path, state["epoch"], config_hash) or (best_value, best_epoch)
     elif is_main and best_path.exists():
         best_path.unlink()  # a best model from an older, abandoned run
     logger.truncate(start_epoch)
@@ -744,6 +749,7 @@ def fit(
             "config_hash": config_hash,
         }
 
+    unsaved_best: Optional[dict[str, Any]] = None  # best.pt's next content, written with the next last.pt
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -775,14 +781,19 @@ def fit(
         if improved:
             best_value, best_epoch = value, epoch
         if improved and is_main:
-            save_checkpoint(best_path, {
-                "epoch": epoch, "model": model.state_dict(), "best_metric": best_metric,
+            unsaved_best = {
+                "epoch": epoch, "model": _cpu_copy(model.state_dict()), "best_metric": best_metric,
                 "best_value": value, "config_hash": config_hash, "metrics": logger.read()[-1],
-            })
-        # After a new best, also save the resumable state so the two agree.
-        if is_main and (improved or due):
+            }
+        if is_main and due:
+            # The best first: if the second write fails, a resume still finds the best of every epoch it skips.
+            if unsaved_best is not None:
+                save_checkpoint(best_path, unsaved_best)
+                unsaved_best = None
             save_checkpoint(last_path, full_state(epoch))
 
+    if unsaved_best is not None:  # a best epoch after the last resumable checkpoint
+        save_checkpoint(best_path, unsaved_best)
     barrier()  # torchrun: the other processes wait until rank 0's files are written
     return FitResult(
         run_dir=run_dir,
@@ -793,6 +804,29 @@ def fit(
         start_epoch=start_epoch,
         history=logger.read(),
     )
+
+
+def _cpu_copy(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a state dict that later optimiser steps cannot change (on the CPU: device memory stays free)."""
+    return {name: value.detach().to("cpu", copy=True) if isinstance(value, torch.Tensor) else value
+            for name, value in state.items()}
+
+
+def _newer_best(best_path: Path, resumed_epoch: int, config_hash: Optional[str]) -> Optional[tuple[float, int]]:
+    """(best value, epoch) of a ``best.pt`` written after the checkpoint a run resumes from, else None.
+
+    :func:`fit`'s final write without ``checkpoint_final`` leaves one, and
+    so does a crash between writing ``best.pt`` and ``last.pt``. The resumed
+    run keeps it as the best so far, so ``best.pt`` and the returned best
+    agree even where a GPU's re-run of those epochs does not repeat them
+    exactly.
+    """
+    if not best_path.is_file():
+        return None
+    best = load_checkpoint(best_path, expected_config_hash=config_hash)
+    if best["epoch"] <= resumed_epoch:
+        return None
+    return best["best_value"], best["epoch"]
 
 
 BatchLoss = Callable[[torch.nn.Module, Any], torch.Tensor]

@@ -192,7 +192,8 @@ CASES = [
     Case("wrong type", "{pretrain} --data-root {data} --out {out} --set epochs=abc", ("'epochs'",)),
     Case("corrupt checkpoint", "{finetune} --data-root {data} --out {out} --init random_ir --pretrained {run}",
          ("{file}", "corrupt"), run="finished", break_run=garble_weights),
-    Case("checkpoint of another config", "{pretrain} --data-root {data} --set epochs=2 --out {run} --resume",
+    Case("checkpoint of another config",
+         "{pretrain} --data-root {data} --set epochs=2 --set checkpoint_every=1 --out {run} --resume",
          ("{file}", "different config"), run="unfinished", break_run=checkpoint_of_another_config),
     Case("unwritable output", "{pretrain} --data-root {data} --out {tmp}/a_file/run", ("{tmp}/a_file",)),
     Case("divergence", "{pretrain} --data-root {data} --out {out} --set lr=1e10", ("diverged", "{out}", "lr"),
@@ -213,7 +214,8 @@ CASES = [
          break_data=resize_pool_image(3, 200)),
     Case("tiny fine-tuning image", "{finetune} --data-root {data} --out {out}", ("{file}", "32 px"),
          break_data=shrink_train_sample),
-    Case("full disk", "{pretrain} --data-root {data} --set epochs=2 --out {run} --resume",
+    Case("full disk",
+         "{pretrain} --data-root {data} --set epochs=2 --set checkpoint_every=1 --out {run} --resume",
          ("{run}/metrics.jsonl", "disk is full"), run="unfinished", fault=FULL_DISK),
 ]
 
@@ -269,9 +271,9 @@ def warm_cli():
 # --------------------------------------------------------------------------- runs the cases start from
 
 
-def smoke_run(data_root: Path, out: Path, epochs: int) -> Path:
+def smoke_run(data_root: Path, out: Path, epochs: int, **settings) -> Path:
     cfg = pretrain_preset("smoke", "synthetic", data_root=str(data_root), strategy="random", max_images=8,
-                          epochs=epochs, device="cpu")  # what PRETRAIN says
+                          epochs=epochs, device="cpu", **settings)  # what PRETRAIN says
     return pretrain(cfg, out_dir=out).run_dir
 
 
@@ -294,7 +296,7 @@ def session_runs(small_synthetic_root, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Trainer, "train_one_epoch", stop_at_epoch_1)
         with pytest.raises(Stop):
-            smoke_run(small_synthetic_root, folder / "unfinished", epochs=2)
+            smoke_run(small_synthetic_root, folder / "unfinished", epochs=2, checkpoint_every=1)  # last.pt at epoch 0
     return {"finished": finished, "unfinished": folder / "unfinished"}
 
 

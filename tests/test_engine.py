@@ -8,6 +8,8 @@ import os
 import random
 import time
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -437,6 +439,56 @@ def test_checkpoint_final_false_skips_only_the_last_epochs_checkpoint(tmp_path, 
     # epochs 0..2 write their own checkpoint; the last epoch writes none
     assert saved == [0, 1, 2]
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+
+
+def _scripted_fit(run_dir, val_losses, start_crash=None, **options):
+    """fit on a fixed model whose epochs report the given validation losses (a re-run may report others)."""
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def train_one_epoch(epoch):
+        with torch.no_grad():
+            model.bias += 1.0  # each epoch's weights differ, so best.pt names its epoch by its content too
+        return {}
+
+    return model, fit(model, Optimisation(optimizer, None, make_grad_scaler("cpu")), train_one_epoch, len(val_losses),
+                      run_dir, evaluate=lambda epoch: {"val_loss": val_losses[epoch]}, config_hash="cfg",
+                      best_metric="val_loss", best_mode="min", **options)
+
+
+def test_a_new_best_is_written_with_the_next_checkpoint_not_at_once(tmp_path, monkeypatch):
+    """A short epoch that improves costs a copy in memory, not a resumable write; best.pt still holds the best."""
+    saved = []
+    real_save = engine.save_checkpoint
+
+    def recording_save(path, state):
+        saved.append((Path(path).name, state["epoch"]))
+        return real_save(path, state)
+
+    monkeypatch.setattr(engine, "save_checkpoint", recording_save)
+    model, result = _scripted_fit(tmp_path, [4.0, 1.0, 3.0, 2.0, 0.5], checkpoint_every=3)  # due at 2 and 4
+    assert saved == [("best.pt", 1), ("last.pt", 2), ("best.pt", 4), ("last.pt", 4)]  # each best before its last.pt
+    assert (result.best_epoch, result.best_value) == (4, 0.5)
+    # An epoch's copy is its own weights, not the model's later ones: epoch 1's best.pt, read back at epoch 2.
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    _, result = _scripted_fit(tmp_path / "again", [4.0, 1.0, 3.0], checkpoint_every=3)
+    best, last = load_checkpoint(result.best_checkpoint), load_checkpoint(result.last_checkpoint)
+    assert best["epoch"] == 1 and last["epoch"] == 2
+    assert best["model"]["bias"].item() == pytest.approx(last["model"]["bias"].item() - 1.0)
+
+
+def test_a_resume_keeps_a_best_written_after_the_last_checkpoint(tmp_path):
+    """Without checkpoint_final the last best is written after the last checkpoint. If the resumed epochs
+    come out worse (a GPU need not repeat them exactly), the run's best is still the one in best.pt."""
+    _scripted_fit(tmp_path, [4.0, 3.0, 2.0, 1.0], checkpoint_every=2, checkpoint_final=False)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    written = load_checkpoint(tmp_path / "best.pt")
+    assert written["epoch"] == 3
+    _, resumed = _scripted_fit(tmp_path, [4.0, 3.0, 5.0, 5.0], checkpoint_every=2)  # epochs 2 and 3 again
+    assert resumed.start_epoch == 2
+    best = load_checkpoint(resumed.best_checkpoint)
+    assert (resumed.best_epoch, resumed.best_value) == (best["epoch"], best["best_value"]) == (3, 1.0)
+    assert torch.equal(best["model"]["bias"], written["model"]["bias"])
 
 
 # --- seeded loaders -------------------------------------------------------------

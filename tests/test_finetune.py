@@ -286,7 +286,7 @@ def test_imagenet_offline_without_cached_weights(synthetic_root, tmp_path, monke
 
 
 def test_resume_after_a_crash_gives_the_uninterrupted_results(synthetic_root, tmp_path, spy):
-    cfg = smoke("synthetic", synthetic_root, epochs=3)
+    cfg = smoke("synthetic", synthetic_root, epochs=3, checkpoint_every=1)
     straight = ft.finetune(cfg, out_dir=tmp_path / "straight")
 
     crashing = spy(crash_at=2)

@@ -182,7 +182,7 @@ def crash_in(description_part):
 
 
 def test_resume_after_a_crash_mid_step_gives_the_same_weights(data_root, tmp_path, monkeypatch):
-    cfg = smoke(data_root, epochs=2, n_partitions=2)
+    cfg = smoke(data_root, epochs=2, n_partitions=2, checkpoint_every=1)  # a resumable checkpoint inside the step
     reference = pretrain(cfg, out_dir=tmp_path / "reference")
 
     monkeypatch.setattr(Trainer, "train_one_epoch", crash_in("step_01 epoch 1"))
@@ -238,8 +238,8 @@ def test_bad_inputs_are_clear_errors_and_destroy_nothing(data_root, tmp_path):
 
 def test_checkpoint_from_a_different_config_is_rejected(data_root, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "train_one_epoch", crash_in("epoch 1"))
-    cfg = smoke(data_root, strategy="random", epochs=2)
-    for config, folder in ((cfg, "run"), (smoke(data_root, strategy="random", epochs=2, lr=1e-3), "other")):
+    cfg = smoke(data_root, strategy="random", epochs=2, checkpoint_every=1)
+    for config, folder in ((cfg, "run"), (cfg.updated(lr=1e-3), "other")):
         with pytest.raises(Crash):
             pretrain(config, out_dir=tmp_path / folder)
     # the unfinished run now holds the other config's resumable checkpoint
