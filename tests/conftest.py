@@ -69,3 +69,15 @@ def smoke_runs(small_synthetic_root, tmp_path):
     yield SmokeRuns(str(small_synthetic_root), tmp_path)
     for path in tmp_path.rglob("*.pt"):
         path.unlink()
+
+
+@pytest.fixture(scope="session")
+def usual_smoke_losses(small_synthetic_root, tmp_path_factory) -> dict[str, list[float]]:
+    """The losses of the usual random-masking and fine-tuning smoke runs (:class:`SmokeRuns`, no setting
+    changed), trained once for the tests that run the same smoke runs down a CUDA path and compare."""
+    out = tmp_path_factory.mktemp("usual-smoke-runs")
+    runs = SmokeRuns(str(small_synthetic_root), out)
+    losses = {"random": runs.pretraining("random"), "finetune": runs.finetuning("finetune")}
+    for path in out.rglob("*.pt"):
+        path.unlink()
+    return losses

@@ -100,11 +100,11 @@ def test_deferred_finetuning_batches_are_the_workers_batches(small_synthetic_roo
 
 
 @pytest.mark.slow
-def test_runs_with_the_colour_on_the_device_train_as_usual(smoke_runs, monkeypatch):
+def test_runs_with_the_colour_on_the_device_train_as_usual(smoke_runs, usual_smoke_losses, monkeypatch):
     """Random pretraining and fine-tuning through the deferred path: the same losses. Selective runs, with
     and without baked masks (never deferred), go through it to the end."""
     pretraining, finetuning = smoke_runs.pretraining, smoke_runs.finetuning
-    usual = {"random": pretraining("random-usual"), "finetune": finetuning("finetune-usual")}
+    usual = usual_smoke_losses
     monkeypatch.setattr(engine, "defers_colour", lambda cfg: True)  # as on CUDA (training_batch_form reads it)
     deferred = {"random": pretraining("random-deferred"), "finetune": finetuning("finetune-deferred")}
     # Pretraining on the device path crops uint8 images (a quarter of the bytes from each worker), which

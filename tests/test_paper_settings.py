@@ -109,7 +109,8 @@ def test_pretrained_checkpoint_best_val_loss_hands_over_the_best_epoch(small_syn
     saved = load_checkpoint(best.weights)
     assert saved["weights"] == "best_val_loss" and saved["epoch"] == best_epoch
     assert saved["val_loss"] == pytest.approx(min(row["val_loss"] for row in history))
-    same = all(torch.equal(v, load_checkpoint(last.weights)["model"][k]) for k, v in saved["model"].items())
+    last_weights = load_checkpoint(last.weights)["model"]
+    same = all(torch.equal(v, last_weights[k]) for k, v in saved["model"].items())
     assert same == (best_epoch == history[-1]["epoch"])
     assert not (best.run_dir / "best.pt").exists()  # its copy lives in pretrained.pt
 

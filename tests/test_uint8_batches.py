@@ -115,11 +115,11 @@ def test_pretraining_uint8_batches_are_the_workers_batches_within_half_a_level(s
 
 
 @pytest.mark.slow
-def test_runs_with_uint8_batches_train_as_usual(smoke_runs, monkeypatch):
+def test_runs_with_uint8_batches_train_as_usual(smoke_runs, usual_smoke_losses, monkeypatch):
     """Fine-tuning: the very same losses; random pretraining: within the rounding; selective runs with and
     without baked masks (which keep float batches) go through it to the end."""
     pretraining, finetuning = smoke_runs.pretraining, smoke_runs.finetuning
-    usual = {"random": pretraining("random-usual"), "finetune": finetuning("finetune-uint8-off")}
+    usual = usual_smoke_losses
     monkeypatch.setattr(engine, "sends_uint8_batches", lambda cfg: True)  # as on CUDA, for both loops
     finished = []  # the dtype of each batch's images before the device finished it: proof that a run took the path
     baked_items = []  # the dtype of each batch of baked items (masked input, target, pixel mask)
