@@ -731,7 +731,8 @@ def fit(
         restore_rng_state(state["rng"])
         start_epoch = state["epoch"] + 1
         best_value, best_epoch = state.get("best_value"), state.get("best_epoch")
-        best_value, best_epoch = _newer_best(best_path, state["epoch"], config_hash) or (best_value, best_epoch)
+        if best_metric is not None:
+            best_value, best_epoch = _newer_best(best_path, state["epoch"], config_hash) or (best_value, best_epoch)
     elif is_main and best_path.exists():
         best_path.unlink()  # a best model from an older, abandoned run
     logger.truncate(start_epoch)
@@ -807,9 +808,15 @@ def fit(
 
 
 def _cpu_copy(state: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a state dict that later optimiser steps cannot change (on the CPU: device memory stays free)."""
-    return {name: value.detach().to("cpu", copy=True) if isinstance(value, torch.Tensor) else value
-            for name, value in state.items()}
+    """A copy of a state dict that later optimiser steps cannot change (on the CPU: device memory stays free).
+
+    It keeps the state dict's ``_metadata`` (each module's version), as ``model.state_dict()`` itself would.
+    """
+    copied = type(state)((name, value.detach().to("cpu", copy=True) if isinstance(value, torch.Tensor) else value)
+                         for name, value in state.items())
+    if hasattr(state, "_metadata"):
+        copied._metadata = state._metadata
+    return copied
 
 
 def _newer_best(best_path: Path, resumed_epoch: int, config_hash: Optional[str]) -> Optional[tuple[float, int]]:
@@ -819,7 +826,8 @@ def _newer_best(best_path: Path, resumed_epoch: int, config_hash: Optional[str])
     so does a crash between writing ``best.pt`` and ``last.pt``. The resumed
     run keeps it as the best so far, so ``best.pt`` and the returned best
     agree even where a GPU's re-run of those epochs does not repeat them
-    exactly.
+    exactly. (There the metrics log holds the re-run's values of those
+    epochs, and the best value is the first run's.)
     """
     if not best_path.is_file():
         return None

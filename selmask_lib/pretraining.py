@@ -29,7 +29,9 @@ Run directory (everything a notebook needs, nothing written next to the data)::
         masks.pt              ids, pool indices, masks [N, P], loss maps [N, P], scoring sizes
 
 While a loop runs, ``last.pt`` holds its resumable state (model, Adam,
-schedule, RNG); it is deleted once the loop's final weights are saved.
+schedule, RNG), written every ``checkpoint_every`` epochs (never at the
+``demo`` and ``smoke`` presets, whose loops are shorter than their 30);
+it is deleted once the loop's final weights are saved.
 
 Multi-GPU (see ``selmask_lib.distributed``): launch with torchrun, e.g.
 ``torchrun --nproc_per_node=4 -m selmask_lib.cli pretrain --strategy selective

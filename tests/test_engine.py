@@ -363,6 +363,7 @@ def _without_time(rows):
     [
         (1, 2, "val_loss"),  # checkpoint after every epoch, best model tracked
         (2, 3, None),  # last checkpoint at epoch 1: epoch 2 (already logged) runs again
+        (2, 3, "val_loss"),  # the same, and a best of epoch 2 (in memory only) is found again
     ],
 )
 def test_resume_after_crash_matches_an_uninterrupted_run(tmp_path, checkpoint_every, crash_at, best_metric):
@@ -474,7 +475,27 @@ def test_a_new_best_is_written_with_the_next_checkpoint_not_at_once(tmp_path, mo
     _, result = _scripted_fit(tmp_path / "again", [4.0, 1.0, 3.0], checkpoint_every=3)
     best, last = load_checkpoint(result.best_checkpoint), load_checkpoint(result.last_checkpoint)
     assert best["epoch"] == 1 and last["epoch"] == 2
+    assert best["model"]._metadata == last["model"]._metadata  # module versions kept, as in model.state_dict()
     assert best["model"]["bias"].item() == pytest.approx(last["model"]["bias"].item() - 1.0)
+
+
+def test_a_crash_between_the_best_and_the_last_write_keeps_that_best(tmp_path, monkeypatch):
+    """best.pt of epoch 3 is written, then last.pt fails: the resume (from epoch 1) keeps epoch 3 as the best."""
+    real_save = engine.save_checkpoint
+
+    def failing_last_write(path, state):
+        if Path(path).name == "last.pt" and state["epoch"] == 3:
+            raise OSError("disk full")
+        return real_save(path, state)
+
+    monkeypatch.setattr(engine, "save_checkpoint", failing_last_write)
+    with pytest.raises(OSError):
+        _scripted_fit(tmp_path, [4.0, 3.0, 2.0, 1.0], checkpoint_every=2)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1 and load_checkpoint(tmp_path / "best.pt")["epoch"] == 3
+    _, resumed = _scripted_fit(tmp_path, [4.0, 3.0, 5.0, 5.0], checkpoint_every=2)  # re-run epochs come out worse
+    assert resumed.start_epoch == 2 and (resumed.best_epoch, resumed.best_value) == (3, 1.0)
+    assert load_checkpoint(resumed.best_checkpoint)["epoch"] == 3
 
 
 def test_a_resume_keeps_a_best_written_after_the_last_checkpoint(tmp_path):

@@ -189,6 +189,7 @@ def test_resume_after_a_crash_mid_step_gives_the_same_weights(data_root, tmp_pat
     with pytest.raises(Crash):
         pretrain(cfg, out_dir=tmp_path / "crashed")
     masks_before = (tmp_path / "crashed" / "step_01" / "masks.pt").stat().st_mtime_ns
+    assert load_checkpoint(tmp_path / "crashed" / "step_01" / "last.pt")["epoch"] == 0  # resumed inside the step
     monkeypatch.undo()
 
     with pytest.raises(SelmaskError, match="--resume"):

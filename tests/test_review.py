@@ -38,6 +38,10 @@ def test_resume_after_the_final_write_failed_keeps_the_best_val_loss_weights(sma
     with pytest.raises(SelmaskError, match="disk full"):
         pretrain(cfg, out_dir=tmp_path / "crash")
     written = load_checkpoint(tmp_path / "crash" / "pretrained.pt")  # the best epoch's, written before the failure
+    if strategy == "random":  # the resume goes back into the loop, from its epoch 2 (its best is epoch 0's)
+        assert load_checkpoint(tmp_path / "crash" / "last.pt")["epoch"] == 2
+    else:  # the last step had finished: the resume rebuilds pretrained.pt from that step's best.pt
+        assert (tmp_path / "crash" / "step_01" / "model.pt").is_file()
     assert written["weights"] == "best_val_loss" and written["epoch"] < 3  # not the last epoch's weights
     resumed = load_checkpoint(pretrain(cfg, out_dir=tmp_path / "crash", resume=True).weights)
     assert resumed["weights"] == "best_val_loss" and resumed["epoch"] == written["epoch"]
