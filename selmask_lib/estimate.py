@@ -33,8 +33,10 @@ accelerator with ``W`` workers the step takes the longer of itself and a
 batch's items over ``W`` (workers build while the device trains; that the
 host has ``W`` free cores is assumed). The items are random images of the
 crop's size held in memory, so this is a lower bound: a run also reads and
-decodes its files and crops from larger images. Not counted: collating and
-pinning a batch, and the items of validation and scoring.
+decodes its files and crops from larger images. With ``--set data_root=DIR``
+(and one ``--dataset``) the items are that folder's first images instead,
+read, decoded and cropped as in a run's first epoch. Not counted: collating
+and pinning a batch, and the items of validation and scoring.
 
 ``gpus > 1`` divides by the number of GPUs: linear scaling, an assumption.
 """
@@ -207,11 +209,13 @@ def _batches_of(trainer, dataset, batch_size: int, count: int) -> tuple[list, fl
     and the mean seconds of building one item."""
     distinct = min(batch_size, DISTINCT_ITEMS)
     batches, seconds = [], []
-    _built(dataset.__getitem__, 0)  # untimed: a first item pays one-off costs a worker pays once a run
+    # Untimed: a first item pays one-off costs a worker pays once a run. The dataset's last item, so that a
+    # folder's first timed image is not one already decoded (and kept in the image cache) by this call.
+    _built(dataset.__getitem__, len(dataset) - 1)
     for start in range(0, distinct * count, distinct):
         items = []
         for index in range(start, start + distinct):
-            item, took = _built(dataset.__getitem__, index)
+            item, took = _built(dataset.__getitem__, index % len(dataset))  # a small folder's items come round again
             items.append(item)
             seconds.append(took)
         batches.append(_loaded(trainer, [items[i % distinct] for i in range(batch_size)]))
@@ -239,24 +243,26 @@ def pretraining_batches(cfg: PretrainConfig, trainer, selective: bool) -> tuple[
     step (random fixed masks), as that loop's loaders send them for ``cfg`` here; and the seconds one
     training item took to build (on one torch thread, as in a loader worker).
 
-    The items come from the loop's own datasets (``pretraining.loop_datasets``) over random images:
-    uint8 crops with the draws of a colour jitter left to the device, uint8 images for ``uint8_batches``,
-    masks baked into float images (``bake_selective_masks``), or float images.
+    The items come from the loop's own datasets (``pretraining.loop_datasets``) over random images, or
+    where ``cfg.data_root`` is set over the first images of that folder's pool (read, decoded and cropped
+    as in a run): uint8 crops with the draws of a colour jitter left to the device, uint8 images for
+    ``uint8_batches``, masks baked into float images (``bake_selective_masks``), or float images.
     """
     from .masking import patch_grid, random_mask
-    from .pretrain_data import scoring_view
+    from .pretrain_data import pretraining_pool, scoring_view
     from .pretraining import loop_datasets
 
     generator = torch.Generator().manual_seed(cfg.seed)
     count = min(cfg.batch_size, DISTINCT_ITEMS) * BATCHES
-    pool = RandomImages(count, cfg.image_size, generator)
+    pool = RandomImages(count, cfg.image_size, generator) if cfg.data_root is None else pretraining_pool(cfg)
+    indices = list(range(min(count, len(pool))))
     patch_masks = None
     if selective:
         patch_masks = {index: random_mask(1, len(patch_grid(*scoring_view(pool, index, cfg.score_size,
                                                                           cfg.antialias).shape[-2:],
                                                              cfg.n_patches)), cfg.mask_ratio, generator)[0]
-                       for index in range(count)}
-    train_set, val_set = loop_datasets(cfg, pool, range(count), range(count // BATCHES), patch_masks)
+                       for index in indices}
+    train_set, val_set = loop_datasets(cfg, pool, indices, indices[:max(1, len(indices) // BATCHES)], patch_masks)
     return _training_and_validation_batches(trainer, train_set, val_set, cfg.batch_size)
 
 
@@ -291,11 +297,16 @@ def _training_and_validation_batches(trainer, train_items, val_items, batch_size
 def finetuning_batches(cfg: FinetuneConfig, num_classes: int, trainer) -> tuple[list, Any, float]:
     """``BATCHES`` training batches and one validation batch as the fine-tuning loaders send them for
     ``cfg`` here: the dataset's own items of random images and labels (:class:`RandomSegmentationItems`),
-    through the run's transforms; and the seconds one training item took to build (on one torch thread).
-    ``num_classes``: the model's outputs, the void class among them where ``void_as_class``."""
-    from .finetuning import sends_uint8_labels, training_transform
+    through the run's transforms, or where ``cfg.data_root`` is set the first items of that folder's
+    train and val splits (``finetuning.load_splits``); and the seconds one training item took to build
+    (on one torch thread). ``num_classes``: the model's outputs, the void class among them where
+    ``void_as_class``."""
+    from .finetuning import load_splits, sends_uint8_labels, training_transform
     from .transforms import val_transform
 
+    if cfg.data_root is not None:
+        splits = load_splits(cfg)
+        return _training_and_validation_batches(trainer, splits.train, splits.val, cfg.batch_size)
     generator = torch.Generator().manual_seed(cfg.seed)
     classes = num_classes - int(cfg.void_as_class)  # the dataset's classes (void is 255 in its labels)
     count = min(cfg.batch_size, DISTINCT_ITEMS)
@@ -404,6 +415,10 @@ def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: in
 
     if "strategy" in overrides:
         raise SelmaskError("--set strategy: the estimate times both strategies (each with its own config)")
+    data_root = overrides.get("data_root")
+    if data_root is not None and len(datasets) != 1:
+        raise SelmaskError(f"--set data_root={data_root}: name the one --dataset whose folder it is "
+                           f"(got {len(datasets)} datasets)")
     pretrain_keys = _keys_of(PretrainConfig, overrides)
     random_keys = {key: value for key, value in pretrain_keys.items() if key not in SELECTIVE_ONLY_KEYS}
     for dataset in datasets:
@@ -413,6 +428,10 @@ def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: in
         fine = finetune_preset(preset, dataset, **_keys_of(FinetuneConfig, overrides))
         # the model's outputs: one more where void is trained as a class (the paper preset on VOC, Cityscapes)
         classes = PAPER_DATASET_SIZES.get(dataset, {}).get("classes", 2) + int(fine.void_as_class)
+        if data_root is not None:  # the folder's own classes
+            from .finetuning import load_splits
+
+            classes = load_splits(fine).num_outputs
         times = {}
         for name, cfg, selective in (("random", random_cfg, False), ("selective", selective_cfg, True)):
             key = (name, *_timing_keys(cfg), cfg.recon_loss, cfg.score_size, cfg.bake_selective_masks,
@@ -428,9 +447,13 @@ def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: in
                          f"fine-tuning {batch_format(fine)}")
             lines.append("a training step counts its loader (the seconds one core takes to build a batch's items): "
                          "added to the step without loader workers or on a CPU (the workers share its cores), else "
-                         "the longer of the step and those seconds over the workers; items of in-memory images of "
-                         "the crop's size, so a lower bound (a run also reads and decodes its files, and crops from "
-                         "larger images); collating, pinning, validation and scoring items not counted")
+                         "the longer of the step and those seconds over the workers; "
+                         + ("items of in-memory images of the crop's size, so a lower bound (a run also reads and "
+                            "decodes its files, and crops from larger images; --set data_root=DIR times them)"
+                            if data_root is None else
+                            f"items read, decoded and cropped from the first images of {data_root}, as in a run's "
+                            f"first epoch (later epochs may find them in the image cache)")
+                         + "; collating, pinning, validation and scoring items not counted")
         sizes = PAPER_DATASET_SIZES.get(dataset)
         step_lines = [f"random-masking step (batch {random_cfg.batch_size}, {random_cfg.image_size} px, "
                       f"{_loss_name(random_cfg)})", f"selective step (batch {selective_cfg.batch_size}, "

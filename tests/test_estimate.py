@@ -22,6 +22,7 @@ import selmask_lib.finetuning as ft
 import selmask_lib.pretraining as pt
 from selmask_lib import estimate
 from selmask_lib.config import finetune_preset, pretrain_preset
+from selmask_lib.data.base import UnlabelledImages
 from selmask_lib.errors import SelmaskError
 from selmask_lib.estimate import estimate_report
 from selmask_lib.transforms import ColourJitterOnDevice
@@ -221,3 +222,30 @@ def test_the_timed_steps_carry_the_seconds_of_building_their_items(workers, monk
     assert fine_times.loader > 0
     assert fine_times.loader == pytest.approx(fine.batch_size * sum(train_items) / len(train_items))
     assert fine_times.workers == workers
+
+
+def test_a_data_root_times_the_items_of_that_folder(small_synthetic_root, monkeypatch):
+    """With --set data_root the items are read and decoded from the folder's images, not made up in memory."""
+    def not_made_up(*args, **kwargs):
+        raise AssertionError("random items built although a data root was given")
+
+    monkeypatch.setattr(estimate, "RandomImages", not_made_up)
+    monkeypatch.setattr(estimate, "RandomSegmentationItems", not_made_up)
+    read, real_decoded = [], UnlabelledImages.decoded
+
+    def decoded(self, index):
+        read.append(index)
+        return real_decoded(self, index)
+
+    monkeypatch.setattr(UnlabelledImages, "decoded", decoded)
+    lines = estimate_report(["voc"], "smoke", {"data_root": str(small_synthetic_root), "device": "cpu",
+                                               "batch_size": 2, "image_cache_mb": 0}, steps=1, warmup=0)
+    assert read  # the pretraining items came from the folder's images
+    assert any(f"items read, decoded and cropped from the first images of {small_synthetic_root}" in line
+               for line in lines)
+    assert lines[-1].startswith("  voc total on 1 device:")
+
+
+def test_a_data_root_needs_one_dataset(small_synthetic_root):
+    with pytest.raises(SelmaskError, match="name the one --dataset"):
+        estimate_report(["voc", "nassar"], "smoke", {"data_root": str(small_synthetic_root)}, steps=1, warmup=0)
