@@ -238,23 +238,24 @@ class RandomImages(UnlabelledImages):
         return self.images[index]
 
 
-def pretraining_batches(cfg: PretrainConfig, trainer, selective: bool) -> tuple[list, Any, float]:
+def pretraining_batches(cfg: PretrainConfig, trainer, selective: bool,
+                        pool: UnlabelledImages | None = None) -> tuple[list, Any, float]:
     """``BATCHES`` training batches and one validation batch of a random-masking loop, or of a selective
     step (random fixed masks), as that loop's loaders send them for ``cfg`` here; and the seconds one
     training item took to build (on one torch thread, as in a loader worker).
 
     The items come from the loop's own datasets (``pretraining.loop_datasets``) over random images, or
-    where ``cfg.data_root`` is set over the first images of that folder's pool (read, decoded and cropped
-    as in a run): uint8 crops with the draws of a colour jitter left to the device, uint8 images for
+    over the first images of ``pool`` (a ``data_root``'s ``pretrain_data.pretraining_pool``: read,
+    decoded and cropped as in a run): uint8 crops with the draws of a colour jitter left to the device, uint8 images for
     ``uint8_batches``, masks baked into float images (``bake_selective_masks``), or float images.
     """
     from .masking import patch_grid, random_mask
-    from .pretrain_data import pretraining_pool, scoring_view
+    from .pretrain_data import scoring_view
     from .pretraining import loop_datasets
 
     generator = torch.Generator().manual_seed(cfg.seed)
     count = min(cfg.batch_size, DISTINCT_ITEMS) * BATCHES
-    pool = RandomImages(count, cfg.image_size, generator) if cfg.data_root is None else pretraining_pool(cfg)
+    pool = RandomImages(count, cfg.image_size, generator) if pool is None else pool
     indices = list(range(min(count, len(pool))))
     patch_masks = None
     if selective:
@@ -294,18 +295,17 @@ def _training_and_validation_batches(trainer, train_items, val_items, batch_size
     return train, val, item_seconds
 
 
-def finetuning_batches(cfg: FinetuneConfig, num_classes: int, trainer) -> tuple[list, Any, float]:
+def finetuning_batches(cfg: FinetuneConfig, num_classes: int, trainer, splits=None) -> tuple[list, Any, float]:
     """``BATCHES`` training batches and one validation batch as the fine-tuning loaders send them for
     ``cfg`` here: the dataset's own items of random images and labels (:class:`RandomSegmentationItems`),
-    through the run's transforms, or where ``cfg.data_root`` is set the first items of that folder's
-    train and val splits (``finetuning.load_splits``); and the seconds one training item took to build
-    (on one torch thread). ``num_classes``: the model's outputs, the void class among them where
+    through the run's transforms, or with ``splits`` (``finetuning.load_splits`` of a ``data_root``)
+    the first items of that folder's train and val splits; and the seconds one training item took to
+    build (on one torch thread). ``num_classes``: the model's outputs, the void class among them where
     ``void_as_class``."""
-    from .finetuning import load_splits, sends_uint8_labels, training_transform
+    from .finetuning import sends_uint8_labels, training_transform
     from .transforms import val_transform
 
-    if cfg.data_root is not None:
-        splits = load_splits(cfg)
+    if splits is not None:
         return _training_and_validation_batches(trainer, splits.train, splits.val, cfg.batch_size)
     generator = torch.Generator().manual_seed(cfg.seed)
     classes = num_classes - int(cfg.void_as_class)  # the dataset's classes (void is 255 in its labels)
@@ -318,9 +318,11 @@ def finetuning_batches(cfg: FinetuneConfig, num_classes: int, trainer) -> tuple[
     return _training_and_validation_batches(trainer, train_items, val_items, cfg.batch_size)
 
 
-def time_pretraining_step(cfg: PretrainConfig, steps: int, warmup: int, selective: bool = False) -> StepTimes:
+def time_pretraining_step(cfg: PretrainConfig, steps: int, warmup: int, selective: bool = False,
+                          pool: UnlabelledImages | None = None) -> StepTimes:
     """The kit's random-masking step, or with ``selective`` a selective step's (fixed masks, baked where
-    the config bakes them): finish the batch, mask, forward, the config's reconstruction loss, Adam."""
+    the config bakes them): finish the batch, mask, forward, the config's reconstruction loss, Adam; on
+    random items or on the first images of ``pool`` (:func:`pretraining_batches`)."""
     from .engine import Trainer, epoch_generator
     from .losses import ReconstructionLoss
     from .masking import patch_grid
@@ -334,13 +336,14 @@ def time_pretraining_step(cfg: PretrainConfig, steps: int, warmup: int, selectiv
         patch_grid(cfg.image_size, cfg.image_size, cfg.n_patches), cfg.mask_ratio, trainer.device)
     batch_loss = reconstruction_batch_loss(trainer, ReconstructionLoss(cfg.recon_loss), random_masks,
                                            epoch_generator(cfg.seed, "estimate"))
-    train, val, item_seconds = pretraining_batches(cfg, trainer, selective)
+    train, val, item_seconds = pretraining_batches(cfg, trainer, selective, pool)
     return _with_loader(_time_steps(trainer, train, val, batch_loss, steps, warmup), cfg, trainer.device,
                         item_seconds)
 
 
-def time_finetuning_step(cfg: FinetuneConfig, num_classes: int, steps: int, warmup: int) -> StepTimes:
-    """The kit's fine-tuning step (finish the batch, forward, the run's Jaccard loss, Adam)."""
+def time_finetuning_step(cfg: FinetuneConfig, num_classes: int, steps: int, warmup: int, splits=None) -> StepTimes:
+    """The kit's fine-tuning step (finish the batch, forward, the run's Jaccard loss, Adam), on random items
+    or on the first items of ``splits`` (:func:`finetuning_batches`)."""
     from .engine import Trainer
     from .finetuning import segmentation_batch_loss, segmentation_loss
     from .models import build_segmentation_model
@@ -349,7 +352,7 @@ def time_finetuning_step(cfg: FinetuneConfig, num_classes: int, steps: int, warm
     trainer = Trainer(cfg, build_segmentation_model(num_classes, cfg.dropout, cfg.pad_to_multiple))
     void_class = num_classes - 1 if cfg.void_as_class else None
     batch_loss = segmentation_batch_loss(trainer, segmentation_loss(void_class=void_class))
-    train, val, item_seconds = finetuning_batches(cfg, num_classes, trainer)
+    train, val, item_seconds = finetuning_batches(cfg, num_classes, trainer, splits)
     return _with_loader(_time_steps(trainer, train, val, batch_loss, steps, warmup), cfg, trainer.device,
                         item_seconds)
 
@@ -428,17 +431,20 @@ def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: in
         fine = finetune_preset(preset, dataset, **_keys_of(FinetuneConfig, overrides))
         # the model's outputs: one more where void is trained as a class (the paper preset on VOC, Cityscapes)
         classes = PAPER_DATASET_SIZES.get(dataset, {}).get("classes", 2) + int(fine.void_as_class)
-        if data_root is not None:  # the folder's own classes
+        pool, splits = None, None
+        if data_root is not None:  # the folder's pool and splits, read once: the items timed, its own classes
             from .finetuning import load_splits
+            from .pretrain_data import pretraining_pool
 
-            classes = load_splits(fine).num_outputs
+            pool, splits = pretraining_pool(random_cfg), load_splits(fine)
+            classes = splits.num_outputs
         times = {}
         for name, cfg, selective in (("random", random_cfg, False), ("selective", selective_cfg, True)):
             key = (name, *_timing_keys(cfg), cfg.recon_loss, cfg.score_size, cfg.bake_selective_masks,
                    cfg.baked_image_quality)
-            times[name] = timed(key, lambda: time_pretraining_step(cfg, steps, warmup, selective))
+            times[name] = timed(key, lambda: time_pretraining_step(cfg, steps, warmup, selective, pool))
         times["fine-tuning"] = timed(("fine-tuning", *_timing_keys(fine), classes, fine.void_as_class),
-                                     lambda: time_finetuning_step(fine, classes, steps, warmup))
+                                     lambda: time_finetuning_step(fine, classes, steps, warmup, splits))
         if not lines:
             lines.append(f"device {pick_device(fine.device)}, torch {torch.__version__}; "
                          f"{steps} timed steps after {warmup} warm-up steps each")

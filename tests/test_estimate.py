@@ -159,8 +159,8 @@ def test_the_paper_preset_times_each_strategy_with_its_own_config_and_batches(mo
     images with their masks baked in (float batches of masked input, target and pixel mask)."""
     timed, built = [], estimate.pretraining_batches
 
-    def spy(cfg, trainer, selective):
-        train, val, item_seconds = built(cfg, trainer, selective)
+    def spy(cfg, trainer, selective, pool=None):
+        train, val, item_seconds = built(cfg, trainer, selective, pool)
         timed.append((cfg.strategy, cfg.recon_loss, cfg.bake_selective_masks, selective, structure(train[0])))
         return train, val, item_seconds
 
