@@ -7,8 +7,8 @@ step's kernels. How much work an item is depends on the batch form
 (``engine.training_batch_form``):
 
 - ``float``: crop, flip, colour jitter and normalisation in the worker (a CPU run);
-- ``jitter_on_device``: crop and flip only; the GPU jitters and normalises (pretraining's CUDA default);
-- ``uint8_batches``: crop, flip and colour jitter in the worker, sent as uint8; the GPU normalises.
+- ``jitter_on_device``: crop and flip only; the GPU jitters and normalises (pretraining's CUDA default until H200 call 8);
+- ``uint8_batches``: crop, flip and colour jitter in the worker, sent as uint8; the GPU normalises (the CUDA default).
 
 Each item is built as a worker builds it (``engine.SeededAugmentation``: one
 torch thread, its own seed), from the embedded synthetic data's decoded and
@@ -40,7 +40,7 @@ from selmask_lib.engine import SeededAugmentation, one_torch_thread, training_ba
 from selmask_lib.pretrain_data import pretraining_pool  # noqa: E402
 from selmask_lib.pretraining import loop_datasets  # noqa: E402
 
-FORMS = {"float": {"jitter_on_device": False, "uint8_batches": False},  # pretraining's CUDA default is the jitter
+FORMS = {"float": {"jitter_on_device": False, "uint8_batches": False},  # any CPU run
          "jitter_on_device": {"jitter_on_device": True, "uint8_batches": False},
          "uint8_batches": {"jitter_on_device": False, "uint8_batches": True}}
 

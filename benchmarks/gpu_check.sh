@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of issue 13 (item 4): the kit's training step against a bare loop at the paper's size,
-# with its default keys, with uint8_batches (the colour jitter back in the workers, uint8 transfers),
-# with channels_last, and a torch.profiler view of one epoch of each side (GPU busy time, kernels a
+# with its default keys (uint8_batches: the colour jitter in the workers, uint8 transfers), with the
+# colour jitter on the GPU (jitter_on_device), with channels_last, and a torch.profiler view of one epoch of each side (GPU busy time, kernels a
 # step), the device's finishing of a batch against the workers' (check_jitter_on_device.py), and
 # a loader worker's cost of an item on this host (bench_item_cost.py), and (ESTIMATE=1) the paper-run
 # estimate, on one CUDA GPU; the steps' limits add up to 590 s (under a lent machine's 600 s a call;
@@ -37,30 +37,28 @@ step() {  # step SECONDS TITLE ARGS...: one bench_throughput run under its own l
     echo "== $title =="
     timeout "$limit" "$PY" benchmarks/bench_throughput.py "${SIZE[@]}" "$@" || echo "($title: exit $?)"
 }
-# H200 call 5 found both loops bound by the host's kernel launches (GPU busy 28-36 % of a step; the kit's
-# pretraining 1783 kernels a step against the bare loop's 1455, its colour jitter on the GPU most of the
-# difference). uint8_batches moves the jitter back to the workers but keeps uint8 transfers.
-step 150 "default keys (bf16; pretraining's colour jitter on the GPU), 4 loader workers, 3 rounds" \
-    --workers 4 --rounds 3
-# With uint8_batches a worker crops, flips and jitters: 2.6-3.3 ms an item at 256 px on one core of the 2-core dev
-# machine (0.3 ms with the jitter left to the device; bench_item_cost.py), 300-390 items/s a worker, so 4 workers would
-# barely outpace the bare loop's 960-1114 img/s (H200) while sharing the host with the launching thread:
-# 8 workers, so that the launches, not the workers, are what this step measures.
-step 110 "jitter in the workers, uint8 batches (jitter_on_device false, uint8_batches true), 8 workers, 2 rounds" \
-    --workers 8 --rounds 2 --set jitter_on_device=false --set uint8_batches=true
-step 90 "channels_last (no NCHW/NHWC conversions around cuDNN's bf16 convolutions), 4 workers" --workers 4 \
+# H200 calls 5-6 found both loops bound by the host's kernel launches (GPU busy 28-36 % of a step), the
+# colour jitter on the GPU most of the kit's extra launches; calls 7-8 made uint8_batches (the jitter in
+# the workers, uint8 transfers) the default: kit 1478 kernels a pretraining step against the bare loop's
+# 1455. A worker's item then costs 3.5 ms at 256 px (bench_item_cost.py, last step), about 280 items a
+# second, so these steps run 8 workers: what they measure is the launches, not the workers.
+step 150 "default keys (bf16; uint8_batches: colour jitter in the workers, uint8 batches), 8 loader workers, 3 rounds" \
+    --workers 8 --rounds 3
+step 110 "colour jitter on the GPU (jitter_on_device true; pretraining's default before call 8), 8 workers, 2 rounds" \
+    --workers 8 --rounds 2 --set jitter_on_device=true
+step 90 "channels_last (no NCHW/NHWC conversions around cuDNN's bf16 convolutions), 8 workers" --workers 8 \
     --rounds 1 --set channels_last=true
-step 170 "where the GPU's time goes with uint8 batches: torch.profiler over one epoch of each side" --workers 8 \
-    --device-profile --set jitter_on_device=false --set uint8_batches=true
+step 170 "where the GPU's time goes with the default keys: torch.profiler over one epoch of each side" --workers 8 \
+    --device-profile
 
 # A loader worker's cost of one item on this host's cores, for each batch form (CPU only; how many workers
 # uint8_batches needs here). Last, so that a call that runs out of time loses only this.
 echo "== a loader worker's ms an item on this host, 256 px (bench_item_cost.py) =="
 timeout 25 "$PY" benchmarks/bench_item_cost.py --items 100 || echo "(bench_item_cost: exit $?)"
 
-# Recorded for an H100 and an H200 already, on float batches; since 0ca3b17 each kind of step gets batches
-# as its loader sends them (uint8 with the jitter left to the device, by default for random masking), and since
-# d5860ee each step counts its loader's item time: ESTIMATE=1.
+# Recorded for an H100 and an H200 (calls 1 and 8): each kind of step gets batches as its loader sends them
+# (uint8_batches by default since call 8) and counts its loader's item time over the preset's workers,
+# and says where the loader sets the pace: ESTIMATE=1.
 if [ "${ESTIMATE:-0}" != 0 ]; then
     echo "== paper-run estimate: 20 steps after 3 warm-up steps, paper batch and size =="
     timeout 180 "$PY" -m selmask_lib.cli estimate --preset paper --steps 20 --warmup 3 --gpus 4 \
@@ -68,6 +66,6 @@ if [ "${ESTIMATE:-0}" != 0 ]; then
 fi
 # Measured before and left out to keep the check short (benchmarks/README.md, GPU): fp32,
 # pin_memory/persistent_workers, 8 and 12 workers (H200 call 6), the colour jitter in the workers
-# sending floats (jitter_on_device false: 0.495x against 0.652x, call 3), the device jitter for
+# sending floats (uint8_batches false: 0.495x against 0.652x, call 3), the device jitter for
 # fine-tuning and sync_free_steps off (call 5), the sync census (call 5), the epoch start
 # (bench_epoch_start.py, call 5), and torch.compile (its compilation outlasts a short run).

@@ -234,9 +234,11 @@ class PretrainConfig(_ConfigBase):
     pin_memory: bool = True            # CUDA: pinned host memory for loaded batches (not hashed)
     persistent_workers: bool = True    # keep loader workers alive between epochs (not hashed; workers only)
     prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
-    jitter_on_device: bool = True      # CUDA: colour jitter + normalisation of training batches on the GPU (not hashed)
-    uint8_batches: bool = False        # CUDA: workers jitter, send uint8, the GPU normalises; needs jitter_on_device
-    #                                    false, else ignored (its batches are uint8 already) (not hashed)
+    jitter_on_device: bool = False     # CUDA: colour jitter + normalisation of training batches on the GPU (not hashed)
+    uint8_batches: bool = True         # CUDA: workers jitter, send uint8, the GPU normalises; needs jitter_on_device
+    #                                    false, else ignored (its batches are uint8 already) (not hashed). On by
+    #                                    default: H200, 8 workers, 0.90x of a bare loop against 0.70x with the
+    #                                    jitter on the GPU (benchmarks/README.md, call 7)
     sync_free_steps: bool = True       # CUDA: losses read once per epoch, not each step; fused Adam (not hashed)
     image_cache_mb: int = 512          # decoded images kept in memory, MB per cache and process (not hashed)
     checkpoint_every: int = 1          # epochs between checkpoints (not hashed)
@@ -348,7 +350,7 @@ class FinetuneConfig(_ConfigBase):
     persistent_workers: bool = True    # keep loader workers alive between epochs (not hashed; workers only)
     prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
     jitter_on_device: bool = False     # CUDA: as in pretraining; measured slower at fine-tuning's batch 8 (not hashed)
-    uint8_batches: bool = False        # CUDA: as in pretraining (not hashed)
+    uint8_batches: bool = True         # CUDA: as in pretraining; the same batches, a fifth of the bytes (not hashed)
     sync_free_steps: bool = True       # CUDA: as in pretraining (not hashed)
     image_cache_mb: int = 512          # decoded images kept in memory, MB per cache and process (not hashed)
     checkpoint_every: int = 1
@@ -410,6 +412,12 @@ _CLASSES = {cls.KIND: cls for cls in (PretrainConfig, FinetuneConfig)}
 # Presets
 # ---------------------------------------------------------------------------
 
+# Loader workers of the paper preset (speed only, not hashed). A worker builds a 256 px training item in
+# about 3.5 ms on one core of a GPU host (benchmarks/README.md, bench_item_cost.py), some 280 a second;
+# a bare loop on an H200 takes 1000-1300 images a second at batch 32, so 4 workers could not keep up
+# once they jitter (uint8_batches). 8 did: kit 0.99x of the bare loop after the first epoch (call 7).
+PAPER_NUM_WORKERS = 8
+
 # METHOD.md: pretraining batch per dataset. 'folder' and the embedded datasets are not
 # in the paper; they get the general-dataset value (VOC, Cityscapes).
 PAPER_PRETRAIN_BATCH = {"voc": 128, "cityscapes": 128, "nassar": 256, "sugarbeets": 64,
@@ -437,7 +445,7 @@ def pretrain_preset(name: str, dataset: str, **overrides: Any) -> PretrainConfig
     warm-up epochs then cosine to 0.01x, K = 10, S = 5, 90/10 train/val,
     scored at shorter side 256, seed 3741, all images. Only departure:
     ``folder`` and the embedded datasets (not in the paper) use batch 128.
-    ``num_workers`` is 4 (speed only, not hashed). As the authors' code
+    ``num_workers`` is 8 (speed only, not hashed; ``PAPER_NUM_WORKERS``). As the authors' code
     does (METHOD.md, "Details of the authors' code"): loaders drop their
     last partial batch (``drop_last``), resizes are bilinear without
     antialiasing (``antialias=False``), and the Cityscapes pool is all 5,000
@@ -480,7 +488,7 @@ def pretrain_preset(name: str, dataset: str, **overrides: Any) -> PretrainConfig
     values: dict[str, Any] = dict(dataset=dataset)
     if name == "paper":
         selective = overrides.get("strategy", "selective") == "selective"
-        values.update(batch_size=PAPER_PRETRAIN_BATCH[dataset], num_workers=4, **paper_code_details(dataset, selective))
+        values.update(batch_size=PAPER_PRETRAIN_BATCH[dataset], num_workers=PAPER_NUM_WORKERS, **paper_code_details(dataset, selective))
     elif name == "demo":
         values.update(image_size=64, score_size=64, n_patches=64, epochs=20, batch_size=18,
                       warmup_epochs=2, n_partitions=4, n_scoring_draws=3, max_images=560,
@@ -501,7 +509,7 @@ def finetune_preset(name: str, dataset: str, **overrides: Any) -> FinetuneConfig
 
     ``paper`` -- METHOD.md exactly: 256 px crops, 500 epochs, batch 8, Adam
     lr 3e-3, 10 warm-up epochs then cosine to 0.01x, head dropout 0.2, seed
-    3741, all training images. ``num_workers`` is 4 (speed only). As the
+    3741, all training images. ``num_workers`` is 8 (speed only). As the
     authors' code does: void is a trained class on voc and cityscapes
     (``void_as_class``, 22 and 20 outputs), a class absent from truth and
     prediction scores 0 in the mean (``absent_class_iou='zero'``), loaders
@@ -534,7 +542,7 @@ def finetune_preset(name: str, dataset: str, **overrides: Any) -> FinetuneConfig
     _check_choice("dataset", dataset, DATASET_NAMES)
     values: dict[str, Any] = dict(dataset=dataset)
     if name == "paper":
-        values.update(num_workers=4, **paper_code_details(dataset))
+        values.update(num_workers=PAPER_NUM_WORKERS, **paper_code_details(dataset))
     elif name == "demo":
         values.update(image_size=64, epochs=30, warmup_epochs=2, max_train_images=48, checkpoint_every=10)
     elif name == "smoke":

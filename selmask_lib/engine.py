@@ -982,13 +982,14 @@ class Trainer:
         normalised, and first colour-jittered where its last element holds the draws
         (``jitter_on_device``: ``transforms.DeferredColourJitter``). With ``uint8_batches`` a batch of
         uint8 images and no draws was jittered by the workers already: it is only converted and
-        normalised. Any other batch is returned as it is (a uint8 batch too, unless the config asks
-        for uint8 batches: the kit never normalises images it was not told it sends).
+        normalised. Any other batch is returned as it is (a uint8 batch too, unless the run's loaders
+        send uint8 batches on this device: the kit never normalises images it does not send itself,
+        so a user's loop of uint8 images on a CPU gets them untouched, whatever the key says).
         """
         if not (isinstance(batch, (list, tuple)) and torch.is_tensor(batch[0])):
             return batch
         with_draws = isinstance(batch[-1], dict) and COLOUR_DRAWS in batch[-1]
-        if not with_draws and not (self.cfg.uint8_batches and batch[0].dtype == torch.uint8):
+        if not with_draws and not (batch[0].dtype == torch.uint8 and sends_uint8_batches(self.cfg)):
             return batch
         images = batch[0].to(self.device, non_blocking=True)
         if with_draws:

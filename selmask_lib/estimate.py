@@ -78,10 +78,19 @@ class StepTimes:
             return self.train + self.loader
         return max(self.train, self.loader / self.workers)
 
+    @property
+    def workers_to_keep_up(self) -> int:
+        """The fewest loader workers beside the step that build a batch's items within the step's time."""
+        return max(1, math.ceil(self.loader / self.train)) if self.train > 0 else 1
+
     def loader_words(self) -> str:
-        """How the report names this step's loader."""
+        """How the report names this step's loader, and whether the step waits for it: with too few workers
+        beside an accelerator the loader sets the pace, and more workers (cores permitting) would not."""
         how = "" if self.workers == 0 or self.beside else ", on the cores the step uses: added"
-        return f"loader {self.loader:.6g} s a batch on one core ({self.workers} workers{how})"
+        words = f"loader {self.loader:.6g} s a batch on one core ({self.workers} workers{how})"
+        if self.workers and self.beside and self.workers < self.workers_to_keep_up:
+            words += f" [loader-bound: {self.workers_to_keep_up} workers would keep up, given the cores]"
+        return words
 
 
 @dataclass(frozen=True)

@@ -31,17 +31,21 @@ and appends the colour-jitter draws it would have used to its outputs
 :class:`ColourJitterOnDevice` then applies them, and the float conversion and
 normalisation, to the whole batch on the GPU. A loader worker does less
 work per image, and with uint8 images (pretraining then crops the decoded
-uint8 image) it sends a quarter of the bytes. Measured on an H200, this
-pays for pretraining (batch 32) and not for fine-tuning at batch 8, hence the
-key's defaults: on for pretraining, off for fine-tuning.
+uint8 image) it sends a quarter of the bytes. But the GPU's host thread
+then launches the jitter's few hundred small kernels a step, and on an H200
+the host is what limits a step: off by default since ``uint8_batches`` was
+measured (benchmarks/README.md, calls 7 and 8); where both keys are on, this
+one wins.
 
-uint8 batches (config key ``uint8_batches``, CUDA only, off by default): with
+uint8 batches (config key ``uint8_batches``, CUDA only, on by default): with
 ``uint8_batch=True`` the worker does everything as usual, colour jitter
 included, and sends the image as uint8 (:class:`ImageAsUint8`); the device
 only converts and normalises the batch. Fine-tuning's images are uint8 all
 along, so its batches are exactly the usual ones; pretraining's jittered
 float image is rounded to the nearest level, at most half a level of 255.
-It leaves the GPU's host thread nothing of the jitter to launch.
+It leaves the GPU's host thread nothing of the jitter to launch: on an H200,
+0.87x a bare loop's images/s in pretraining against 0.70x with the jitter on
+the GPU.
 
 Resizing (config key ``antialias``): images are resized bilinearly with
 antialiasing by default (torchvision's default); ``antialias=False`` is the

@@ -1,7 +1,7 @@
 """``selmask estimate`` times the steps a run takes, on batches shaped as the run's loaders send them.
 
-On CUDA, ``jitter_on_device`` (pretraining's default there) and
-``uint8_batches`` make the loaders send uint8 images that the training step
+On CUDA, ``uint8_batches`` (the default there) and ``jitter_on_device``
+make the loaders send uint8 images that the training step
 finishes on the device (colour jitter, normalisation): part of what a step
 costs, so the estimate must time it too; and the paper preset's selective
 steps bake their masks into float images. Both keys are no-ops on a CPU, so
@@ -192,6 +192,18 @@ def test_a_training_step_counts_its_loader_as_the_run_would():
     assert estimate.StepTimes(0.5, 0.1, loader=0.8, workers=4, beside=False).train_in_run == pytest.approx(1.3)
     phase = estimate.Phase("p", train_steps=10, eval_steps=2, times=estimate.StepTimes(0.5, 0.1, 0.2, 0))
     assert phase.seconds == pytest.approx(10 * 0.7 + 2 * 0.1)
+
+
+def test_a_loader_bound_step_says_how_many_workers_would_keep_up():
+    """Beside an accelerator, a loader slower than the step sets the pace: the report names the workers
+    that would build a batch within the step's time (ceil(loader / train)), and says nothing otherwise."""
+    bound = estimate.StepTimes(0.083, 0.03, loader=0.96, workers=8)  # the paper's VOC random step on an H200 host
+    assert bound.workers_to_keep_up == 12
+    assert "[loader-bound: 12 workers would keep up" in bound.loader_words()
+    assert estimate.StepTimes(0.1, 0.03, loader=1.0, workers=10).workers_to_keep_up == 10
+    assert "loader-bound" not in estimate.StepTimes(0.1, 0.03, loader=1.0, workers=10).loader_words()
+    assert "loader-bound" not in estimate.StepTimes(0.1, 0.03, loader=1.0, workers=0).loader_words()  # added
+    assert "loader-bound" not in estimate.StepTimes(0.1, 0.03, loader=1.0, workers=4, beside=False).loader_words()
 
 
 @pytest.mark.parametrize("workers", [0, 3])

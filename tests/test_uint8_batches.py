@@ -84,7 +84,8 @@ def test_finetuning_labels_that_do_not_fit_uint8_stay_int64(small_synthetic_root
 
 
 @pytest.mark.parametrize("fixed_masks", [False, True], ids=["random masks", "fixed masks"])
-def test_pretraining_uint8_batches_are_the_workers_batches_within_half_a_level(small_synthetic_root, fixed_masks):
+def test_pretraining_uint8_batches_are_the_workers_batches_within_half_a_level(small_synthetic_root, fixed_masks,
+                                                                               monkeypatch):
     cfg = pretrain_preset("smoke", "synthetic", data_root=str(small_synthetic_root), max_images=12, device="cpu",
                           uint8_batches=True)
     pool = pretraining_pool(cfg)
@@ -102,6 +103,7 @@ def test_pretraining_uint8_batches_are_the_workers_batches_within_half_a_level(s
         dataset = ReconstructionDataset(pool, range(12), transform, cfg.score_size, cfg.n_patches, patch_masks)
         batches[as_uint8] = first_batch(trainer, dataset)
     assert batches[True][0].dtype == torch.uint8
+    monkeypatch.setattr(engine, "sends_uint8_batches", lambda cfg: True)  # as on CUDA
     finished = trainer.finish_batch(batches[True])
     assert len(finished) == len(batches[False]) == (2 if fixed_masks else 1)  # a random item is its image alone
     images = finished[0]
@@ -153,12 +155,15 @@ def test_runs_with_uint8_batches_train_as_usual(smoke_runs, usual_smoke_losses, 
     assert baked_items and set(baked_items) == {torch.float32}  # the baked run's selective step did not
 
 
-def test_a_uint8_batch_is_finished_only_where_the_config_sends_uint8_batches(small_synthetic_root):
+def test_a_uint8_batch_is_finished_only_where_the_config_sends_uint8_batches(small_synthetic_root, monkeypatch):
     """A user's own loop that feeds uint8 images (and converts them itself) must get them as they are."""
     cfg = finetune_preset("smoke", "synthetic", data_root=str(small_synthetic_root), device="cpu")
+    assert cfg.uint8_batches  # the default: on a CPU it sends nothing as uint8
     batch = (torch.full((2, 3, 4, 4), 200, dtype=torch.uint8), torch.zeros(2, 4, 4, dtype=torch.uint8))
     assert Trainer(cfg, torch.nn.Identity()).finish_batch(batch) is batch
-    images, labels = Trainer(cfg.updated(uint8_batches=True), torch.nn.Identity()).finish_batch(batch)
+    monkeypatch.setattr(engine, "sends_uint8_batches", lambda cfg: cfg.uint8_batches)  # as on CUDA
+    assert Trainer(cfg.updated(uint8_batches=False), torch.nn.Identity()).finish_batch(batch) is batch
+    images, labels = Trainer(cfg, torch.nn.Identity()).finish_batch(batch)
     expected = (200 / 255 - torch.tensor(cfg.mean)) / torch.tensor(cfg.std)
     torch.testing.assert_close(images[0, :, 0, 0], expected)
     assert labels is batch[1]
