@@ -1,11 +1,14 @@
 """What a loader's handover of one ready batch costs the training process's main thread.
 
 A bare loop's data sits in memory already; the kit's batches come from loader
-workers. Even when the workers are ahead, ``next(loader)`` costs the main
-thread (the one that, on a GPU, launches the step's kernels) the unpickling of
-each tensor of the batch: with torch's default ``file_descriptor`` sharing, a
-socket connection to the worker for every tensor, then a map of its shared
-memory. This script measures that alone: items are ready-made tensors
+workers. Even when the workers are ahead, taking a batch costs the training
+process the unpickling of each tensor of the batch: with torch's default
+``file_descriptor`` sharing, a socket connection to the worker for every
+tensor, then a map of its shared memory. Without pinned memory (a CPU run, and
+this script, which runs anywhere) the main thread does it inside
+``next(loader)``; on CUDA the kit pins its batches and torch's pin-memory
+thread does it instead, sharing the interpreter's lock with the thread that
+launches the step. This script measures the unpinned handover alone: items are ready-made tensors
 (no augmentation), the "step" is a pause long enough for the workers to get
 ahead, and only ``next()`` is timed. The cost is per batch and per tensor,
 not per image, so a larger batch pays less of it an image.
@@ -62,7 +65,7 @@ def handover_ms(dataset: Dataset, batch_size: int, workers: int, step_ms: float)
         except StopIteration:
             break
         took.append((time.perf_counter() - began) * 1000)
-    return took[5:]  # the first batches wait for the workers to start
+    return took[5:]  # the first 5 wait for the workers to start; main builds 5 more than it times
 
 
 def main() -> None:
@@ -75,6 +78,8 @@ def main() -> None:
     parser.add_argument("--sharing", choices=mp.get_all_sharing_strategies(), default=None,
                         help="torch.multiprocessing sharing strategy (default: torch's own)")
     args = parser.parse_args()
+    if args.batches < 10:
+        parser.error("--batches must be at least 10 (the first 5 are not timed)")
     if args.sharing:
         mp.set_sharing_strategy(args.sharing)
     print(f"main thread's ms for next(loader) with the batch ready; batch {args.batch_size}, {args.image_size} px, "

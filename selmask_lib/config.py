@@ -60,7 +60,7 @@ PAPER_SEED = 3741
 
 # GPU path settings that change speed, never the method (no-ops on a CPU by design). On a GPU they may
 # change rounding: other kernels (channels_last, compile, the fused Adam of sync_free_steps), or
-# pretraining crops rounded to uint8 before the colour jitter (jitter_on_device: 0.3 of a level of 255
+# pretraining crops rounded to uint8 before the colour jitter (jitter_on_device: 0.35 of a level of 255
 # on average; benchmarks/README.md), or pretraining images rounded to uint8 after it (uint8_batches: at
 # most half a level).
 GPU_SPEED_FIELDS = ("channels_last", "compile", "pin_memory", "persistent_workers", "prefetch_factor",
@@ -237,8 +237,8 @@ class PretrainConfig(_ConfigBase):
     jitter_on_device: bool = False     # CUDA: colour jitter + normalisation of training batches on the GPU (not hashed)
     uint8_batches: bool = True         # CUDA: workers jitter, send uint8, the GPU normalises; needs jitter_on_device
     #                                    false, else ignored (its batches are uint8 already) (not hashed). On by
-    #                                    default: H200, 8 workers, 0.90x of a bare loop against 0.70x with the
-    #                                    jitter on the GPU (benchmarks/README.md, call 7)
+    #                                    default: H200, 8 workers, 0.87x of a bare loop against 0.70x with the
+    #                                    jitter on the GPU (benchmarks/README.md, calls 7 and 8)
     sync_free_steps: bool = True       # CUDA: losses read once per epoch, not each step; fused Adam (not hashed)
     image_cache_mb: int = 512          # decoded images kept in memory, MB per cache and process (not hashed)
     checkpoint_every: int = 1          # epochs between checkpoints (not hashed)
@@ -412,10 +412,12 @@ _CLASSES = {cls.KIND: cls for cls in (PretrainConfig, FinetuneConfig)}
 # Presets
 # ---------------------------------------------------------------------------
 
-# Loader workers of the paper preset (speed only, not hashed). A worker builds a 256 px training item in
-# about 3.5 ms on one core of a GPU host (benchmarks/README.md, bench_item_cost.py), some 280 a second;
-# a bare loop on an H200 takes 1000-1300 images a second at batch 32, so 4 workers could not keep up
-# once they jitter (uint8_batches). 8 did: kit 0.99x of the bare loop after the first epoch (call 7).
+# Loader workers of the paper preset (speed only, not hashed; per process under torchrun). A worker built a
+# 256 px training item of the embedded images in 3.5 ms on one core of an H200's host (bench_item_cost.py),
+# some 280 a second; a bare loop there took 900-1300 images a second at batch 32, so 4 workers could not
+# keep up once they jitter (uint8_batches); with 8 the kit ran at 0.87x of the bare loop (calls 7 and 8,
+# benchmarks/README.md). Items cropped from larger images cost more (7.5 ms in `selmask estimate`), and
+# at the paper's batch 128 the estimate asks for 12 there: it names the workers that would keep up.
 PAPER_NUM_WORKERS = 8
 
 # METHOD.md: pretraining batch per dataset. 'folder' and the embedded datasets are not

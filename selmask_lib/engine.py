@@ -982,9 +982,9 @@ class Trainer:
         normalised, and first colour-jittered where its last element holds the draws
         (``jitter_on_device``: ``transforms.DeferredColourJitter``). With ``uint8_batches`` a batch of
         uint8 images and no draws was jittered by the workers already: it is only converted and
-        normalised. Any other batch is returned as it is (a uint8 batch too, unless the run's loaders
-        send uint8 batches on this device: the kit never normalises images it does not send itself,
-        so a user's loop of uint8 images on a CPU gets them untouched, whatever the key says).
+        normalised. Any other batch is returned as it is: a uint8 batch too, unless the run's loaders
+        send uint8 batches on this device (``sends_uint8_batches``: on CUDA by default). A loop of your
+        own uint8 images passes through untouched on a CPU; on CUDA set ``uint8_batches: false`` for it.
         """
         if not (isinstance(batch, (list, tuple)) and torch.is_tensor(batch[0])):
             return batch
