@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader, Dataset
 # The forms a training batch travels in (engine.training_batch_form): pretraining's random masking sends its
 # image alone; fine-tuning sends the image and its label.
 FORMS = {
-    "uint8 image (random masking, uint8_batches)": ((torch.uint8,), False),
-    "float image (random masking, a CPU run)": ((torch.float32,), False),
-    "uint8 image + uint8 label (fine-tuning, uint8_batches)": ((torch.uint8,), True),
-    "float image + int64 label (fine-tuning, a CPU run)": ((torch.float32,), True),
+    "uint8 image (random masking, uint8_batches)": (torch.uint8, False),
+    "float image (random masking, a CPU run)": (torch.float32, False),
+    "uint8 image + uint8 label (fine-tuning, uint8_batches)": (torch.uint8, True),
+    "float image + int64 label (fine-tuning, a CPU run)": (torch.float32, True),
 }
 
 
@@ -84,14 +84,15 @@ def main() -> None:
         mp.set_sharing_strategy(args.sharing)
     print(f"main thread's ms for next(loader) with the batch ready; batch {args.batch_size}, {args.image_size} px, "
           f"{args.workers} workers, sharing {mp.get_sharing_strategy()}, torch {torch.__version__}")
-    for name, ((image_dtype,), with_label) in FORMS.items():
+    for name, (image_dtype, with_label) in FORMS.items():
         dataset = ReadyItems(args.batch_size * (args.batches + 5), args.image_size, image_dtype, with_label)
         took = handover_ms(dataset, args.batch_size, args.workers, args.step_ms)
         megabytes = dataset.image.nbytes * args.batch_size / 1e6
         if dataset.label is not None:
             megabytes += dataset.label.nbytes * args.batch_size / 1e6
+        deciles = statistics.quantiles(took, n=10)
         print(f"  {name:56s} {megabytes:6.1f} MB  median {statistics.median(took):5.2f} ms  "
-              f"(p10 {statistics.quantiles(took, n=10)[0]:.2f}, p90 {statistics.quantiles(took, n=10)[-1]:.2f})")
+              f"(p10 {deciles[0]:.2f}, p90 {deciles[-1]:.2f})")
 
 
 if __name__ == "__main__":
