@@ -11,6 +11,7 @@
 #
 #   bash benchmarks/gpu_check.sh [PYTHON]        # PYTHON defaults to python3
 #   ESTIMATE=1 bash benchmarks/gpu_check.sh      # also the paper-run estimate (up to 180 s more)
+#   COMPILE=1 bash benchmarks/gpu_check.sh       # instead: torch.compile, default and reduce-overhead (590 s)
 #
 # Every step has its own time limit, so one slow step cannot take the others with it. Record in
 # benchmarks/README.md ("GPU"): the GPU name and torch version printed first, each step's kit and
@@ -37,6 +38,18 @@ step() {  # step SECONDS TITLE ARGS...: one bench_throughput run under its own l
     echo "== $title =="
     timeout "$limit" "$PY" benchmarks/bench_throughput.py "${SIZE[@]}" "$@" || echo "($title: exit $?)"
 }
+
+# COMPILE=1: the compiled kit against the eager bare loop, one round each, so a ratio above 1 is what
+# compiling gains. Compilation (each model, and again for a last partial batch) falls in the first epoch:
+# read the ratios after it. 'reduce-overhead' replays the compiled passes as CUDA graphs, one launch for
+# the ~1500 kernels a step that the host launches one by one otherwise (calls 5-8: host-bound steps).
+if [ "${COMPILE:-0}" != 0 ]; then
+    step 290 "torch.compile, mode default, 8 workers, 1 round (12 pretraining epochs)" --workers 8 --rounds 1 \
+        --pretrain-epochs 12 --set compile=true
+    step 290 "torch.compile, mode reduce-overhead (CUDA graphs), 8 workers, 1 round (12 pretraining epochs)" \
+        --workers 8 --rounds 1 --pretrain-epochs 12 --set compile=true --set compile_mode=reduce-overhead
+    exit 0
+fi
 # H200 calls 5-6 found both loops bound by the host's kernel launches (GPU busy 28-36 % of a step), the
 # colour jitter on the GPU most of the kit's extra launches; calls 7-8 made uint8_batches (the jitter in
 # the workers, uint8 transfers) the default: kit 1478 kernels a pretraining step against the bare loop's
@@ -72,4 +85,4 @@ fi
 # sending floats (uint8_batches false: 0.495x against 0.652x, call 3), the device jitter for
 # fine-tuning and sync_free_steps off (call 5), the sync census (call 5), the epoch start
 # (bench_epoch_start.py, call 5), channels_last (call 7, one round: 0.62x / 0.84x against 0.70x / 0.73x), and
-# torch.compile (its compilation outlasts a short run).
+# torch.compile (its compilation outlasts a short run; COMPILE=1 measures it on longer runs).

@@ -63,9 +63,12 @@ PAPER_SEED = 3741
 # pretraining crops rounded to uint8 before the colour jitter (jitter_on_device: 0.35 of a level of 255
 # on average; benchmarks/README.md), or pretraining images rounded to uint8 after it (uint8_batches: at
 # most half a level).
-GPU_SPEED_FIELDS = ("channels_last", "compile", "pin_memory", "persistent_workers", "prefetch_factor",
+GPU_SPEED_FIELDS = ("channels_last", "compile", "compile_mode", "pin_memory", "persistent_workers", "prefetch_factor",
                     "jitter_on_device", "uint8_batches", "sync_free_steps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # 'auto': amp decides (bf16 where supported, else fp16)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# torch.compile's modes. 'reduce-overhead' also replays the compiled step as CUDA graphs: one launch
+# for what the host otherwise launches kernel by kernel (the GPU steps measured here are host-bound).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # 'auto': amp decides (bf16 where supported, else fp16)
 
 # Fields that change how fast or where a run goes, never what it computes.
 # They are left out of config_hash so that, e.g., more data-loader workers
@@ -184,6 +187,7 @@ class _ConfigBase:
         _check_at_least("checkpoint_every", self.checkpoint_every, 1)
         _check_at_least("pad_to_multiple", self.pad_to_multiple, 0)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("compile_mode", self.compile_mode, COMPILE_MODES)
         _check_at_least("prefetch_factor", self.prefetch_factor, 1)
         _check_at_least("image_cache_mb", self.image_cache_mb, 0)
         if not _DEVICE_PATTERN.match(self.device):
@@ -231,6 +235,7 @@ class PretrainConfig(_ConfigBase):
     precision: str = "auto"           # CUDA arithmetic: auto (amp: bf16 if supported, else fp16) | fp32 | bf16 | fp16
     channels_last: bool = False        # CUDA: NHWC memory format (not hashed)
     compile: bool = False              # CUDA: torch.compile the training model (not hashed)
+    compile_mode: str = "default"      # with compile: torch.compile's mode, one of COMPILE_MODES (not hashed)
     pin_memory: bool = True            # CUDA: pinned host memory for loaded batches (not hashed)
     persistent_workers: bool = True    # keep loader workers alive between epochs (not hashed; workers only)
     prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)
@@ -346,6 +351,7 @@ class FinetuneConfig(_ConfigBase):
     precision: str = "auto"           # CUDA arithmetic: auto (amp: bf16 if supported, else fp16) | fp32 | bf16 | fp16
     channels_last: bool = False        # CUDA: NHWC memory format (not hashed)
     compile: bool = False              # CUDA: torch.compile the training model (not hashed)
+    compile_mode: str = "default"      # with compile: torch.compile's mode (not hashed)
     pin_memory: bool = True            # CUDA: pinned host memory for loaded batches (not hashed)
     persistent_workers: bool = True    # keep loader workers alive between epochs (not hashed; workers only)
     prefetch_factor: int = 2           # batches each loader worker prepares ahead (not hashed)

@@ -879,7 +879,7 @@ class Trainer:
             else model.to(self.device)
         self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun, else self.model
         if cfg.compile and on_cuda:
-            self.train_model = torch.compile(self.train_model)  # evaluation runs the plain model
+            self.train_model = torch.compile(self.train_model, mode=cfg.compile_mode)  # evaluation: the plain model
         self.config_hash = config_hash(cfg)
         self._kept_loaders: dict[tuple, tuple[Any, Any]] = {}  # persistent_workers: loaders reused per dataset
 

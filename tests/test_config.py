@@ -261,7 +261,8 @@ def test_pretrain_and_finetune_hashes_differ():
 
 def test_gpu_speed_keys_are_not_hashed_and_precision_only_when_set():
     cfg = pretrain_preset("demo", "synthetic")
-    speed = cfg.updated(channels_last=True, compile=True, pin_memory=False, persistent_workers=True,
+    speed = cfg.updated(channels_last=True, compile=True, compile_mode="reduce-overhead", pin_memory=False,
+                        persistent_workers=True,
                         prefetch_factor=4, jitter_on_device=not cfg.jitter_on_device,
                         uint8_batches=not cfg.uint8_batches, sync_free_steps=not cfg.sync_free_steps)
     assert config_hash(speed) == config_hash(cfg)
@@ -270,3 +271,5 @@ def test_gpu_speed_keys_are_not_hashed_and_precision_only_when_set():
         cfg.updated(precision="half")
     with pytest.raises(SelmaskError, match="'prefetch_factor'"):
         cfg.updated(prefetch_factor=0)
+    with pytest.raises(SelmaskError, match="'compile_mode' must be one of .*'reduce_overhead'.*'reduce-overhead'"):
+        cfg.updated(compile_mode="reduce_overhead")  # torch's spelling has a hyphen

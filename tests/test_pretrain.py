@@ -299,7 +299,7 @@ def test_pretraining_refuses_a_tiny_image_before_writing_anything(data_root, tmp
 
 
 SPEED_ONLY = dict(persistent_workers=False, prefetch_factor=3,  # used on CPU too (with workers)
-                  channels_last=True, compile=True, pin_memory=False, precision="bf16",
+                  channels_last=True, compile=True, compile_mode="reduce-overhead", pin_memory=False, precision="bf16",
                   jitter_on_device=True, uint8_batches=False, sync_free_steps=False)  # no-ops on CPU by design
 
 
