@@ -10,6 +10,9 @@ step's kernels. How much work an item is depends on the batch form
 - ``jitter_on_device``: crop and flip only; the GPU jitters and normalises (pretraining's CUDA default until H200 call 8);
 - ``uint8_batches``: crop, flip and colour jitter in the worker, sent as uint8; the GPU normalises (the CUDA default).
 
+A last pair of rows times a selective step's item with its fixed mask baked in (the ``paper`` preset's
+way: floats, whatever the keys), with and without the JPEG round trip.
+
 Each item is built as a worker builds it (``engine.SeededAugmentation``: one
 torch thread, its own seed), from the embedded synthetic data's decoded and
 kept images (a first pass over the items decodes them, untimed), for the
@@ -29,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 os.environ["SELMASK_NO_PROGRESS"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_throughput, beside this file
 
@@ -37,7 +42,8 @@ from bench_throughput import batch_keys_as_on_cuda  # noqa: E402
 import selmask_lib.finetuning as ft  # noqa: E402
 from selmask_lib.config import finetune_preset, pretrain_preset  # noqa: E402
 from selmask_lib.engine import SeededAugmentation, one_torch_thread, training_batch_form  # noqa: E402
-from selmask_lib.pretrain_data import pretraining_pool  # noqa: E402
+from selmask_lib.masking import patch_grid, random_mask  # noqa: E402
+from selmask_lib.pretrain_data import pretraining_pool, scoring_view  # noqa: E402
 from selmask_lib.pretraining import loop_datasets  # noqa: E402
 
 FORMS = {"float": {"jitter_on_device": False, "uint8_batches": False},  # any CPU run
@@ -78,6 +84,23 @@ def main() -> None:
             for loop, dataset in (("random masking", random_masking), ("fine-tuning", finetuning)):
                 ms = ms_an_item(dataset, args.items)
                 print(f"  {loop:<15} {form:<17} {ms:6.2f} ms  {1000 / ms:7.0f} items/s")
+    # The paper preset's selective steps bake their fixed masks into the images (VOC through JPEG 75, the other
+    # datasets lossless) and send floats whatever the keys.
+    for quality, form in ((75, "baked, JPEG 75"), (None, "baked, lossless")):
+        baked = pretrain_preset("demo", "synthetic", strategy="selective", image_size=size, score_size=size,
+                                device="cpu", bake_selective_masks=True, baked_image_quality=quality)
+        pool = pretraining_pool(baked)
+        baked_step, _ = loop_datasets(baked, pool, range(len(pool)), range(1), fixed_masks(baked, pool))
+        ms = ms_an_item(baked_step, args.items)
+        print(f"  {'selective step':<15} {form:<17} {ms:6.2f} ms  {1000 / ms:7.0f} items/s")
+
+
+def fixed_masks(cfg, pool) -> dict:
+    """A random patch mask for each pool image, on its scoring view's grid: a selective step's fixed masks."""
+    generator = torch.Generator().manual_seed(0)
+    return {index: random_mask(1, len(patch_grid(*scoring_view(pool, index, cfg.score_size).shape[-2:],
+                                                 cfg.n_patches)), cfg.mask_ratio, generator)[0]
+            for index in range(len(pool))}
 
 
 if __name__ == "__main__":

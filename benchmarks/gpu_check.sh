@@ -64,13 +64,13 @@ step 70 "colour jitter on the GPU (jitter_on_device true; pretraining's default 
 # epoch against 0.92x at batch 32. 12 epochs of 4 steps, 2 rounds.
 step 130 "the paper's pretraining batch 128, default keys, 8 workers, 2 rounds" --workers 8 --rounds 2 \
     --batch-size 128 --pretrain-epochs 12
-step 170 "where the GPU's time goes with the default keys: torch.profiler over one epoch of each side" --workers 8 \
+step 160 "where the GPU's time goes with the default keys: torch.profiler over one epoch of each side" --workers 8 \
     --device-profile
 
 # A loader worker's cost of one item on this host's cores, for each batch form (CPU only; how many workers
 # uint8_batches needs here). Last, so that a call that runs out of time loses only this.
 echo "== a loader worker's ms an item on this host, 256 px (bench_item_cost.py) =="
-timeout 25 "$PY" benchmarks/bench_item_cost.py --items 100 || echo "(bench_item_cost: exit $?)"
+timeout 35 "$PY" benchmarks/bench_item_cost.py --items 100 || echo "(bench_item_cost: exit $?)"
 
 # Recorded for an H100 and an H200 (calls 1 and 8): each kind of step gets batches as its loader sends them
 # (uint8_batches by default since call 8) and counts its loader's item time over the preset's workers,

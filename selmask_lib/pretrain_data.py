@@ -186,7 +186,8 @@ class ReconstructionDataset(Dataset):
     before augmentation (:class:`BakedMasks`). Whatever the transform returns
     after its inputs (the draws of a deferred colour jitter,
     ``transforms.DeferredColourJitter``) ends the item. ``cache`` keeps each image's
-    scoring view and pixel mask, which are the same every epoch (none by
+    scoring view and pixel mask (with ``baked``: its burned-in input, target and
+    pixel mask), which are the same every epoch (none by
     default; :class:`~selmask_lib.data.cache.DecodedCache`). ``uint8_images``:
     the transform gets uint8 images (the decoded image; a fixed-mask item's
     scoring view rounded to uint8, as the authors saved it), for a transform
@@ -229,9 +230,10 @@ class ReconstructionDataset(Dataset):
             image = self._decoded_uint8(index) if self.uint8_images else self.pool[index]
             image, *extra = as_outputs(self.transform(tv_tensors.Image(image)))
             return image.as_subclass(torch.Tensor), *extra
-        image, pixels = (tensor.clone() for tensor in self.cache.get(index, lambda: self.masked_view(index)))
+        kept = [tensor.clone() for tensor in self.cache.get(index, lambda: self.kept_view(index))]
         if self.baked is not None:
-            return self._baked_item(image, pixels)
+            return self._baked_item(*kept)
+        image, pixels = kept
         if self.uint8_images:
             image = as_uint8(image)
         image, pixels, *extra = self.transform(tv_tensors.Image(image), tv_tensors.Mask(pixels))
@@ -242,7 +244,7 @@ class ReconstructionDataset(Dataset):
         return torch.from_numpy(self.pool.decoded(index)).permute(2, 0, 1).clone()
 
     def fill_cache(self) -> None:
-        """Compute the kept scoring views and pixel masks now, in this process (fixed masks only).
+        """Compute the kept views (:meth:`kept_view`) now, in this process (fixed masks only).
 
         Loader workers forked afterwards share them, instead of each computing and keeping its
         own. On one torch thread, as a loader item computes them.
@@ -252,7 +254,12 @@ class ReconstructionDataset(Dataset):
         if self.patch_masks is None:
             return
         with one_torch_thread():
-            self.cache.fill(self.indices, self.masked_view)
+            self.cache.fill(self.indices, self.kept_view)
+
+    def kept_view(self, index: int) -> tuple[torch.Tensor, ...]:
+        """What the cache keeps of a fixed-mask item, the same every epoch: :meth:`masked_view`, or with
+        ``baked`` the burned-in input, its uint8 target and the pixel mask (:meth:`baked_view`)."""
+        return self.baked_view(index) if self.baked is not None else self.masked_view(index)
 
     def masked_view(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool image ``index`` at its scoring size ``[3, h, w]`` and its fixed pixel mask ``[h, w]``."""
@@ -260,9 +267,16 @@ class ReconstructionDataset(Dataset):
         grid = patch_grid(*image.shape[-2:], self.n_patches)
         return image, pixel_mask(self.patch_masks[index][None], grid)[0]
 
-    def _baked_item(self, image: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def baked_view(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(masked input, target, pixel mask)`` of pool image ``index`` before augmentation: its scoring view
+        as uint8 with the mask burned in (and through JPEG, as the authors' saved files), that view as uint8,
+        and the mask. Kept by the cache: the JPEG round trip is most of a baked item's cost (``selmask
+        estimate``) and gives the same bytes every epoch."""
+        image, pixels = self.masked_view(index)
         target = as_uint8(image)
-        masked = baked_image(target, pixels, self.baked.fill, self.baked.jpeg_quality)
+        return baked_image(target, pixels, self.baked.fill, self.baked.jpeg_quality), target, pixels
+
+    def _baked_item(self, masked: torch.Tensor, target: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # The target passes as a Mask: same geometry, nearest interpolation, no colour jitter.
         masked, target, pixels = self.transform(tv_tensors.Image(masked), tv_tensors.Mask(target),
                                                 tv_tensors.Mask(pixels))

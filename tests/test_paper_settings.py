@@ -198,6 +198,56 @@ def test_baked_masks_jitter_the_input_and_move_the_target_with_the_geometry(smal
     assert torch.allclose(masked[:, pixels].mean(1), darkened_fill, atol=2e-2)  # the fill was jittered too
 
 
+def test_baked_items_are_kept_once_and_come_out_as_without_the_cache(small_synthetic_root, monkeypatch):
+    """The burned-in, JPEG round-tripped input is the same every epoch: the cache keeps it, so the round
+    trip runs once per image, and every augmented item equals the one built without a cache."""
+    import selmask_lib.pretrain_data as pretrain_data
+    from selmask_lib.data.cache import DecodedCache
+    from selmask_lib.engine import SeededAugmentation
+    from selmask_lib.pretrain_data import scoring_view
+
+    cfg = smoke(small_synthetic_root)
+    pool = pretraining_pool(cfg)
+    indices = list(range(4))
+    def grid_size(index):  # the images differ in size, so their patch grids do too
+        return patch_grid(*scoring_view(pool, index, cfg.score_size).shape[-2:], cfg.n_patches).shape[0]
+
+    patch_masks = {index: torch.rand(grid_size(index), generator=torch.Generator().manual_seed(index)) < 0.5
+                   for index in indices}
+    transform = v2.Compose([v2.RandomResizedCrop(cfg.image_size, scale=(0.25, 1.0)), v2.RandomHorizontalFlip(),
+                            v2.ColorJitter(0.4, 0.4, 0.4, 0.1), v2.ToDtype(torch.float32, scale=True),
+                            v2.Normalize(cfg.mean, cfg.std)])
+    baked = BakedMasks(cfg.mean, cfg.std, jpeg_quality=75)
+    round_trips = []
+    monkeypatch.setattr(pretrain_data, "baked_image", lambda *args: round_trips.append(1) or baked_image(*args))
+
+    def dataset(cache):
+        return ReconstructionDataset(pool, indices, transform, cfg.score_size, cfg.n_patches, patch_masks, baked,
+                                     cache=cache)
+
+    masked, target, pixels = dataset(DecodedCache(0)).baked_view(1)  # as the authors saved it: through JPEG 75
+    view = as_uint8(scoring_view(pool, 1, cfg.score_size))
+    grid = patch_grid(*view.shape[-2:], cfg.n_patches)
+    assert torch.equal(target, view) and torch.equal(pixels, pixel_mask(patch_masks[1][None], grid)[0])
+    assert torch.equal(masked, baked_image(view, pixels, baked.fill, 75))
+    assert not torch.equal(masked, baked_image(view, pixels, baked.fill))
+
+    def items(cache):
+        data = dataset(cache)
+        data.fill_cache()
+        round_trips.clear()
+        seeded = SeededAugmentation(data)
+        return [seeded[item, key] for key in range(3) for item in range(len(indices))]  # three "epochs"
+
+    kept = items(DecodedCache(64))
+    assert round_trips == []  # all made by fill_cache, none in the three epochs
+    rebuilt = items(DecodedCache(0))
+    assert len(round_trips) == 3 * len(indices)
+    for with_cache, without in zip(kept, rebuilt):
+        for a, b in zip(with_cache, without):
+            assert torch.equal(a, b)
+
+
 def test_a_baked_selective_run_trains_and_differs_from_an_unbaked_one(small_synthetic_root, tmp_path):
     plain = pretrain(smoke(small_synthetic_root), out_dir=tmp_path / "plain")
     baked = pretrain(smoke(small_synthetic_root, bake_selective_masks=True, baked_image_quality=75),
