@@ -468,7 +468,8 @@ def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: in
                             if data_root is None else
                             f"items read, decoded and cropped from the first images of {data_root}, as in a run's "
                             f"first epoch (later epochs may find them in the image cache)")
-                         + "; collating, pinning, validation and scoring items not counted")
+                         + "; collating, pinning, validation and scoring items, and the views and baked masks a "
+                           "selective step makes once (kept for its epochs) not counted")
         sizes = PAPER_DATASET_SIZES.get(dataset)
         step_lines = [f"random-masking step (batch {random_cfg.batch_size}, {random_cfg.image_size} px, "
                       f"{_loss_name(random_cfg)})", f"selective step (batch {selective_cfg.batch_size}, "
