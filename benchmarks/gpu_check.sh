@@ -11,7 +11,7 @@
 #
 #   bash benchmarks/gpu_check.sh [PYTHON]        # PYTHON defaults to python3
 #   ESTIMATE=1 bash benchmarks/gpu_check.sh      # also the paper-run estimate (up to 270 s more)
-#   COMPILE=1 bash benchmarks/gpu_check.sh       # instead: torch.compile, default and reduce-overhead (590 s)
+#   COMPILE=1 bash benchmarks/gpu_check.sh       # instead: torch.compile, default and reduce-overhead (580 s)
 #
 # Every step has its own time limit, so one slow step cannot take the others with it. Record in
 # benchmarks/README.md ("GPU"): the GPU name and torch version printed first, each step's kit and
@@ -24,9 +24,6 @@ export SELMASK_NO_PROGRESS=1 PYTHONPATH=${PYTHONPATH:-.}:. PYTHONUNBUFFERED=1
 "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0), 'bf16' if torch.cuda.is_bf16_supported() else 'no bf16')"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv || true
 nproc
-
-echo "== the device's finishing of a batch against the workers (jitter_on_device and uint8_batches); no host wait =="
-timeout 45 "$PY" benchmarks/check_jitter_on_device.py --device cuda || echo "(check_jitter_on_device: exit $?)"
 
 # Paper size: 256 px crops; pretraining batch 32 on every pretraining image of the embedded data
 # (504 a training epoch), 6 timed epochs; fine-tuning at the paper's batch 8 on a generated set of
@@ -50,6 +47,9 @@ if [ "${COMPILE:-0}" != 0 ]; then
         --workers 8 --rounds 1 --pretrain-epochs 12 --set compile=true --set compile_mode=reduce-overhead
     exit 0
 fi
+
+echo "== the device's finishing of a batch against the workers (jitter_on_device and uint8_batches); no host wait =="
+timeout 45 "$PY" benchmarks/check_jitter_on_device.py --device cuda || echo "(check_jitter_on_device: exit $?)"
 # H200 calls 5-6 found both loops bound by the host's kernel launches (GPU busy 28-36 % of a step), the
 # colour jitter on the GPU most of the kit's extra launches; calls 7-8 made uint8_batches (the jitter in
 # the workers, uint8 transfers) the default: kit 1478 kernels a pretraining step against the bare loop's

@@ -65,10 +65,10 @@ PAPER_SEED = 3741
 # most half a level).
 GPU_SPEED_FIELDS = ("channels_last", "compile", "compile_mode", "pin_memory", "persistent_workers", "prefetch_factor",
                     "jitter_on_device", "uint8_batches", "sync_free_steps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # 'auto': amp decides (bf16 where supported, else fp16)
 # torch.compile's modes. 'reduce-overhead' also replays the compiled step as CUDA graphs: one launch
 # for what the host otherwise launches kernel by kernel (the GPU steps measured here are host-bound).
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # 'auto': amp decides (bf16 where supported, else fp16)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # Fields that change how fast or where a run goes, never what it computes.
 # They are left out of config_hash so that, e.g., more data-loader workers

@@ -407,7 +407,7 @@ def _timing_keys(cfg) -> tuple:
     """The keys a step's or its items' time depends on that both loops have: datasets equal in these (and in
     the loop's own keys) share their measurements."""
     return (cfg.batch_size, cfg.image_size, tuple(cfg.crop_scale), cfg.antialias, cfg.num_workers,
-            cfg.jitter_on_device, cfg.uint8_batches, cfg.precision, cfg.channels_last, cfg.compile)
+            cfg.jitter_on_device, cfg.uint8_batches, cfg.precision, cfg.channels_last, cfg.compile, cfg.compile_mode)
 
 
 def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: int = 20, warmup: int = 3,
@@ -468,8 +468,9 @@ def estimate_report(datasets: list[str], preset: str, overrides: dict, steps: in
                             if data_root is None else
                             f"items read, decoded and cropped from the first images of {data_root}, as in a run's "
                             f"first epoch (later epochs may find them in the image cache)")
-                         + "; collating, pinning, validation and scoring items, and the views and baked masks a "
-                           "selective step makes once (kept for its epochs) not counted")
+                         + "; collating, pinning, validation and scoring items not counted; a selective step's items "
+                           "are timed from views (and baked masks) kept by its image cache: a run rebuilds those "
+                           "beyond image_cache_mb every epoch")
         sizes = PAPER_DATASET_SIZES.get(dataset)
         step_lines = [f"random-masking step (batch {random_cfg.batch_size}, {random_cfg.image_size} px, "
                       f"{_loss_name(random_cfg)})", f"selective step (batch {selective_cfg.batch_size}, "

@@ -208,7 +208,7 @@ def test_baked_items_are_kept_once_and_come_out_as_without_the_cache(small_synth
 
     cfg = smoke(small_synthetic_root)
     pool = pretraining_pool(cfg)
-    indices = list(range(4))
+    indices = [3, 0, 2, 1]  # pool indices, not item numbers
     def grid_size(index):  # the images differ in size, so their patch grids do too
         return patch_grid(*scoring_view(pool, index, cfg.score_size).shape[-2:], cfg.n_patches).shape[0]
 
@@ -241,11 +241,14 @@ def test_baked_items_are_kept_once_and_come_out_as_without_the_cache(small_synth
 
     kept = items(DecodedCache(64))
     assert round_trips == []  # all made by fill_cache, none in the three epochs
+    two_images = sum(tensor.nbytes for index in indices[:2] for tensor in dataset(DecodedCache(0)).baked_view(index))
+    partly = items(DecodedCache(two_images / 2**20))  # room for the first two images only
+    assert len(round_trips) == 3 * 2  # the two images beyond the budget, each epoch (items() counts from 0)
     rebuilt = items(DecodedCache(0))
     assert len(round_trips) == 3 * len(indices)
-    for with_cache, without in zip(kept, rebuilt):
-        for a, b in zip(with_cache, without):
-            assert torch.equal(a, b)
+    for with_cache, partly_kept, without in zip(kept, partly, rebuilt):
+        for a, b, c in zip(with_cache, partly_kept, without):
+            assert torch.equal(a, b) and torch.equal(a, c)
 
 
 def test_a_baked_selective_run_trains_and_differs_from_an_unbaked_one(small_synthetic_root, tmp_path):
