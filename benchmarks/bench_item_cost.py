@@ -10,8 +10,8 @@ step's kernels. How much work an item is depends on the batch form
 - ``jitter_on_device``: crop and flip only; the GPU jitters and normalises (pretraining's CUDA default until H200 call 8);
 - ``uint8_batches``: crop, flip and colour jitter in the worker, sent as uint8; the GPU normalises (the CUDA default).
 
-A last pair of rows times a selective step's item with its fixed mask baked in (the ``paper`` preset's
-way: floats, whatever the keys), with and without the JPEG round trip.
+The last rows time a selective step's item with its fixed mask baked in (the ``paper`` preset's way),
+with and without the JPEG round trip: as floats (a CPU run) and as uint8 (``uint8_batches`` on CUDA).
 
 Each item is built as a worker builds it (``engine.SeededAugmentation``: one
 torch thread, its own seed), from the embedded synthetic data's decoded and
@@ -27,6 +27,7 @@ gives the GPU path's item costs; they are per core of this machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -44,7 +45,7 @@ from selmask_lib.config import finetune_preset, pretrain_preset  # noqa: E402
 from selmask_lib.engine import SeededAugmentation, one_torch_thread, training_batch_form  # noqa: E402
 from selmask_lib.masking import patch_grid, random_mask  # noqa: E402
 from selmask_lib.pretrain_data import pretraining_pool, scoring_view  # noqa: E402
-from selmask_lib.pretraining import loop_datasets  # noqa: E402
+from selmask_lib.pretraining import loop_batch_form, loop_datasets  # noqa: E402
 
 FORMS = {"float": {"jitter_on_device": False, "uint8_batches": False},  # any CPU run
          "jitter_on_device": {"jitter_on_device": True, "uint8_batches": False},
@@ -83,16 +84,18 @@ def main() -> None:
             finetuning = ft.load_splits(fine).train
             for loop, dataset in (("random masking", random_masking), ("fine-tuning", finetuning)):
                 ms = ms_an_item(dataset, args.items)
-                print(f"  {loop:<15} {form:<17} {ms:6.2f} ms  {1000 / ms:7.0f} items/s")
+                print(f"  {loop:<15} {form:<22} {ms:6.2f} ms  {1000 / ms:7.0f} items/s")
     # The paper preset's selective steps bake their fixed masks into the images (VOC through JPEG 75, the other
-    # datasets lossless) and send floats whatever the keys.
-    for quality, form in ((75, "baked, JPEG 75"), (None, "baked, lossless")):
-        baked = pretrain_preset("demo", "synthetic", strategy="selective", image_size=size, score_size=size,
-                                device="cpu", bake_selective_masks=True, baked_image_quality=quality)
-        pool = pretraining_pool(baked)
-        baked_step, _ = loop_datasets(baked, pool, range(len(pool)), range(1), fixed_masks(baked, pool))
-        ms = ms_an_item(baked_step, args.items)
-        print(f"  {'selective step':<15} {form:<17} {ms:6.2f} ms  {1000 / ms:7.0f} items/s")
+    # datasets lossless): floats on a CPU, uint8 (the device normalises) with uint8_batches on CUDA.
+    for quality, as_on_cuda in ((75, False), (None, False), (75, True), (None, True)):
+        with batch_keys_as_on_cuda() if as_on_cuda else contextlib.nullcontext():
+            baked = pretrain_preset("demo", "synthetic", strategy="selective", image_size=size, score_size=size,
+                                    device="cpu", bake_selective_masks=True, baked_image_quality=quality)
+            pool = pretraining_pool(baked)
+            baked_step, _ = loop_datasets(baked, pool, range(len(pool)), range(1), fixed_masks(baked, pool))
+            ms = ms_an_item(baked_step, args.items)
+            form = f"{loop_batch_form(baked, fixed_masks=True)}, {'JPEG 75' if quality else 'lossless'}"
+        print(f"  {'selective step':<15} {form:<22} {ms:6.2f} ms  {1000 / ms:7.0f} items/s")
 
 
 def fixed_masks(cfg, pool) -> dict:

@@ -243,7 +243,8 @@ class PretrainConfig(_ConfigBase):
     uint8_batches: bool = True         # CUDA: workers jitter, send uint8, the GPU normalises; needs jitter_on_device
     #                                    false, else ignored (its batches are uint8 already) (not hashed). On by
     #                                    default: H200, 8 workers, 0.87x of a bare loop against 0.70x with the
-    #                                    jitter on the GPU (benchmarks/README.md, calls 7 and 8)
+    #                                    jitter on the GPU (benchmarks/README.md, calls 7 and 8). Baked selective
+    #                                    masks send uint8 too: exactly their float batches
     sync_free_steps: bool = True       # CUDA: losses read once per epoch, not each step; fused Adam (not hashed)
     image_cache_mb: int = 512          # decoded images kept in memory, MB per cache and process (not hashed)
     checkpoint_every: int = 1          # epochs between checkpoints (not hashed)

@@ -177,6 +177,7 @@ def _synchronise(device: torch.device) -> None:
 
 BATCH_FORMS = {  # pretraining.loop_batch_form / engine.training_batch_form -> what the report says
     "baked": "float32, masks baked into the images by the loader",
+    "baked_uint8": "uint8, masks baked into the images by the loader, normalisation on the device (uint8_batches)",
     "jitter_on_device": "uint8, colour jitter and normalisation on the device (jitter_on_device)",
     "uint8_batches": "uint8, normalisation on the device (uint8_batches)",
     "float": "float32, finished by the loader",
@@ -256,7 +257,7 @@ def pretraining_batches(cfg: PretrainConfig, trainer, selective: bool,
     The items come from the loop's own datasets (``pretraining.loop_datasets``) over random images, or
     over the first images of ``pool`` (a ``data_root``'s ``pretrain_data.pretraining_pool``: read,
     decoded and cropped as in a run): uint8 crops with the draws of a colour jitter left to the device, uint8 images for
-    ``uint8_batches``, masks baked into float images (``bake_selective_masks``), or float images.
+    ``uint8_batches`` (masks baked into them or not: ``bake_selective_masks``), or float images.
     """
     from .masking import patch_grid, random_mask
     from .pretrain_data import scoring_view

@@ -29,7 +29,7 @@ from .data.cache import DecodedCache, no_cache
 from .device import to_device_without_waiting
 from .errors import SelmaskError
 from .masking import PATCH_SSIM_WINDOW, patch_grid, patch_index_map, pixel_mask, random_mask
-from .transforms import as_outputs, as_uint8, normalise
+from .transforms import as_outputs, as_uint8
 
 # The smallest patch, in pixels of the image, that is worth scoring or reconstructing (check_patch_size).
 MIN_PATCH_SIDE = PATCH_SSIM_WINDOW
@@ -153,10 +153,20 @@ class BakedMasks:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     jpeg_quality: Optional[int] = None  # None: kept lossless
+    uint8_targets: bool = False  # uint8_batches: the targets stay uint8 for the device to normalise (normalised_targets)
 
     @property
     def fill(self) -> tuple[int, int, int]:
         return tuple(round(255 * m) for m in self.mean)
+
+
+def normalised_targets(targets: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 targets of baked items (``[..., 3, H, W]``) as the loss compares them: float, normalised.
+
+    The one home of this arithmetic: a loader worker uses it for float batches and the device for uint8
+    ones (``uint8_batches``), so both give the same bits. ``mean`` and ``std``: float tensors ``[3, 1, 1]``.
+    """
+    return (targets.float() / 255 - mean) / std
 
 
 def baked_image(image: torch.Tensor, pixels: torch.Tensor, fill: Sequence[int],
@@ -280,7 +290,10 @@ class ReconstructionDataset(Dataset):
         # The target passes as a Mask: same geometry, nearest interpolation, no colour jitter.
         masked, target, pixels = self.transform(tv_tensors.Image(masked), tv_tensors.Mask(target),
                                                 tv_tensors.Mask(pixels))
-        target = normalise(target.as_subclass(torch.Tensor)[None].float() / 255, self.baked.mean, self.baked.std)[0]
+        target = target.as_subclass(torch.Tensor)
+        if not self.baked.uint8_targets:
+            target = normalised_targets(target, *(torch.tensor(values).view(-1, 1, 1)
+                                                  for values in (self.baked.mean, self.baked.std)))
         return masked.as_subclass(torch.Tensor), target, pixels.as_subclass(torch.Tensor).bool()
 
 

@@ -81,6 +81,7 @@ from .pretrain_data import (
     ReconstructionDataset,
     check_pool,
     masked_inputs,
+    normalised_targets,
     partition_indices,
     pretraining_pool,
     scoring_view,
@@ -168,6 +169,8 @@ def reconstruction_batch_loss(trainer: Trainer, loss_fn: ReconstructionLoss, ran
     def batch_loss(model: torch.nn.Module, batch) -> torch.Tensor:
         if len(batch) == 3:  # baked masks: the dataset gives (masked input, target, pixel mask)
             inputs, images, _ = (tensor.to(trainer.device, non_blocking=True) for tensor in batch)
+            if images.dtype == torch.uint8:  # uint8_batches: the worker left the target to the device
+                images = normalised_targets(images, *trainer.colour_on_device.mean_and_std(trainer.device))
         else:
             images = batch[0].to(trainer.device, non_blocking=True)
             if random_masks is not None:
@@ -180,15 +183,20 @@ def reconstruction_batch_loss(trainer: Trainer, loss_fn: ReconstructionLoss, ran
 
 
 def loop_batch_form(cfg: PretrainConfig, fixed_masks: bool) -> str:
-    """How a pretraining loop's training loader sends its batches here: ``"baked"`` (a selective step's masks
-    baked into float images, ``bake_selective_masks``), else as :func:`engine.training_batch_form` says.
+    """How a pretraining loop's training loader sends its batches here: a selective step's masks baked into
+    the images (``bake_selective_masks``) as ``"baked_uint8"`` where the run sends uint8 batches
+    (``"uint8_batches"``), else ``"baked"`` (floats); any other loop as
+    :func:`engine.training_batch_form` says.
 
-    Baked masks keep their colour jitter in the worker (the jitter changes the fill too) and send floats;
-    the random-masking loop of such a run (``fixed_masks`` False) bakes nothing.
+    Baked masks keep their colour jitter in the worker (the jitter changes the fill too). Their input is
+    uint8 and jittered in uint8, so a uint8 batch carries exactly the worker's levels, and its target
+    goes uint8 too (the device normalises both): the same batches as floats, a quarter of the bytes. The
+    random-masking loop of such a run (``fixed_masks`` False) bakes nothing.
     """
+    form = training_batch_form(cfg)
     if fixed_masks and cfg.bake_selective_masks:
-        return "baked"
-    return training_batch_form(cfg)
+        return "baked_uint8" if form == "uint8_batches" else "baked"
+    return form
 
 
 def loop_datasets(cfg: PretrainConfig, pool: UnlabelledImages, train_indices: Sequence[int],
@@ -198,9 +206,11 @@ def loop_datasets(cfg: PretrainConfig, pool: UnlabelledImages, train_indices: Se
 
     ``selmask estimate`` builds its timed batches from these too, so that they are what a run's loaders send.
     """
-    baked = BakedMasks(cfg.mean, cfg.std, cfg.baked_image_quality) if cfg.bake_selective_masks else None
+    form = loop_batch_form(cfg, fixed_masks=patch_masks is not None)
 
-    def dataset(indices, transform, uint8_images=False) -> ReconstructionDataset:
+    def dataset(indices, transform, uint8_images=False, uint8_targets=False) -> ReconstructionDataset:
+        baked = BakedMasks(cfg.mean, cfg.std, cfg.baked_image_quality, uint8_targets) \
+            if cfg.bake_selective_masks else None
         items = ReconstructionDataset(pool, indices, transform, cfg.score_size, cfg.n_patches, patch_masks, baked,
                                       antialias=cfg.antialias, cache=DecodedCache(cfg.image_cache_mb),
                                       uint8_images=uint8_images)
@@ -209,13 +219,13 @@ def loop_datasets(cfg: PretrainConfig, pool: UnlabelledImages, train_indices: Se
 
     # Colour jitter on the GPU (jitter_on_device): the workers send uint8 crops, the GPU jitters them in float
     # as the workers would. Or (uint8_batches) the workers jitter as usual and send the result as uint8 for
-    # the GPU to normalise.
-    form = loop_batch_form(cfg, fixed_masks=patch_masks is not None)
+    # the GPU to normalise (baked masks too).
     defer = form == "jitter_on_device"
     train_set = dataset(train_indices, train_transform(cfg.image_size, tuple(cfg.crop_scale), cfg.mean, cfg.std,
                                                        antialias=cfg.antialias, defer_colour=defer,
-                                                       jitter_in_float=True, uint8_batch=form == "uint8_batches"),
-                        uint8_images=defer)
+                                                       jitter_in_float=True,
+                                                       uint8_batch=form in ("uint8_batches", "baked_uint8")),
+                        uint8_images=defer, uint8_targets=form == "baked_uint8")
     val_set = dataset(val_indices, val_transform(cfg.image_size, cfg.mean, cfg.std, antialias=cfg.antialias))
     return train_set, val_set
 

@@ -278,7 +278,7 @@ class ColourJitterOnDevice:
             groups = jitter_groups(draws)
             if groups:
                 images = self._jitter(images, groups)
-        mean, std = self._mean_and_std(images.device)
+        mean, std = self.mean_and_std(images.device)
         # v2.functional.normalize's arithmetic, with statistics kept on the device: it would copy them
         # there from pageable memory every batch, and such a copy makes the host wait for the GPU.
         return v2.functional.to_dtype(images, torch.float32, scale=True).sub(mean).div_(std)
@@ -322,7 +322,8 @@ class ColourJitterOnDevice:
                 images.index_copy_(0, device_rows[where], hued)
         return images
 
-    def _mean_and_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def mean_and_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalisation's statistics as float ``[3, 1, 1]`` tensors on ``device``, copied there once."""
         if device not in self._statistics:
             self._statistics[device] = tuple(torch.tensor(values).view(-1, 1, 1).to(device)
                                              for values in (self.mean, self.std))

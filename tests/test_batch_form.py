@@ -3,7 +3,7 @@
 ``jitter_on_device`` and ``uint8_batches`` act on CUDA only, and ``jitter_on_device`` wins where both
 are on. The other tests of these keys force one answer on a CPU; here the device lookup is made to say
 CUDA, so the real precedence is what runs, for every combination of the keys, in both loops (and the
-selective steps' baked masks, which keep float batches on any device).
+selective steps' baked masks, which keep their jitter in the workers and go uint8 with ``uint8_batches``).
 """
 
 from __future__ import annotations
@@ -48,13 +48,19 @@ def test_on_cuda_jitter_on_device_wins_over_uint8_batches(jitter, uint8, on_cuda
     assert isinstance(last_step, ImageAsUint8) == (uint8 and not jitter)
 
 
+def expected_baked_form(jitter: bool, uint8: bool) -> str:
+    """Baked masks keep their jitter in the worker: uint8 wherever the run sends uint8 batches."""
+    return "baked_uint8" if expected_form(jitter, uint8) == "uint8_batches" else "baked"
+
+
 @pytest.mark.parametrize("bake", [False, True], ids=["masks not baked", "baked masks"])
 @pytest.mark.parametrize("jitter, uint8", KEY_SETTINGS)
-def test_a_selective_step_with_baked_masks_sends_floats_whatever_the_keys(jitter, uint8, bake, on_cuda):
+def test_a_selective_step_with_baked_masks_sends_uint8_only_with_uint8_batches(jitter, uint8, bake, on_cuda):
     cfg = pretrain_preset("smoke", "synthetic", jitter_on_device=jitter, uint8_batches=uint8,
                           bake_selective_masks=bake)
     assert pt.loop_batch_form(cfg, fixed_masks=False) == expected_form(jitter, uint8)  # random masking
-    assert pt.loop_batch_form(cfg, fixed_masks=True) == ("baked" if bake else expected_form(jitter, uint8))
+    assert pt.loop_batch_form(cfg, fixed_masks=True) == (expected_baked_form(jitter, uint8) if bake
+                                                         else expected_form(jitter, uint8))
     assert estimate.batch_format(cfg, selective=True) == estimate.BATCH_FORMS[pt.loop_batch_form(cfg, True)]
 
 

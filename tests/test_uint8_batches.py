@@ -3,8 +3,8 @@
 The key is a no-op on a CPU, so these tests force it here
 (``sends_uint8_batches`` patched to say yes) and check the batches against
 the usual float batches of the workers: the same crops, jitter and masks;
-fine-tuning's uint8 images exactly, pretraining's float images within half
-a level of 255 (the one rounding to uint8, after the jitter).
+fine-tuning's uint8 images and baked selective items exactly, pretraining's
+float images within half a level of 255 (the one rounding to uint8, after the jitter).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import selmask_lib.finetuning as ft
 from selmask_lib.config import finetune_preset, pretrain_preset
 from selmask_lib.engine import Trainer, sends_uint8_batches
 from selmask_lib.masking import patch_grid
-from selmask_lib.pretrain_data import ReconstructionDataset, pretraining_pool, scoring_view
+from selmask_lib.pretrain_data import ReconstructionDataset, normalised_targets, pretraining_pool, scoring_view
 from selmask_lib.transforms import ImageAsUint8, train_transform
 
 HALF_A_LEVEL = 0.5 / 255
@@ -116,19 +116,61 @@ def test_pretraining_uint8_batches_are_the_workers_batches_within_half_a_level(s
     assert difference.abs().mean() > 0.05
 
 
+def test_baked_uint8_batches_are_the_workers_float_batches_exactly(small_synthetic_root, monkeypatch):
+    """A selective step's baked items (the paper preset's): the masked input is jittered in uint8 by the
+    worker, so once the device has normalised it and the uint8 target, the batch and its loss are the
+    float batch's to the bit, and the target's arithmetic is the worker's (``normalised_targets``)."""
+    from selmask_lib.losses import ReconstructionLoss
+    from selmask_lib.pretraining import loop_datasets, reconstruction_batch_loss
+
+    monkeypatch.setattr(engine, "sends_uint8_batches", lambda cfg: cfg.uint8_batches)  # as on CUDA
+    indices = list(range(12))
+    batches, losses, targets_of_the_loss = {}, {}, {}
+    for uint8 in (False, True):
+        cfg = pretrain_preset("smoke", "synthetic", data_root=str(small_synthetic_root), max_images=12,
+                              device="cpu", strategy="selective", bake_selective_masks=True, baked_image_quality=75,
+                              uint8_batches=uint8)
+        pool = pretraining_pool(cfg)
+        generator = torch.Generator().manual_seed(0)
+        patch_masks = {index: torch.rand(len(patch_grid(*scoring_view(pool, index, cfg.score_size).shape[-2:],
+                                                        cfg.n_patches)), generator=generator) < 0.5
+                       for index in indices}
+        train_set, _ = loop_datasets(cfg, pool, indices, indices[:1], patch_masks)
+        trainer = Trainer(cfg, torch.nn.Identity())
+        sent = first_batch(trainer, train_set)
+        assert [tensor.dtype for tensor in sent] == ([torch.uint8] * 2 if uint8 else [torch.float32] * 2) + [torch.bool]
+        batches[uint8] = trainer.finish_batch(sent)
+        loss_fn = ReconstructionLoss(cfg.recon_loss)
+
+        def recording_loss(outputs, targets, uint8=uint8):
+            targets_of_the_loss[uint8] = targets
+            return loss_fn(outputs, targets)
+
+        batch_loss = reconstruction_batch_loss(trainer, recording_loss, None, torch.Generator())
+        losses[uint8] = batch_loss(torch.nn.Identity(), batches[uint8])
+    (usual_input, usual_target, usual_pixels), (inputs, targets, pixels) = batches[False], batches[True]
+    assert torch.equal(inputs, usual_input) and torch.equal(pixels, usual_pixels) and pixels.any()
+    mean_and_std = Trainer(cfg, torch.nn.Identity()).colour_on_device.mean_and_std(torch.device("cpu"))
+    assert torch.equal(normalised_targets(targets, *mean_and_std), usual_target)
+    assert torch.equal(targets_of_the_loss[True], usual_target) and torch.equal(targets_of_the_loss[False], usual_target)
+    assert torch.equal(losses[True], losses[False])
+
+
 @pytest.mark.slow
 def test_runs_with_uint8_batches_train_as_usual(smoke_runs, usual_smoke_losses, monkeypatch):
     """Fine-tuning: the very same losses; random pretraining: within the rounding; selective runs with and
-    without baked masks (which keep float batches) go through it to the end."""
+    without baked masks go through it to the end."""
     pretraining, finetuning = smoke_runs.pretraining, smoke_runs.finetuning
     usual = usual_smoke_losses
-    monkeypatch.setattr(engine, "sends_uint8_batches", lambda cfg: True)  # as on CUDA, for both loops
+    monkeypatch.setattr(engine, "sends_uint8_batches", lambda cfg: cfg.uint8_batches)  # as on CUDA, both loops
     finished = []  # the dtype of each batch's images before the device finished it: proof that a run took the path
     baked_items = []  # the dtype of each batch of baked items (masked input, target, pixel mask)
     fixed_masks = []  # the pixel masks of uint8 batches of a selective step
     finish_batch = Trainer.finish_batch
 
     def spy(trainer, batch):
+        if not trainer.model.training:
+            return finish_batch(trainer, batch)  # validation batches: finished by the workers
         if len(batch) == 3 and not isinstance(batch[-1], dict):
             baked_items.append(batch[0].dtype)
         else:
@@ -146,13 +188,14 @@ def test_runs_with_uint8_batches_train_as_usual(smoke_runs, usual_smoke_losses, 
     assert sent["finetune"] == usual["finetune"] and len(sent["finetune"]) > 0
     assert len(sent["random"]) == len(usual["random"]) > 0
     torch.testing.assert_close(sent["random"][0], usual["random"][0], rtol=5e-3, atol=0)
-    # A selective run's steps train on fixed masks through the same path; baked masks keep float batches
-    # (the worker jitters the masked input and the target alike).
+    # A selective run's steps train on fixed masks through the same path, baked masks too (their batches are
+    # the float ones exactly: test_baked_uint8_batches_are_the_workers_float_batches_exactly; the runs differ
+    # from the usual ones by their random first step's rounding).
     for name, settings in {"selective": {}, "baked": dict(bake_selective_masks=True)}.items():
         losses = pretraining(name, strategy="selective", uint8_batches=True, **settings)  # two steps of one epoch
         assert len(losses) == 2 and torch.isfinite(torch.tensor(losses)).all()
     assert fixed_masks  # the selective step's batches took the path, not only its random first step
-    assert baked_items and set(baked_items) == {torch.float32}  # the baked run's selective step did not
+    assert baked_items and set(baked_items) == {torch.uint8}  # the baked run's selective step did too
 
 
 def test_a_uint8_batch_is_finished_only_where_the_config_sends_uint8_batches(small_synthetic_root, monkeypatch):
