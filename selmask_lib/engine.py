@@ -985,6 +985,8 @@ class Trainer:
         normalised. Any other batch is returned as it is: a uint8 batch too, unless the run's loaders
         send uint8 batches on this device (``sends_uint8_batches``: on CUDA by default). A loop of your
         own uint8 images passes through untouched on a CPU; on CUDA set ``uint8_batches: false`` for it.
+        Only the first tensor is finished: a baked selective batch's uint8 target stays uint8 here and
+        is normalised by the pretraining loss (``pretrain_data.TargetLevels``).
         """
         if not (isinstance(batch, (list, tuple)) and torch.is_tensor(batch[0])):
             return batch

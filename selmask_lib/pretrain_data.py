@@ -163,10 +163,34 @@ class BakedMasks:
 def normalised_targets(targets: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 targets of baked items (``[..., 3, H, W]``) as the loss compares them: float, normalised.
 
-    The one home of this arithmetic: a loader worker uses it for float batches and the device for uint8
-    ones (``uint8_batches``), so both give the same bits. ``mean`` and ``std``: float tensors ``[3, 1, 1]``.
+    A loader worker's arithmetic for float batches; the device reads the same values from a table of
+    them (:class:`TargetLevels`). ``mean`` and ``std``: float tensors ``[3, 1, 1]``.
     """
     return (targets.float() / 255 - mean) / std
+
+
+class TargetLevels:
+    """uint8 targets of baked items, normalised on their device exactly as a worker normalises them.
+
+    With ``uint8_batches`` the targets travel as uint8. Computing :func:`normalised_targets` on a GPU
+    would not give the worker's bits (CUDA divides by a scalar as a multiplication by its inverse), so
+    the 3 x 256 values are computed once on the CPU and each target pixel is looked up: the same
+    batches on any device, and fewer kernels than the arithmetic.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        levels = torch.arange(256, dtype=torch.uint8).expand(3, 1, 256)  # every level of every channel
+        statistics = (torch.tensor(values).view(-1, 1, 1) for values in (mean, std))
+        self.table = normalised_targets(levels, *statistics).view(-1)  # [3 x 256]: channel c, level x at 256c + x
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, targets: torch.Tensor) -> torch.Tensor:
+        """``targets`` uint8 ``[..., 3, H, W]`` on their device -> float32, normalised."""
+        if targets.device not in self._on_device:  # copied there once, not every batch
+            self._on_device[targets.device] = (self.table.to(targets.device),
+                                               (torch.arange(3) * 256).view(-1, 1, 1).to(targets.device))
+        table, channel_offsets = self._on_device[targets.device]
+        return table.take(targets.long() + channel_offsets)
 
 
 def baked_image(image: torch.Tensor, pixels: torch.Tensor, fill: Sequence[int],

@@ -80,8 +80,8 @@ from .pretrain_data import (
     RandomPixelMasks,
     ReconstructionDataset,
     check_pool,
+    TargetLevels,
     masked_inputs,
-    normalised_targets,
     partition_indices,
     pretraining_pool,
     scoring_view,
@@ -166,11 +166,13 @@ def reconstruction_batch_loss(trainer: Trainer, loss_fn: ReconstructionLoss, ran
     masks)`` with fixed masks (a selective step); or ``(masked inputs, images, pixel masks)`` with baked
     masks. The loss compares the model's output on the masked input with the whole image.
     """
+    target_levels = TargetLevels(trainer.cfg.mean, trainer.cfg.std)  # baked uint8 targets, normalised
+
     def batch_loss(model: torch.nn.Module, batch) -> torch.Tensor:
         if len(batch) == 3:  # baked masks: the dataset gives (masked input, target, pixel mask)
             inputs, images, _ = (tensor.to(trainer.device, non_blocking=True) for tensor in batch)
             if images.dtype == torch.uint8:  # uint8_batches: the worker left the target to the device
-                images = normalised_targets(images, *trainer.colour_on_device.mean_and_std(trainer.device))
+                images = target_levels(images)
         else:
             images = batch[0].to(trainer.device, non_blocking=True)
             if random_masks is not None:
@@ -190,7 +192,8 @@ def loop_batch_form(cfg: PretrainConfig, fixed_masks: bool) -> str:
 
     Baked masks keep their colour jitter in the worker (the jitter changes the fill too). Their input is
     uint8 and jittered in uint8, so a uint8 batch carries exactly the worker's levels, and its target
-    goes uint8 too (the device normalises both): the same batches as floats, a quarter of the bytes. The
+    goes uint8 too (the device normalises both, the target by ``TargetLevels``): the same batches as
+    floats, a quarter of the bytes. The
     random-masking loop of such a run (``fixed_masks`` False) bakes nothing.
     """
     form = training_batch_form(cfg)

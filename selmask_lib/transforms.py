@@ -41,8 +41,9 @@ uint8 batches (config key ``uint8_batches``, CUDA only, on by default): with
 ``uint8_batch=True`` the worker does everything as usual, colour jitter
 included, and sends the image as uint8 (:class:`ImageAsUint8`); the device
 only converts and normalises the batch. Fine-tuning's images are uint8 all
-along, so its batches are exactly the usual ones; pretraining's jittered
-float image is rounded to the nearest level, at most half a level of 255.
+along, and so are a selective step's baked inputs, so their batches are
+exactly the usual ones; pretraining's jittered float image is rounded to the
+nearest level, at most half a level of 255.
 It leaves the GPU's host thread nothing of the jitter to launch: on an H200,
 0.87x a bare loop's images/s in pretraining against 0.70x with the jitter on
 the GPU.
@@ -169,7 +170,8 @@ class ImageAsUint8:
 
     A float image (pretraining's, jittered in float) is rounded to the
     nearest level, at most half a level of 255 from the float; a uint8 image
-    (fine-tuning's, jittered in uint8) is left exactly as it is. The worker
+    (fine-tuning's, or a baked selective item's input, jittered in uint8) is
+    left exactly as it is. The worker
     then sends a quarter of a float image's bytes (config key ``uint8_batches``).
     """
 
@@ -278,7 +280,7 @@ class ColourJitterOnDevice:
             groups = jitter_groups(draws)
             if groups:
                 images = self._jitter(images, groups)
-        mean, std = self.mean_and_std(images.device)
+        mean, std = self._mean_and_std(images.device)
         # v2.functional.normalize's arithmetic, with statistics kept on the device: it would copy them
         # there from pageable memory every batch, and such a copy makes the host wait for the GPU.
         return v2.functional.to_dtype(images, torch.float32, scale=True).sub(mean).div_(std)
@@ -322,8 +324,7 @@ class ColourJitterOnDevice:
                 images.index_copy_(0, device_rows[where], hued)
         return images
 
-    def mean_and_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The normalisation's statistics as float ``[3, 1, 1]`` tensors on ``device``, copied there once."""
+    def _mean_and_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._statistics:
             self._statistics[device] = tuple(torch.tensor(values).view(-1, 1, 1).to(device)
                                              for values in (self.mean, self.std))

@@ -4,7 +4,7 @@ On CUDA, ``uint8_batches`` (the default there) and ``jitter_on_device``
 make the loaders send uint8 images that the training step
 finishes on the device (colour jitter, normalisation): part of what a step
 costs, so the estimate must time it too; and the paper preset's selective
-steps bake their masks into float images. Both keys are no-ops on a CPU, so
+steps bake their masks into the images (uint8 with ``uint8_batches``, else float). Both keys are no-ops on a CPU, so
 these tests force them (``defers_colour`` / ``sends_uint8_batches`` patched
 to say yes, as ``bench_throughput.py --as-on-cuda`` does) and compare the
 estimate's batches with the batches of real smoke runs: the same tensors, of

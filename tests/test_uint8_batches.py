@@ -19,7 +19,13 @@ import selmask_lib.finetuning as ft
 from selmask_lib.config import finetune_preset, pretrain_preset
 from selmask_lib.engine import Trainer, sends_uint8_batches
 from selmask_lib.masking import patch_grid
-from selmask_lib.pretrain_data import ReconstructionDataset, normalised_targets, pretraining_pool, scoring_view
+from selmask_lib.pretrain_data import (
+    ReconstructionDataset,
+    TargetLevels,
+    normalised_targets,
+    pretraining_pool,
+    scoring_view,
+)
 from selmask_lib.transforms import ImageAsUint8, train_transform
 
 HALF_A_LEVEL = 0.5 / 255
@@ -116,14 +122,31 @@ def test_pretraining_uint8_batches_are_the_workers_batches_within_half_a_level(s
     assert difference.abs().mean() > 0.05
 
 
+def test_target_levels_are_the_workers_normalised_targets_for_every_level():
+    """The device's table gives, for every level and channel, what a worker computes; in any layout."""
+    mean, std = (0.4529, 0.4317, 0.3999), (0.4443, 0.4665, 0.4887)
+    statistics = [torch.tensor(values).view(-1, 1, 1) for values in (mean, std)]
+    targets = torch.randint(0, 256, (2, 3, 5, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    targets[0, :, 0, :3] = torch.tensor([0, 128, 255], dtype=torch.uint8)
+    looked_up = TargetLevels(mean, std)(targets)
+    assert looked_up.dtype == torch.float32 and torch.equal(looked_up, normalised_targets(targets, *statistics))
+    every_level = torch.arange(256, dtype=torch.uint8).view(16, 16).expand(3, 16, 16)  # each channel: all levels
+    assert torch.equal(TargetLevels(mean, std)(every_level), normalised_targets(every_level, *statistics))
+
+
 def test_baked_uint8_batches_are_the_workers_float_batches_exactly(small_synthetic_root, monkeypatch):
     """A selective step's baked items (the paper preset's): the masked input is jittered in uint8 by the
     worker, so once the device has normalised it and the uint8 target, the batch and its loss are the
     float batch's to the bit, and the target's arithmetic is the worker's (``normalised_targets``)."""
+    import functools
+
+    import selmask_lib.pretraining as pt
     from selmask_lib.losses import ReconstructionLoss
     from selmask_lib.pretraining import loop_datasets, reconstruction_batch_loss
 
     monkeypatch.setattr(engine, "sends_uint8_batches", lambda cfg: cfg.uint8_batches)  # as on CUDA
+    # every image colour-jittered (in uint8, hue included), so that equal batches prove the jitter exact too
+    monkeypatch.setattr(pt, "train_transform", functools.partial(pt.train_transform, jitter_p=1.0))
     indices = list(range(12))
     batches, losses, targets_of_the_loss = {}, {}, {}
     for uint8 in (False, True):
@@ -150,8 +173,7 @@ def test_baked_uint8_batches_are_the_workers_float_batches_exactly(small_synthet
         losses[uint8] = batch_loss(torch.nn.Identity(), batches[uint8])
     (usual_input, usual_target, usual_pixels), (inputs, targets, pixels) = batches[False], batches[True]
     assert torch.equal(inputs, usual_input) and torch.equal(pixels, usual_pixels) and pixels.any()
-    mean_and_std = Trainer(cfg, torch.nn.Identity()).colour_on_device.mean_and_std(torch.device("cpu"))
-    assert torch.equal(normalised_targets(targets, *mean_and_std), usual_target)
+    assert torch.equal(TargetLevels(cfg.mean, cfg.std)(targets), usual_target)
     assert torch.equal(targets_of_the_loss[True], usual_target) and torch.equal(targets_of_the_loss[False], usual_target)
     assert torch.equal(losses[True], losses[False])
 
