@@ -153,7 +153,7 @@ class BakedMasks:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     jpeg_quality: Optional[int] = None  # None: kept lossless
-    uint8_targets: bool = False  # uint8_batches: the targets stay uint8 for the device to normalise (normalised_targets)
+    uint8_targets: bool = False  # uint8_batches: the targets stay uint8 for the device to normalise (TargetLevels)
 
     @property
     def fill(self) -> tuple[int, int, int]:
@@ -304,8 +304,8 @@ class ReconstructionDataset(Dataset):
     def baked_view(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(masked input, target, pixel mask)`` of pool image ``index`` before augmentation: its scoring view
         as uint8 with the mask burned in (and through JPEG, as the authors' saved files), that view as uint8,
-        and the mask. Kept by the cache: the JPEG round trip is most of a baked item's cost (``selmask
-        estimate``) and gives the same bytes every epoch."""
+        and the mask. Kept by the cache, as they are the same bytes every epoch: baking them cost a worker
+        about 2 ms an item at 256 px, JPEG included (``benchmarks/bench_item_cost.py``)."""
         image, pixels = self.masked_view(index)
         target = as_uint8(image)
         return baked_image(target, pixels, self.baked.fill, self.baked.jpeg_quality), target, pixels

@@ -79,8 +79,8 @@ from .pretrain_data import (
     BakedMasks,
     RandomPixelMasks,
     ReconstructionDataset,
-    check_pool,
     TargetLevels,
+    check_pool,
     masked_inputs,
     partition_indices,
     pretraining_pool,
@@ -193,8 +193,8 @@ def loop_batch_form(cfg: PretrainConfig, fixed_masks: bool) -> str:
     Baked masks keep their colour jitter in the worker (the jitter changes the fill too). Their input is
     uint8 and jittered in uint8, so a uint8 batch carries exactly the worker's levels, and its target
     goes uint8 too (the device normalises both, the target by ``TargetLevels``): the same batches as
-    floats, a quarter of the bytes. The
-    random-masking loop of such a run (``fixed_masks`` False) bakes nothing.
+    floats, a quarter of the bytes. The random-masking loop of such a run (``fixed_masks`` False) bakes
+    nothing.
     """
     form = training_batch_form(cfg)
     if fixed_masks and cfg.bake_selective_masks:
