@@ -15,13 +15,17 @@ with and without the JPEG round trip: as floats (a CPU run) and as uint8 (``uint
 
 Each item is built as a worker builds it (``engine.SeededAugmentation``: one
 torch thread, its own seed), from the embedded synthetic data's decoded and
-kept images (a first pass over the items decodes them, untimed), for the
-random-masking loop and for fine-tuning. The CUDA-only keys are made to act
+kept images (a first pass over the items decodes them, untimed; with
+``--image-cache-mb 0`` nothing is kept, and every item decodes its image and,
+in a selective step, remakes its scoring view and bakes it again, as a run
+does for the images beyond its cache), for the random-masking loop and for
+fine-tuning. The CUDA-only keys are made to act
 here as on CUDA (``bench_throughput.batch_keys_as_on_cuda``), so any machine
 gives the GPU path's item costs; they are per core of this machine.
 
     .venv/bin/python benchmarks/bench_item_cost.py                    # 256 px, the paper's size
     .venv/bin/python benchmarks/bench_item_cost.py --image-size 64 --items 500
+    .venv/bin/python benchmarks/bench_item_cost.py --image-cache-mb 0     # items rebuilt every epoch
 """
 
 from __future__ import annotations
@@ -53,8 +57,8 @@ FORMS = {"float": {"jitter_on_device": False, "uint8_batches": False},  # any CP
 
 
 def ms_an_item(dataset, items: int) -> float:
-    """Mean milliseconds of one item of ``dataset`` built as a loader worker builds it, once its images are
-    decoded and kept (``image_cache_mb``): a first pass over the same items decodes them, untimed."""
+    """Mean milliseconds of one item of ``dataset`` built as a loader worker builds it, after a first pass
+    over the same items, untimed (which decodes and keeps the images, where ``image_cache_mb`` allows)."""
     worker_items = SeededAugmentation(dataset)
     with one_torch_thread():  # a worker's thread count all along (not switched around each item)
         for index in range(items):
@@ -69,14 +73,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image-size", type=int, default=256, help="training crop side (default 256)")
     parser.add_argument("--items", type=int, default=300, help="items timed for each loop and form")
+    parser.add_argument("--image-cache-mb", type=int, default=None,
+                        help="the configs' image_cache_mb (default: theirs); 0 times items rebuilt every epoch, as "
+                             "a run's are beyond its cache (decoding, the scoring view, baking)")
     args = parser.parse_args()
+    cache = {} if args.image_cache_mb is None else {"image_cache_mb": args.image_cache_mb}
 
     size = args.image_size
-    print(f"ms a training item in a loader worker (one torch thread), {size} px; items a second a worker")
+    print(f"ms a training item in a loader worker (one torch thread), {size} px; items a second a worker"
+          + ("" if args.image_cache_mb is None else f"; image_cache_mb {args.image_cache_mb}"))
     with batch_keys_as_on_cuda():
         for form, keys in FORMS.items():
-            pre = pretrain_preset("demo", "synthetic", image_size=size, score_size=size, device="cpu", **keys)
-            fine = finetune_preset("demo", "synthetic", image_size=size, device="cpu", **keys)
+            pre = pretrain_preset("demo", "synthetic", image_size=size, score_size=size, device="cpu", **keys, **cache)
+            fine = finetune_preset("demo", "synthetic", image_size=size, device="cpu", **keys, **cache)
             if not training_batch_form(pre) == training_batch_form(fine) == form:
                 raise RuntimeError(f"the keys {keys} did not give {form} batches")
             pool = pretraining_pool(pre)
@@ -90,7 +99,7 @@ def main() -> None:
     for quality, as_on_cuda in ((75, False), (None, False), (75, True), (None, True)):
         with batch_keys_as_on_cuda() if as_on_cuda else contextlib.nullcontext():
             baked = pretrain_preset("demo", "synthetic", strategy="selective", image_size=size, score_size=size,
-                                    device="cpu", bake_selective_masks=True, baked_image_quality=quality)
+                                    device="cpu", bake_selective_masks=True, baked_image_quality=quality, **cache)
             pool = pretraining_pool(baked)
             baked_step, _ = loop_datasets(baked, pool, range(len(pool)), range(1), fixed_masks(baked, pool))
             ms = ms_an_item(baked_step, args.items)
