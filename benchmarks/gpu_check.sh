@@ -10,7 +10,8 @@
 # them as wheels and put them on PYTHONPATH).
 #
 #   bash benchmarks/gpu_check.sh [PYTHON]        # PYTHON defaults to python3
-#   ESTIMATE=1 bash benchmarks/gpu_check.sh      # also the paper-run estimate (up to 270 s more)
+#   ESTIMATE=1 bash benchmarks/gpu_check.sh      # also the paper-run estimate (up to 270 s more: 860 s in all)
+#   ESTIMATE=only bash benchmarks/gpu_check.sh   # the estimate alone (270 s): a lent machine's call is 600 s
 #   COMPILE=1 bash benchmarks/gpu_check.sh       # instead: torch.compile, default and reduce-overhead (580 s)
 #
 # Every step has its own time limit, so one slow step cannot take the others with it. Record in
@@ -35,6 +36,21 @@ step() {  # step SECONDS TITLE ARGS...: one bench_throughput run under its own l
     echo "== $title =="
     timeout "$limit" "$PY" benchmarks/bench_throughput.py "${SIZE[@]}" "$@" || echo "($title: exit $?)"
 }
+
+estimate() {  # the paper-run estimate, on all four datasets, then voc's with the colour jitter on the GPU
+    echo "== paper-run estimate: 20 steps after 3 warm-up steps, paper batch and size =="
+    timeout 180 "$PY" -m selmask_lib.cli estimate --preset paper --steps 20 --warmup 3 --gpus 4 \
+        || echo "(estimate: exit $?)"
+    # At batch 128 the workers set the pace (call 8: 12-19 needed); with the jitter on the GPU an item costs
+    # an eighth as much and the ~300 extra launches are paid per step of 128 images, not per image.
+    echo "== the same for voc with the colour jitter on the GPU (jitter_on_device true) =="
+    timeout 90 "$PY" -m selmask_lib.cli estimate --preset paper --dataset voc --steps 20 --warmup 3 \
+        --set jitter_on_device=true || echo "(estimate, jitter_on_device: exit $?)"
+}
+if [ "${ESTIMATE:-0}" = only ]; then
+    estimate
+    exit 0
+fi
 
 # COMPILE=1: the compiled kit against the eager bare loop, one round each, so a ratio above 1 is what
 # compiling gains. Compilation (each model, and again for a last partial batch) falls in the first epoch:
@@ -76,14 +92,7 @@ timeout 35 "$PY" benchmarks/bench_item_cost.py --items 100 || echo "(bench_item_
 # (uint8_batches by default since call 8) and counts its loader's item time over the preset's workers,
 # and says where the loader sets the pace: ESTIMATE=1.
 if [ "${ESTIMATE:-0}" != 0 ]; then
-    echo "== paper-run estimate: 20 steps after 3 warm-up steps, paper batch and size =="
-    timeout 180 "$PY" -m selmask_lib.cli estimate --preset paper --steps 20 --warmup 3 --gpus 4 \
-        || echo "(estimate: exit $?)"
-    # At batch 128 the workers set the pace (call 8: 12-19 needed); with the jitter on the GPU an item costs
-    # an eighth as much and the ~300 extra launches are paid per step of 128 images, not per image.
-    echo "== the same for voc with the colour jitter on the GPU (jitter_on_device true) =="
-    timeout 90 "$PY" -m selmask_lib.cli estimate --preset paper --dataset voc --steps 20 --warmup 3 \
-        --set jitter_on_device=true || echo "(estimate, jitter_on_device: exit $?)"
+    estimate
 fi
 # Measured before and left out to keep the check short (benchmarks/README.md, GPU): fp32,
 # pin_memory/persistent_workers, 8 and 12 workers (H200 call 6), the colour jitter in the workers
