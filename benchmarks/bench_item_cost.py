@@ -47,8 +47,8 @@ from bench_throughput import batch_keys_as_on_cuda  # noqa: E402
 import selmask_lib.finetuning as ft  # noqa: E402
 from selmask_lib.config import finetune_preset, pretrain_preset  # noqa: E402
 from selmask_lib.engine import SeededAugmentation, one_torch_thread, training_batch_form  # noqa: E402
-from selmask_lib.masking import patch_grid, random_mask  # noqa: E402
-from selmask_lib.pretrain_data import pretraining_pool, scoring_view  # noqa: E402
+from selmask_lib.estimate import random_fixed_masks  # noqa: E402
+from selmask_lib.pretrain_data import pretraining_pool  # noqa: E402
 from selmask_lib.pretraining import loop_batch_form, loop_datasets  # noqa: E402
 
 FORMS = {"float": {"jitter_on_device": False, "uint8_batches": False},  # any CPU run
@@ -101,18 +101,11 @@ def main() -> None:
             baked = pretrain_preset("demo", "synthetic", strategy="selective", image_size=size, score_size=size,
                                     device="cpu", bake_selective_masks=True, baked_image_quality=quality, **cache)
             pool = pretraining_pool(baked)
-            baked_step, _ = loop_datasets(baked, pool, range(len(pool)), range(1), fixed_masks(baked, pool))
+            masks = random_fixed_masks(baked, pool, range(len(pool)), torch.Generator().manual_seed(0))
+            baked_step, _ = loop_datasets(baked, pool, range(len(pool)), range(1), masks)
             ms = ms_an_item(baked_step, args.items)
             form = f"{loop_batch_form(baked, fixed_masks=True)}, {'JPEG 75' if quality else 'lossless'}"
         print(f"  {'selective step':<15} {form:<22} {ms:6.2f} ms  {1000 / ms:7.0f} items/s")
-
-
-def fixed_masks(cfg, pool) -> dict:
-    """A random patch mask for each pool image, on its scoring view's grid: a selective step's fixed masks."""
-    generator = torch.Generator().manual_seed(0)
-    return {index: random_mask(1, len(patch_grid(*scoring_view(pool, index, cfg.score_size).shape[-2:],
-                                                 cfg.n_patches)), cfg.mask_ratio, generator)[0]
-            for index in range(len(pool))}
 
 
 if __name__ == "__main__":

@@ -259,22 +259,29 @@ def pretraining_batches(cfg: PretrainConfig, trainer, selective: bool,
     decoded and cropped as in a run): uint8 crops with the draws of a colour jitter left to the device, uint8 images for
     ``uint8_batches`` (masks baked into them or not: ``bake_selective_masks``), or float images.
     """
-    from .masking import patch_grid, random_mask
-    from .pretrain_data import scoring_view
     from .pretraining import loop_datasets
 
     generator = torch.Generator().manual_seed(cfg.seed)
     count = min(cfg.batch_size, DISTINCT_ITEMS) * BATCHES
     pool = RandomImages(count, cfg.image_size, generator) if pool is None else pool
     indices = list(range(min(count, len(pool))))
-    patch_masks = None
-    if selective:
-        patch_masks = {index: random_mask(1, len(patch_grid(*scoring_view(pool, index, cfg.score_size,
-                                                                          cfg.antialias).shape[-2:],
-                                                             cfg.n_patches)), cfg.mask_ratio, generator)[0]
-                       for index in indices}
+    patch_masks = random_fixed_masks(cfg, pool, indices, generator) if selective else None
     train_set, val_set = loop_datasets(cfg, pool, indices, indices[:max(1, len(indices) // BATCHES)], patch_masks)
     return _training_and_validation_batches(trainer, train_set, val_set, cfg.batch_size)
+
+
+def random_fixed_masks(cfg: PretrainConfig, pool: UnlabelledImages, indices, generator: torch.Generator
+                       ) -> dict[int, torch.Tensor]:
+    """A selective step's fixed masks, drawn at random: for each pool image of ``indices``, a patch mask
+    (``cfg.mask_ratio`` of the patches) on its scoring view's grid. What a step costs does not depend on
+    which patches its scoring picked."""
+    from .masking import patch_grid, random_mask
+    from .pretrain_data import scoring_view
+
+    def patches_of(index: int) -> int:
+        return len(patch_grid(*scoring_view(pool, index, cfg.score_size, cfg.antialias).shape[-2:], cfg.n_patches))
+
+    return {index: random_mask(1, patches_of(index), cfg.mask_ratio, generator)[0] for index in indices}
 
 
 class RandomSegmentationItems(Dataset):
