@@ -39,7 +39,7 @@ figures: $(STAMP)
 	$(BIN)/selmask reproduce --figures figures --preset $(FIGURES_PRESET) --datasets $(EMBEDDED_DOMAINS)
 
 # Every notebook with its stored defaults, cell by cell (nbval); longer than the test suite's
-# notebook tests, which run notebooks 00 and 01 with smaller injected parameters.
+# notebook tests, which run every notebook with smaller injected parameters.
 nbval: $(STAMP)
 	cd notebooks && ../$(BIN)/python -m pytest --nbval-lax -p no:cacheprovider .
 
