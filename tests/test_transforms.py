@@ -134,6 +134,55 @@ def test_same_seed_same_augmentation():
     assert torch.equal(results[0][1], results[1][1])
 
 
+TRAIN_TRANSFORM_SETTINGS = {
+    "usual": dict(),
+    "every image jittered": dict(color_jitter=0.4, jitter_p=1.0),
+    "no jitter": dict(color_jitter=0),
+    "uint8 batches": dict(uint8_batch=True, jitter_p=1.0),
+    "the authors' resize": dict(antialias=False, scale=(0.05, 1.0)),
+}
+
+
+@pytest.mark.parametrize("settings", TRAIN_TRANSFORM_SETTINGS.values(), ids=TRAIN_TRANSFORM_SETTINGS.keys())
+def test_the_training_transforms_shortcut_gives_v2_composes_outputs_and_draws(settings):
+    """ImageAndMasksCompose skips v2's per-step dispatch for an image and masks: the same outputs to the bit,
+    the same types, and the same random numbers used (so every later draw is the same too)."""
+    transform = T.train_transform(size=24, **settings)
+    assert isinstance(transform, T.ImageAndMasksCompose) and transform.shortcut
+    reference = v2.Compose(transform.transforms)  # the same steps, v2's own way
+    generator = torch.Generator().manual_seed(5)
+    cases = []
+    for height, width in ((40, 48), (17, 90), (24, 24)):  # landscape, a strip (the crop's fallback), square
+        image, labels = image_and_mask(height, width, seed=height)
+        pixels = tv_tensors.Mask(torch.rand(height, width, generator=generator) > 0.6)  # a boolean pixel mask
+        as_float = tv_tensors.Image(image.float() / 255)
+        cases += [(image,), (as_float,), (image, labels), (as_float, pixels), (image, labels, pixels),
+                  (image.as_subclass(torch.Tensor), pixels)]  # a plain tensor: an image to v2
+    for case_number, inputs in enumerate(cases):
+        for seed in range(12):
+            torch.manual_seed(seed)
+            want = T.as_outputs(reference(*inputs))
+            state_after = torch.get_rng_state()
+            torch.manual_seed(seed)
+            got = T.as_outputs(transform(*inputs))
+            assert torch.equal(torch.get_rng_state(), state_after), (case_number, seed)
+            assert [type(output) for output in got] == [type(output) for output in want]
+            for output, expected in zip(got, want):
+                assert output.dtype == expected.dtype and torch.equal(output, expected), (case_number, seed)
+
+
+def test_the_shortcut_leaves_other_inputs_and_steps_to_v2():
+    image, labels = image_and_mask()
+    transform = T.train_transform(size=16)
+    boxes = tv_tensors.BoundingBoxes([[0, 0, 10, 10]], format="XYXY", canvas_size=(40, 48))
+    torch.manual_seed(0)
+    out_image, out_boxes = transform(image, boxes)  # v2's path: boxes are cropped and resized too
+    assert isinstance(out_boxes, tv_tensors.BoundingBoxes) and out_image.shape == (3, 16, 16)
+    assert not T.ImageAndMasksCompose([v2.RandomResizedCrop(16), v2.GaussianBlur(3)]).shortcut
+    with pytest.raises(ValueError):  # v2's own check: an image and a mask of different sizes
+        transform(image, tv_tensors.Mask(labels[:-1]))
+
+
 # --------------------------------------------------------------------------- colour jitter on the device
 
 
