@@ -207,15 +207,19 @@ class ImageAndMasksCompose(v2.Compose):
     _SHORTCUT_STEPS = (v2.RandomResizedCrop, v2.RandomHorizontalFlip, v2.RandomApply, v2.ColorJitter, v2.ToDtype,
                        v2.Normalize, ImageAsUint8)
 
-    def __init__(self, transforms: Sequence):
-        super().__init__(transforms)
-        self.shortcut = _PUBLIC_TRANSFORM_API and all(isinstance(step, self._SHORTCUT_STEPS)
-                                                      for step in self._all_steps(self.transforms))
+    @property
+    def shortcut(self) -> bool:
+        """Whether every step (inside ``RandomApply`` too) is one whose draws and inputs are known here: those
+        types exactly (a subclass may change its ``forward``), and a ``ToDtype`` to one dtype (a dict of dtypes
+        picks by the input's type, and the shortcut hands the image over as a plain tensor)."""
+        return _PUBLIC_TRANSFORM_API and all(
+            type(step) in self._SHORTCUT_STEPS and not (isinstance(step, v2.ToDtype) and isinstance(step.dtype, dict))
+            for step in self._all_steps(self.transforms))
 
     def forward(self, *inputs):
         image, masks = inputs[0], inputs[1:]
-        if not (self.shortcut and (type(image) is torch.Tensor or type(image) is tv_tensors.Image)
-                and all(isinstance(mask, tv_tensors.Mask) for mask in masks)):
+        if not ((type(image) is torch.Tensor or type(image) is tv_tensors.Image)
+                and all(isinstance(mask, tv_tensors.Mask) for mask in masks) and self.shortcut):
             return super().forward(*inputs)
         # a plain tensor is an image to v2, and goes to the image kernels without wrapping
         plain, masks = image.as_subclass(torch.Tensor), list(masks)

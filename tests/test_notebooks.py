@@ -257,12 +257,13 @@ def test_stored_defaults_of_the_table_notebooks_share_their_runs_and_make_valid_
     from selmask_lib.config import finetune_preset, pretrain_preset
 
     stored = {path.name[:2]: stored_parameters(path) for path in NOTEBOOKS if path.name[:2] in ("02", "03", "04")}
-    shared = ("preset", "seeds", "pretrain_overrides", "finetune_overrides", "runs_root")
+    shared = ("preset", "seeds", "pretrain_overrides", "finetune_overrides", "runs_root", "data_roots")
     assert len(stored) == 3
     for name in shared:  # so 03 and 04 reuse 02's runs, as README says
         assert stored["03"][name] == stored["02"][name] == stored["04"][name], name
     assert stored["03"]["dataset"] in stored["02"]["datasets"] and stored["04"]["dataset"] == stored["03"]["dataset"]
     dataset = stored["03"]["dataset"]
+    assert stored["04"]["partner"] == stored["02"]["cross_pairs"][dataset]  # 04's full-budget cross run is 02's
     pretraining = pretrain_preset(stored["02"]["preset"], dataset, **stored["02"]["pretrain_overrides"])
     finetuning = finetune_preset(stored["02"]["preset"], dataset, **stored["02"]["finetune_overrides"])
     assert pretraining.epochs == stored["02"]["pretrain_overrides"]["epochs"]

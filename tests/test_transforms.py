@@ -143,43 +143,82 @@ TRAIN_TRANSFORM_SETTINGS = {
 }
 
 
+def nested_jitter_transform() -> T.ImageAndMasksCompose:
+    jitter = v2.ColorJitter(0.3, 0.3, 0.3, 0.1)
+    return T.ImageAndMasksCompose([v2.RandomResizedCrop(24, scale=(0.3, 1.0)), v2.RandomHorizontalFlip(p=0.3),
+                                   v2.RandomApply([v2.RandomApply([jitter], p=0.7), v2.ToDtype(torch.float32, scale=True)],
+                                                  p=0.6)])
+
+
+def same_outputs_and_draws(transform, reference, inputs, seed, compose_forward_raises=None):
+    """``transform`` and ``reference`` (v2.Compose of the same steps) from the same seed: outputs, their types and
+    dtypes, and the random state after them. With ``compose_forward_raises`` (a monkeypatch), v2.Compose's own
+    forward raises while ``transform`` runs: proof that it took the shortcut."""
+    torch.manual_seed(seed)
+    want = T.as_outputs(reference(*inputs))
+    state_after = torch.get_rng_state()
+    torch.manual_seed(seed)
+    if compose_forward_raises is None:
+        got = T.as_outputs(transform(*inputs))
+    else:
+        with compose_forward_raises.context() as patch:
+            patch.setattr(v2.Compose, "forward", lambda self, *inputs: pytest.fail("v2.Compose's path was taken"))
+            got = T.as_outputs(transform(*inputs))
+    assert torch.equal(torch.get_rng_state(), state_after)
+    assert [type(output) for output in got] == [type(output) for output in want]
+    for output, expected in zip(got, want):
+        assert output.dtype == expected.dtype and torch.equal(output, expected)
+
+
 @pytest.mark.parametrize("settings", TRAIN_TRANSFORM_SETTINGS.values(), ids=TRAIN_TRANSFORM_SETTINGS.keys())
-def test_the_training_transforms_shortcut_gives_v2_composes_outputs_and_draws(settings):
+def test_the_training_transforms_shortcut_gives_v2_composes_outputs_and_draws(settings, monkeypatch):
     """ImageAndMasksCompose skips v2's per-step dispatch for an image and masks: the same outputs to the bit,
     the same types, and the same random numbers used (so every later draw is the same too)."""
     transform = T.train_transform(size=24, **settings)
     assert isinstance(transform, T.ImageAndMasksCompose) and transform.shortcut
-    reference = v2.Compose(transform.transforms)  # the same steps, v2's own way
-    generator = torch.Generator().manual_seed(5)
     cases = []
+    generator = torch.Generator().manual_seed(5)
     for height, width in ((40, 48), (17, 90), (24, 24)):  # landscape, a strip (the crop's fallback), square
         image, labels = image_and_mask(height, width, seed=height)
         pixels = tv_tensors.Mask(torch.rand(height, width, generator=generator) > 0.6)  # a boolean pixel mask
+        target = tv_tensors.Mask(image.as_subclass(torch.Tensor).clone())  # a baked item's uint8 target [3, h, w]
         as_float = tv_tensors.Image(image.float() / 255)
-        cases += [(image,), (as_float,), (image, labels), (as_float, pixels), (image, labels, pixels),
+        cases += [(image,), (as_float,), (image, labels), (as_float, pixels), (image, target, pixels),
                   (image.as_subclass(torch.Tensor), pixels)]  # a plain tensor: an image to v2
-    for case_number, inputs in enumerate(cases):
+    for number, inputs in enumerate(cases):
         for seed in range(12):
-            torch.manual_seed(seed)
-            want = T.as_outputs(reference(*inputs))
-            state_after = torch.get_rng_state()
-            torch.manual_seed(seed)
-            got = T.as_outputs(transform(*inputs))
-            assert torch.equal(torch.get_rng_state(), state_after), (case_number, seed)
-            assert [type(output) for output in got] == [type(output) for output in want]
-            for output, expected in zip(got, want):
-                assert output.dtype == expected.dtype and torch.equal(output, expected), (case_number, seed)
+            for compose in (transform, nested_jitter_transform()):
+                same_outputs_and_draws(compose, v2.Compose(compose.transforms), inputs, seed + 100 * number,
+                                       compose_forward_raises=monkeypatch)
 
 
-def test_the_shortcut_leaves_other_inputs_and_steps_to_v2():
+def test_the_shortcut_leaves_other_inputs_and_steps_to_v2(monkeypatch):
     image, labels = image_and_mask()
     transform = T.train_transform(size=16)
+    reference = v2.Compose(transform.transforms)
     boxes = tv_tensors.BoundingBoxes([[0, 0, 10, 10]], format="XYXY", canvas_size=(40, 48))
+    plain_second = labels.as_subclass(torch.Tensor)  # v2 leaves a plain tensor after an image as it is
+    for inputs in ((image, boxes), (image, plain_second), (image.as_subclass(torch.Tensor), labels, plain_second)):
+        for seed in range(6):
+            same_outputs_and_draws(transform, reference, inputs, seed)
     torch.manual_seed(0)
-    out_image, out_boxes = transform(image, boxes)  # v2's path: boxes are cropped and resized too
-    assert isinstance(out_boxes, tv_tensors.BoundingBoxes) and out_image.shape == (3, 16, 16)
+    assert torch.equal(transform(image, plain_second)[1], plain_second)
+    # steps the shortcut does not know, a subclass, and a ToDtype that picks its dtype by the input's type
     assert not T.ImageAndMasksCompose([v2.RandomResizedCrop(16), v2.GaussianBlur(3)]).shortcut
-    with pytest.raises(ValueError):  # v2's own check: an image and a mask of different sizes
+
+    class Flip(v2.RandomHorizontalFlip):
+        pass
+
+    assert not T.ImageAndMasksCompose([Flip()]).shortcut
+    by_type = T.ImageAndMasksCompose([v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)])
+    assert not by_type.shortcut
+    same_outputs_and_draws(by_type, v2.Compose(by_type.transforms), (image, labels), 0)
+    assert by_type(image, labels)[0].dtype == torch.float32
+    # a step added after construction is seen
+    grown = T.train_transform(size=16)
+    grown.transforms.append(v2.GaussianBlur(3))
+    assert not grown.shortcut
+    with pytest.raises(ValueError):  # v2's own check, in the shortcut too: an image and a mask of different sizes
         transform(image, tv_tensors.Mask(labels[:-1]))
 
 
