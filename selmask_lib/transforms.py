@@ -2,9 +2,9 @@
 
 Every transform here is a ``v2.Compose`` that takes a ``tv_tensors.Image``
 followed by any number of ``tv_tensors.Mask`` and returns them in the same
-order (the training one a :class:`ImageAndMasksCompose`, which gives the
-same outputs a little faster). The geometric ops (crop, resize, flip) are applied to every input with
-the *same* random parameters, so
+order (the training one is an :class:`ImageAndMasksCompose`: the same
+outputs, a little faster). The geometric ops (crop, resize, flip) are
+applied to every input with the *same* random parameters, so
 
 * a segmentation mask stays aligned with its image (masks use NEAREST
   interpolation automatically, so class ids are never blended), and
@@ -192,8 +192,8 @@ class ImageAndMasksCompose(v2.Compose):
 
     Each v2 step finds out, for every call, which of its inputs it transforms
     (flattening them, checking their types, wrapping each kernel's output
-    back into a tv_tensor). For an image followed by ``tv_tensors.Mask`` es
-    the answer is known: the image gets every step, the masks get the
+    back into a tv_tensor). For an image followed by masks
+    (``tv_tensors.Mask``) the answer is known: the image gets every step, the masks get the
     geometric ones (the colour steps pass a mask through). So this calls
     each step's own ``make_params`` and ``transform`` directly, in the same
     order, with the same random draws: the outputs are v2.Compose's to the

@@ -17,10 +17,10 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 SMALL_PRETRAINING = {"image_size": 64, "score_size": 64, "n_patches": 64, "n_scoring_draws": 2, "max_images": 24,
                      "epochs": 1, "batch_size": 4, "warmup_epochs": 0}
 # Notebooks 02-04 share their runs (same preset and overrides); the suite gives all three these smaller
-# overrides, so the tables are filled by the same cells in about a third of the time. `make nbval` runs
+# overrides, so the tables are filled by the same cells in about a quarter of the time. `make nbval` runs
 # every notebook with its stored defaults.
-SMALL_TABLE_RUNS = {"pretrain_overrides": {"max_images": 48, "epochs": 2, "batch_size": 8},
-                    "finetune_overrides": {"max_train_images": 16, "epochs": 3, "batch_size": 8, "warmup_epochs": 1}}
+SMALL_TABLE_RUNS = {"pretrain_overrides": {"max_images": 32, "epochs": 1, "batch_size": 8},
+                    "finetune_overrides": {"max_train_images": 16, "epochs": 2, "batch_size": 8, "warmup_epochs": 1}}
 SMALL_PARAMETERS = {
     "00_walkthrough.ipynb": {"pretrain_settings": {**SMALL_PRETRAINING, "n_partitions": 2}, "n_images": 2,
                              "finetune_settings": {"image_size": 64, "epochs": 1, "batch_size": 4, "warmup_epochs": 0,
@@ -69,8 +69,9 @@ def test_notebook_runs_end_to_end(path, runs_root, tmp_path, monkeypatch):
     monkeypatch.setenv("SELMASK_NO_PROGRESS", "1")
     output = tmp_path / path.name
     parameters = {"runs_root": str(runs_root), **SMALL_PARAMETERS.get(path.name, {})}
-    if path.name.startswith("00_"):
-        parameters["figures_dir"] = str(tmp_path / "figures")
+    figures = tmp_path / "new" / "figures"  # a figures_dir that does not exist yet is created
+    if path.name[:2] in ("00", "03", "04"):
+        parameters["figures_dir"] = str(figures)
     papermill.execute_notebook(str(path), str(output), parameters=parameters,
                                kernel_name="python3", progress_bar=False, cwd=str(path.parent))
     executed = json.loads(output.read_text())
@@ -89,8 +90,11 @@ def test_notebook_runs_end_to_end(path, runs_root, tmp_path, monkeypatch):
         assert any(word in text for word in ("better", "worse", "not distinguishable"))
     if path.name.startswith("03_"):  # claim (2) as a number, or why it is not computed
         assert "rank correlation of baseline IoU and gain:" in text
+        assert [p.suffix for p in figures.iterdir()] == [".png"]
+    if path.name.startswith("04_"):
+        check_budget_numbers(text, figures)
     if path.name.startswith("00_"):
-        check_walkthrough_numbers(text, tmp_path / "figures", n_figures=count_figures(outputs))
+        check_walkthrough_numbers(text, figures, n_figures=count_figures(outputs))
     if path.name.startswith("01_"):  # the gallery stands in for the viewer; the overlap is a number
         assert "batch run: no interactive viewer" in text
         assert count_figures(outputs) >= 4  # the run's masks, the gallery, the overlap, the loss shares
@@ -120,6 +124,27 @@ def check_walkthrough_numbers(text: str, figures: Path, n_figures: int) -> None:
     assert printed == pytest.approx(per_class.mean(), abs=0.1)  # mIoU: the mean over the classes scored
 
 
+def check_budget_numbers(text: str, figures: Path) -> None:
+    """Notebook 04 saved the numbers it shows: one row per budget and relation, each mIoU inside its interval,
+    and each gain the difference of the two runs of the other table, with its verdict."""
+    from selmask_lib.statistics import verdict
+
+    sweep = pd.read_csv(figures / "budget_sweep_toy_beet_field_toy_maize_field_smoke.csv")
+    gains = pd.read_csv(figures / "budget_gains_toy_beet_field_toy_maize_field_smoke.csv")
+    assert (figures / "budget_toy_beet_field_toy_maize_field_smoke.png").stat().st_size > 0
+    assert sorted(zip(sweep["fraction"], sweep["relation"])) == [(0.5, "cross"), (0.5, "self"),
+                                                                 (1.0, "cross"), (1.0, "self")]
+    assert ((sweep["lower"] <= sweep["miou"]) & (sweep["miou"] <= sweep["upper"])).all()
+    assert sweep.loc[sweep["fraction"] == 0.5, "image_steps"].max() < sweep.loc[sweep["fraction"] == 1.0,
+                                                                                 "image_steps"].min()
+    by_run = sweep.set_index(["fraction", "relation"])["miou"]
+    for _, row in gains.iterrows():  # the gain is self - cross of the runs in the other table
+        assert row["gain"] == pytest.approx(by_run[(row["fraction"], "self")] - by_run[(row["fraction"], "cross")])
+        assert row["verdict"] == verdict(row["lower"], row["upper"])
+    assert "claim (3), self-pretraining beats cross-pretraining at a small budget:" in text
+    assert all(f"{fraction:.0%} of the budget" in text for fraction in gains["fraction"])
+
+
 def run_expecting_error(path, tmp_path, parameters):
     """Execute a notebook that should stop; return the error's text (name and value)."""
     with pytest.raises(papermill.PapermillExecutionError) as error:
@@ -144,17 +169,6 @@ def test_an_unknown_dataset_and_a_missing_imagenet_baseline_name_their_parameter
     assert "parameter 'baseline' is 'imagenet'" in message and "none.pth" in message
 
 
-def test_a_missing_figures_dir_is_created(tmp_path, runs_root, monkeypatch):
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    path = next(p for p in NOTEBOOKS if p.name.startswith("03_"))
-    figures = tmp_path / "new" / "figures"
-    papermill.execute_notebook(str(path), str(tmp_path / path.name),
-                               parameters={"runs_root": str(runs_root), "figures_dir": str(figures),
-                                           **SMALL_TABLE_RUNS},
-                               kernel_name="python3", progress_bar=False, cwd=str(path.parent))
-    assert [p.suffix for p in figures.iterdir()] == [".png"]
-
-
 def test_reproduce_notebook_compares_injected_maskings(runs_root, tmp_path, monkeypatch):
     # papermill -p extra_maskings '["random_fixed"]': one more column, the paper's runs reused from above
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -168,39 +182,6 @@ def test_reproduce_notebook_compares_injected_maskings(runs_root, tmp_path, monk
     tables = [out["data"]["text/plain"] for cell in json.loads(output.read_text())["cells"]
               for out in cell.get("outputs", []) if out.get("output_type") == "execute_result"]
     assert any("random_fixed_ir_self" in "".join(text) and "Selective IR (self)" in "".join(text) for text in tables)
-
-
-def test_budget_notebook_writes_the_numbers_it_shows(runs_root, tmp_path, monkeypatch):
-    # the suite's settings again, with figures_dir: the runs of the notebook test above are reused
-    import pandas as pd
-
-    from selmask_lib.statistics import verdict
-
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("SELMASK_NO_PROGRESS", "1")
-    path = next(p for p in NOTEBOOKS if p.name.startswith("04_"))
-    figures = tmp_path / "figures"
-    output = tmp_path / path.name
-    papermill.execute_notebook(str(path), str(output),
-                               parameters={"runs_root": str(runs_root), "figures_dir": str(figures),
-                                           **SMALL_TABLE_RUNS},
-                               kernel_name="python3", progress_bar=False, cwd=str(path.parent))
-    sweep = pd.read_csv(figures / "budget_sweep_toy_beet_field_toy_maize_field_smoke.csv")
-    gains = pd.read_csv(figures / "budget_gains_toy_beet_field_toy_maize_field_smoke.csv")
-    assert (figures / "budget_toy_beet_field_toy_maize_field_smoke.png").stat().st_size > 0
-    assert sorted(zip(sweep["fraction"], sweep["relation"])) == [(0.5, "cross"), (0.5, "self"),
-                                                                 (1.0, "cross"), (1.0, "self")]
-    assert ((sweep["lower"] <= sweep["miou"]) & (sweep["miou"] <= sweep["upper"])).all()
-    assert sweep.loc[sweep["fraction"] == 0.5, "image_steps"].max() < sweep.loc[sweep["fraction"] == 1.0,
-                                                                                 "image_steps"].min()
-    by_run = sweep.set_index(["fraction", "relation"])["miou"]
-    for _, row in gains.iterrows():  # the gain is self - cross of the runs in the other table
-        assert row["gain"] == pytest.approx(by_run[(row["fraction"], "self")] - by_run[(row["fraction"], "cross")])
-        assert row["verdict"] == verdict(row["lower"], row["upper"])
-    text = "".join("".join(out.get("text", "")) for cell in json.loads(output.read_text())["cells"]
-                   for out in cell.get("outputs", []))
-    assert "claim (3), self-pretraining beats cross-pretraining at a small budget:" in text
-    assert all(f"{fraction:.0%} of the budget" in text for fraction in gains["fraction"])
 
 
 @pytest.mark.parametrize("parameters, named", [
